@@ -1,0 +1,74 @@
+"""Reading `params.yaml` and applying scale profiles from `configs/`.
+
+DVC tracks the values in params.yaml, so a profile is applied by merging it into params.yaml
+(`python -m tasks.params apply configs/X.yaml`): `dvc params diff` then shows exactly what changed.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARAMS_FILE = Path("params.yaml")
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run from the repository root")
+    with open(path) as f:
+        params = yaml.safe_load(f) or {}
+    if not isinstance(params, dict):
+        raise ValueError(f"{path} must hold a mapping of stage sections, got {type(params).__name__}")
+    return params
+
+
+def stage_params(stage: str, path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """The section of params.yaml that belongs to `stage`."""
+    params = load_params(path)
+    if stage not in params:
+        raise KeyError(f"params.yaml has no section '{stage}' (sections: {', '.join(params)})")
+    return params[stage]
+
+
+def apply_profile(profile: str | Path, path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """Merge a profile from configs/ into params.yaml in place and return the result."""
+    with open(profile) as f:
+        overlay = yaml.safe_load(f) or {}
+    unknown = set(overlay) - set(load_params(path))
+    if unknown:
+        raise KeyError(f"profile {profile} names sections params.yaml lacks: {sorted(unknown)}")
+    # ruamel keeps the comments that document each param in params.yaml.
+    from ruamel.yaml import YAML
+
+    rt = YAML()
+    with open(path) as f:
+        doc = rt.load(f)
+    _merge_into(doc, overlay)
+    with open(path, "w") as f:
+        rt.dump(doc, f)
+    return load_params(path)
+
+
+def _merge_into(doc: dict, overlay: dict) -> None:
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            _merge_into(doc[key], value)
+        else:
+            doc[key] = value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    apply = sub.add_parser("apply", help="merge a profile from configs/ into params.yaml")
+    apply.add_argument("profile")
+    args = parser.parse_args()
+    apply_profile(args.profile)
+    print(f"applied {args.profile} to {PARAMS_FILE}; see `dvc params diff`")
+
+
+if __name__ == "__main__":
+    main()

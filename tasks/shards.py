@@ -1,0 +1,125 @@
+"""WebDataset shard writing and dataset manifests: the data contract every stage shares.
+
+A dataset folder holds `<split>-NNNNNN.tar` shards and `manifest.json`. Shards are written to a
+temporary name and renamed when complete, so a half-written shard is never visible; a folder
+whose manifest is missing is an unfinished stage.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import webdataset as wds
+
+MANIFEST = "manifest.json"
+
+
+def split_of(key: str, val_fraction: float) -> str:
+    """Deterministic train/val assignment by a hash of the key (stable across runs and machines)."""
+    h = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
+    return "val" if h < val_fraction else "train"
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+class AtomicShardWriter:
+    """Writes samples into `<split>-NNNNNN.tar` shards of at most `max_count` samples.
+
+    Each shard goes to `<name>.tmp` and is renamed into place only once closed. `mtime=0` keeps
+    the tar bytes identical across runs, so DVC sees the same content for the same input.
+    """
+
+    def __init__(self, out_dir: str | Path, split: str, max_count: int, start_index: int = 0):
+        if max_count < 1:
+            raise ValueError(f"max_count must be >= 1, got {max_count}")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.split, self.max_count = split, max_count
+        self.index = start_index
+        self.count = 0
+        self.shards: list[str] = []
+        self._writer: wds.TarWriter | None = None
+        self._tmp: Path | None = None
+
+    def write(self, sample: dict[str, Any]) -> None:
+        if self._writer is None:
+            self._open()
+        self._writer.write(sample)
+        self.count += 1
+        if self.count == self.max_count:
+            self._finish()
+
+    def _open(self) -> None:
+        self._tmp = self.out_dir / (shard_name(self.split, self.index) + ".tmp")
+        self._writer = wds.TarWriter(str(self._tmp), mtime=0)
+
+    def _finish(self) -> None:
+        self._writer.close()
+        final = self.out_dir / shard_name(self.split, self.index)
+        os.replace(self._tmp, final)
+        self.shards.append(final.name)
+        self._writer, self._tmp = None, None
+        self.index += 1
+        self.count = 0
+
+    def close(self) -> list[str]:
+        if self._writer is not None:
+            self._finish()
+        return self.shards
+
+    def abort(self) -> None:
+        """Drop the shard being written (used when the stage fails midway)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._tmp.unlink(missing_ok=True)
+            self._writer, self._tmp = None, None
+
+    def __enter__(self) -> "AtomicShardWriter":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        self.abort() if exc_type else self.close()
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    path = Path(out_dir) / MANIFEST
+    write_json_atomic(path, manifest)
+    return path
+
+
+def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
+    path = Path(dataset_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: {dataset_dir} is not a finished dataset (run its stage first)"
+        )
+    with open(path) as f:
+        return json.load(f)
+
+
+def shard_paths(dataset_dir: str | Path, split: str) -> list[str]:
+    """The shard files of one split, as listed by the manifest (the source of truth)."""
+    manifest = read_manifest(dataset_dir)
+    try:
+        names: Iterable[str] = manifest["splits"][split]["shards"]
+    except KeyError:
+        raise KeyError(f"{dataset_dir}/{MANIFEST} has no split '{split}'") from None
+    paths = [str(Path(dataset_dir) / n) for n in names]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"shards listed in the manifest are missing: {missing[:3]}")
+    return paths
