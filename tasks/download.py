@@ -151,8 +151,6 @@ def safe_extract(archive: str | Path, target: str | Path) -> list[str]:
                     raise UnsafeArchiveError(f"{archive}: member {m.name!r} escapes {target}; refusing to extract")
             tar.extractall(target, members=members, filter="data")
     except (tarfile.TarError, EOFError, OSError) as exc:
-        if isinstance(exc, UnsafeArchiveError):
-            raise
         raise DownloadError(f"{archive} is not a complete tar archive: {exc}") from exc
     return [m.name for m in members if m.isfile()]
 

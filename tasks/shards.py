@@ -43,6 +43,7 @@ class AtomicShardWriter:
         self.index = start_index
         self.count = 0
         self.shards: list[str] = []
+        self.shard_counts: list[int] = []
         self._writer: wds.TarWriter | None = None
         self._tmp: Path | None = None
 
@@ -63,14 +64,16 @@ class AtomicShardWriter:
         final = self.out_dir / shard_name(self.split, self.index)
         os.replace(self._tmp, final)
         self.shards.append(final.name)
+        self.shard_counts.append(self.count)
         self._writer, self._tmp = None, None
         self.index += 1
         self.count = 0
 
-    def close(self) -> list[str]:
+    def close(self) -> dict[str, Any]:
+        """Finish the last shard; returns this split's manifest entry."""
         if self._writer is not None:
             self._finish()
-        return self.shards
+        return {"count": sum(self.shard_counts), "shards": self.shards, "shard_counts": self.shard_counts}
 
     def abort(self) -> None:
         """Drop the shard being written (used when the stage fails midway)."""

@@ -1,0 +1,105 @@
+"""Stage fetch_cartoons: a Cartoon Set folder (csX.png + csX.csv) from one of three sources.
+
+- `synthetic`: drawn here (tasks/cartoon_render.py), deterministic for a seed, offline;
+- `cartoonset10k` / `cartoonset100k`: the official archive, downloaded with resume, retries and
+  checksum verification, then extracted safely;
+- a local folder or .tgz in the same format.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import urllib.parse
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from tqdm.auto import tqdm
+
+from tasks.cartoon_render import render_to_files
+from tasks.download import DownloadError, copy_or_link, download_file, file_digest, safe_extract
+from tasks.log import get_logger
+from tasks.pool import imap, process_pool
+from tasks.shards import write_json_atomic
+
+OFFICIAL = ("cartoonset10k", "cartoonset100k")
+ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
+
+
+def render_synthetic(out_dir: str, num_images: int, seed: int, workers: int) -> int:
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    draw = functools.partial(render_to_files, out_dir, seed=seed)
+    with process_pool(workers) as pool:
+        for _ in tqdm(imap(pool, draw, range(num_images), 16), total=num_images, desc="drawing", unit="img"):
+            pass
+    return num_images
+
+
+def download_archive(url: str, download_dir: str, sha256: str | None) -> str:
+    name = Path(urllib.parse.urlparse(url).path).name or "cartoonset.tgz"
+    return str(download_file(url, Path(download_dir) / name, sha256=sha256))
+
+
+def import_local(path: str, out_dir: str) -> int:
+    """Hard-link (or copy) every csX.png/csX.csv of a folder, or safely extract an archive."""
+    src = Path(path)
+    if src.is_file() and src.name.endswith(ARCHIVE_SUFFIXES):
+        return len(safe_extract(src, out_dir))
+    if not src.is_dir():
+        raise FileNotFoundError(
+            f"source {path!r} is neither 'synthetic', one of {OFFICIAL}, a folder nor a "
+            f"{'/'.join(ARCHIVE_SUFFIXES)} archive"
+        )
+    files = [p for p in sorted(src.rglob("*")) if p.suffix in (".png", ".csv") and p.is_file()]
+    if not files:
+        raise FileNotFoundError(f"{src} holds no .png/.csv files")
+    for p in tqdm(files, desc="importing", unit="file"):
+        dest = Path(out_dir) / p.relative_to(src)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        copy_or_link(p, dest)
+    return len(files)
+
+
+def _is_download_error(task, task_run, state) -> bool:
+    """Retry the stage only for network trouble; a bad checksum or a bad param is final."""
+    try:
+        state.result()
+    except DownloadError as exc:
+        return "could not download" in str(exc)
+    except Exception:
+        return False
+    return False
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30, retry_condition_fn=_is_download_error)
+def fetch_cartoons(out_dir: str, source: str = "synthetic", num_images: int = 3000, seed: int = 0,
+          workers: int = 0, urls: dict | None = None, sha256: dict | None = None,
+          download_dir: str = "data/downloads") -> dict:
+    """Write the Cartoon Set folder `out_dir`; returns what it records in `out_dir/fetch.json`."""
+    log = get_logger()
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    record: dict = {"source": source}
+    if source == "synthetic":
+        record.update(num_images=render_synthetic(out_dir, num_images, seed, workers), seed=seed)
+    elif source in OFFICIAL:
+        url = (urls or {}).get(source)
+        if not url:
+            raise KeyError(f"params fetch_cartoons.urls has no URL for {source}")
+        expected = (sha256 or {}).get(source)
+        archive = download_archive(url, download_dir, expected)
+        digest = expected or file_digest(archive, "sha256")
+        if not expected:
+            log.warning("no sha256 given for %s; recording %s (set fetch_cartoons.sha256.%s to pin it)",
+                        source, digest, source)
+        record.update(url=url, archive_sha256=digest, files=len(safe_extract(archive, out_dir)))
+    else:
+        record.update(files=import_local(source, out_dir))
+    record["images"] = sum(1 for _ in out.rglob("*.png"))
+    write_json_atomic(out / "fetch.json", record)
+    log.info("fetch_cartoons: %d images from %s in %s", record["images"], source, out)
+    return record

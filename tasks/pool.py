@@ -1,0 +1,35 @@
+"""A process pool for per-item work that is safe to use inside Prefect runs.
+
+Prefect keeps threads (event loops, log handlers) alive; forking such a process can deadlock, so
+the pool always uses "spawn". Worker functions should live in modules that import neither prefect
+nor torch, so workers start in well under a second.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+
+def resolve_workers(workers: int) -> int:
+    """`workers` <= 0 means every core."""
+    return workers if workers > 0 else (os.cpu_count() or 1)
+
+
+@contextmanager
+def process_pool(workers: int) -> Iterator[mp.pool.Pool | None]:
+    """A spawn pool of `workers` processes, or None when one process is asked for (no overhead)."""
+    n = resolve_workers(workers)
+    if n == 1:
+        yield None
+        return
+    with mp.get_context("spawn").Pool(n) as pool:
+        yield pool
+
+
+def imap(pool, fn, items, chunksize: int = 8) -> Iterator:
+    """Ordered map over `items`, in `pool` when there is one."""
+    if pool is None:
+        return map(fn, items)
+    return pool.imap(fn, items, chunksize=chunksize)

@@ -1,0 +1,79 @@
+"""The training engine's parameters: one `training:` mapping in a stage's params section."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from diffusers import DDPMScheduler
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0                        # model init, noise, timesteps and condition dropout
+    num_epochs: int = 1                  # passes over the (per-process) training shards
+    max_train_steps: int | None = None   # stop after this many optimizer steps (null: num_epochs decides)
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    mixed_precision: str = "no"          # no | fp16 | bf16 (accelerate autocast)
+    learning_rate: float = 1e-4          # AdamW peak learning rate
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    lr_warmup_steps: int = 0             # linear warmup, then cosine decay to 0 at the last step
+    max_grad_norm: float | None = 1.0    # gradient clipping (null: none)
+    num_train_timesteps: int = 1000      # noise schedule
+    beta_schedule: str = "linear"        # linear | squaredcos_cap_v2
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    prediction_type: str = "epsilon"     # epsilon | v_prediction
+    use_ema: bool = True                 # the saved model gets the EMA weights
+    ema_decay: float = 0.999             # max decay; warms up as (1 + step) / (10 + step)
+    cond_drop_prob: float = 0.0          # fraction of conditions replaced by the null condition (CFG)
+    checkpointing_steps: int = 100       # save a resumable checkpoint every N optimizer steps
+    checkpoints_total_limit: int | None = 2  # keep only the newest N checkpoints
+    samples_every_epochs: int = 1        # sample grid every N epochs (0: never)
+
+    def __post_init__(self):
+        checks = [
+            (self.num_epochs >= 1, "num_epochs must be >= 1"),
+            (self.max_train_steps is None or self.max_train_steps >= 1, "max_train_steps must be >= 1 or null"),
+            (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
+            (self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision must be no, fp16 or bf16"),
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.lr_warmup_steps >= 0, "lr_warmup_steps must be >= 0"),
+            (self.beta_schedule in ("linear", "scaled_linear", "squaredcos_cap_v2"),
+             "beta_schedule must be linear, scaled_linear or squaredcos_cap_v2"),
+            (0 < self.beta_start < self.beta_end < 1, "need 0 < beta_start < beta_end < 1"),
+            (self.prediction_type in ("epsilon", "v_prediction"), "prediction_type must be epsilon or v_prediction"),
+            (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
+            (0 <= self.cond_drop_prob < 1, "cond_drop_prob must be in [0, 1)"),
+            (self.checkpointing_steps >= 1, "checkpointing_steps must be >= 1"),
+            (self.checkpoints_total_limit is None or self.checkpoints_total_limit >= 1,
+             "checkpoints_total_limit must be >= 1 or null"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"training params: {message}")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise KeyError(f"unknown training params {unknown}; known: {sorted(names)}")
+        return cls(**params)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def noise_scheduler(self) -> DDPMScheduler:
+        """The training noise schedule (also the default sampling scheduler of a saved model)."""
+        return DDPMScheduler(
+            num_train_timesteps=self.num_train_timesteps,
+            beta_schedule=self.beta_schedule,
+            beta_start=self.beta_start,
+            beta_end=self.beta_end,
+            prediction_type=self.prediction_type,
+            clip_sample=False,  # the model, not a clamp, should keep x0 in range
+        )
