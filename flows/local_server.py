@@ -45,10 +45,12 @@ def run_with_server(cmd: list[str]) -> int:
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     prefect = Path(sys.executable).with_name("prefect")
+    # No telemetry: it only logs DNS errors on offline machines.
+    server_env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     with open(home / "server.log", "ab") as log:
         server = subprocess.Popen(
             [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=server_env,
         )
     try:
         _wait_healthy(url, server)
