@@ -24,25 +24,26 @@ def composite_crop_resize(image: Image.Image, background: tuple[int, int, int], 
                           resolution: int, resample: str = "lanczos") -> Image.Image:
     """Alpha-composite onto `background`, centre-crop `crop` pixels, resize to `resolution`.
 
-    Pillow's resize filters widen their support when downscaling, so this is antialiased.
+    Cropping first composites half the pixels for the same result. Pillow's resize filters widen
+    their support when downscaling, so the resize is antialiased.
     """
-    rgba = image.convert("RGBA")
-    flat = Image.new("RGBA", rgba.size, (*background, 255))
-    flat.alpha_composite(rgba)
-    w, h = flat.size
+    w, h = image.size
     if crop > min(w, h):
         raise Rejected(f"crop {crop} is larger than the image ({w}x{h})")
     left, top = (w - crop) // 2, (h - crop) // 2
-    square = flat.convert("RGB").crop((left, top, left + crop, top + crop))
-    return square.resize((resolution, resolution), RESAMPLE[resample])
+    square = image.crop((left, top, left + crop, top + crop))
+    if square.mode != "RGBA":
+        square = square.convert("RGBA")
+    flat = Image.new("RGBA", square.size, (*background, 255))
+    flat.alpha_composite(square)
+    return flat.convert("RGB").resize((resolution, resolution), RESAMPLE[resample])
 
 
 def load_image(path: str | Path, image_size: int | None) -> Image.Image:
     """Open and fully decode `path`, or raise Rejected with the reason."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            image = im.copy()
+        image = Image.open(path)
+        image.load()  # decodes everything now (truncation shows here) and closes the file
     except FileNotFoundError:
         raise Rejected("missing image") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:

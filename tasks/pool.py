@@ -1,8 +1,9 @@
 """A process pool for per-item work that is safe to use inside Prefect runs.
 
-Prefect keeps threads (event loops, log handlers) alive; forking such a process can deadlock, so
-the pool always uses "spawn". Worker functions should live in modules that import neither prefect
-nor torch, so workers start in well under a second.
+Prefect keeps threads (event loops, log handlers) alive, and forking such a process can deadlock,
+so workers are spawned. A spawned worker re-imports the caller's `__main__` module (for a stage,
+its flow module, which imports prefect: about 1.5 s once per stage, in parallel across workers),
+so worker functions live in modules that import neither prefect nor torch.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def resolve_workers(workers: int) -> int:
 
 @contextmanager
 def process_pool(workers: int) -> Iterator[mp.pool.Pool | None]:
-    """A spawn pool of `workers` processes, or None when one process is asked for (no overhead)."""
+    """A pool of `workers` processes, or None when one process is asked for (no overhead)."""
     n = resolve_workers(workers)
     if n == 1:
         yield None
