@@ -12,8 +12,6 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-import webdataset as wds
-
 MANIFEST = "manifest.json"
 
 
@@ -44,7 +42,7 @@ class AtomicShardWriter:
         self.count = 0
         self.shards: list[str] = []
         self.shard_counts: list[int] = []
-        self._writer: wds.TarWriter | None = None
+        self._writer = None  # webdataset.TarWriter of the shard being written
         self._tmp: Path | None = None
 
     def write(self, sample: dict[str, Any]) -> None:
@@ -56,6 +54,8 @@ class AtomicShardWriter:
             self._finish()
 
     def _open(self) -> None:
+        import webdataset as wds  # here, not at the top: it imports torch (~1.5 s per spawned worker)
+
         self._tmp = self.out_dir / (shard_name(self.split, self.index) + ".tmp")
         self._writer = wds.TarWriter(str(self._tmp), mtime=0)
 

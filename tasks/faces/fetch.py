@@ -1,0 +1,270 @@
+"""Getting face photos into a raw folder described by FFHQ-format metadata.
+
+Every source ends the same way: `<raw>/ffhq-dataset-v2.json` (keyed by sample id; `category`
+training/validation; `image`, `thumbnail` and `in_the_wild` blocks with `file_path`, `file_size`,
+`file_md5`, `pixel_size`, and for in-the-wild photos `face_rect`, `face_landmarks`, `face_quad`
+when known) next to the files it names, plus `manifest.json` (counts, params, rejections).
+
+- ffhq: NVlabs' metadata and files, every file verified by size and md5 (tasks.download).
+- a folder: photos of any size and format Pillow reads, EXIF orientation applied, saved as PNG.
+- synthetic: drawn by tasks.faces.synthetic, landmarks exact.
+
+No prefect and no torch at module level (the synthetic drawing runs in spawned processes).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from tasks.download import DownloadError, download_file
+from tasks.faces.align import ffhq_quad
+from tasks.faces.images import BadImage, load_rgb
+from tasks.faces.work import Item
+from tasks.pool import imap, process_pool, resolve_workers
+
+# tasks.shards (webdataset, torch) is imported inside functions: the drawing workers spawn fast.
+
+METADATA = "ffhq-dataset-v2.json"
+# NVlabs/ffhq-dataset download_ffhq.py: the metadata file's official location and checksum.
+FFHQ_METADATA = dict(file_url="https://drive.google.com/uc?id=16N0RV4fHI6joBuKbQAoG34V_cQk7vxSA",
+                     file_size=267793842, file_md5="425ae20f06a4da1d4dc0f46d40ba5fd6")
+BLOCKS = {"in_the_wild": "in_the_wild", "aligned": "image", "thumbnail": "thumbnail"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
+
+
+def _category(key: str, val_fraction: float) -> str:
+    from tasks.shards import split_of
+
+    return "validation" if split_of(key, val_fraction) == "val" else "training"
+
+
+def _subdir_path(prefix: str, index: int) -> str:
+    """FFHQ's layout: in-the-wild-images/01000/01234.png."""
+    return f"{prefix}/{index - index % 1000:05d}/{index:05d}.png"
+
+
+def _finish(out_dir: Path, entries: dict, manifest: dict) -> dict:
+    """Write the metadata, delete files no entry names (a persisted folder's leftovers), manifest."""
+    from tasks.shards import write_json_atomic, write_manifest
+
+    write_json_atomic(out_dir / METADATA, entries)
+    keep = {METADATA, "manifest.json"}
+    for e in entries.values():
+        for block in ("image", "thumbnail", "in_the_wild"):
+            if e.get(block) and e[block].get("file_path"):
+                keep.add(e[block]["file_path"])
+    for p in sorted(out_dir.rglob("*"), reverse=True):
+        rel = p.relative_to(out_dir).as_posix()
+        if p.is_file() and rel not in keep:
+            p.unlink()
+        elif p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+# --- synthetic -----------------------------------------------------------------------------
+
+def _draw_one(args) -> tuple[str, dict]:
+    from tasks.faces import synthetic
+
+    out_dir, key, index, ident_kind, seed, ident_index, size, scale_range, max_rotation = args
+    ident = synthetic.subject_identity(seed) if ident_kind == "subject" else synthetic.base_identity(seed, ident_index)
+    photo = synthetic.draw_photo(ident, ("photo", index), size=size, scale_range=tuple(scale_range),
+                                 max_rotation=max_rotation)
+    rel = _subdir_path("in-the-wild-images", index)
+    wild = synthetic.write_photo(photo, Path(out_dir) / rel)
+    wild = {"file_url": None, "file_path": rel, **wild,
+            "face_quad": np.round(ffhq_quad(photo.landmarks).quad, 3).tolist()}
+    return key, {"identity": ident.name, "in_the_wild": wild}
+
+
+def fetch_synthetic(out_dir: str | Path, *, num_images: int, num_identities: int, seed: int,
+                    image_size: int = 320, scale_range=(22.0, 48.0), max_rotation: float = 30.0,
+                    val_fraction: float = 0.1, subject: bool = False, workers: int = 0,
+                    params: dict | None = None, progress: bool = True) -> dict:
+    """Draw `num_images` photos of `num_identities` base identities (or of the held-out subject)."""
+    from tqdm.auto import tqdm
+
+    if num_images < 1 or (not subject and num_identities < 1):
+        raise ValueError(f"num_images and num_identities must be >= 1, got {num_images}, {num_identities}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(out_dir), f"{i:05d}", i, "subject" if subject else "base", seed,
+             i % max(1, num_identities), image_size, list(scale_range), max_rotation) for i in range(num_images)]
+    with process_pool(min(resolve_workers(workers), num_images)) as pool:
+        drawn = dict(tqdm(imap(pool, _draw_one, jobs, 8), total=len(jobs), desc="draw",
+                          unit="img", disable=not progress))
+    entries = {}
+    for key in sorted(drawn):
+        d = drawn[key]
+        entries[key] = {
+            "category": "training" if subject else _category(key, val_fraction),
+            "metadata": {"source": "synthetic", "identity": d["identity"], "license": "generated (CC0)"},
+            # A drawn photo has no FFHQ-aligned or thumbnail version: align_faces makes it.
+            "image": None, "thumbnail": None,
+            "in_the_wild": d["in_the_wild"],
+        }
+    identities = sorted({e["metadata"]["identity"] for e in entries.values()})
+    manifest = {"kind": "faces_raw", "source": "synthetic", "images": "in_the_wild",
+                "counts": {"images": len(entries), "identities": len(identities), "rejected": 0},
+                "identities": identities, "params": params or {}, "rejected": []}
+    return _finish(out_dir, entries, manifest)
+
+
+# --- a folder of photos --------------------------------------------------------------------
+
+def _safe_key(stem: str, taken: set[str]) -> str:
+    key = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_") or "photo"
+    base, n = key, 1
+    while key in taken:
+        n += 1
+        key = f"{base}_{n}"
+    taken.add(key)
+    return key
+
+
+def fetch_folder(src: str | Path, out_dir: str | Path, *, val_fraction: float = 0.1, all_training: bool = False,
+                 params: dict | None = None, log: Callable[[str], None] = print) -> dict:
+    """Copy every readable photo of `src` (recursively) as an upright RGB PNG; reject the rest."""
+    src = Path(src).expanduser()
+    if not src.is_dir():
+        raise FileNotFoundError(f"source folder {src} does not exist (source must be 'synthetic', 'ffhq' "
+                                f"or a folder of photos)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
+    entries, rejected, taken = {}, [], set()
+    for p in files:
+        rel_src = p.relative_to(src).as_posix()
+        key = _safe_key(p.relative_to(src).with_suffix("").as_posix().replace("/", "_"), taken)
+        try:
+            img = load_rgb(p)
+        except BadImage as exc:
+            rejected.append({"key": key, "file": rel_src, "reason": str(exc)})
+            continue
+        rel = f"in-the-wild-images/{key}.png"
+        dest = out_dir / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".tmp")
+        img.save(tmp, format="PNG")
+        os.replace(tmp, dest)
+        data = dest.read_bytes()
+        entries[key] = {
+            "category": "training" if all_training else _category(key, val_fraction),
+            "metadata": {"source": "folder", "original": rel_src},
+            "image": None, "thumbnail": None,
+            "in_the_wild": {"file_url": None, "file_path": rel, "file_size": len(data),
+                            "file_md5": hashlib.md5(data).hexdigest(), "pixel_size": list(img.size)},
+        }
+    for r in rejected:
+        log(f"rejected {r['file']}: {r['reason']}")
+    if not entries:
+        raise ValueError(f"no usable photo in {src} ({len(rejected)} files rejected)")
+    manifest = {"kind": "faces_raw", "source": "folder", "images": "in_the_wild", "folder": str(src),
+                "counts": {"files": len(files), "images": len(entries), "rejected": len(rejected)},
+                "params": params or {}, "rejected": rejected}
+    return _finish(out_dir, entries, manifest)
+
+
+# --- FFHQ ----------------------------------------------------------------------------------
+
+def fetch_ffhq(out_dir: str | Path, *, images: str = "in_the_wild", num_images: int | None = None,
+               base_url: str | None = None, metadata_url: str | None = None,
+               metadata_md5: str | None = FFHQ_METADATA["file_md5"],
+               metadata_size: int | None = FFHQ_METADATA["file_size"], num_threads: int = 8,
+               retries: int = 3, download_dir: str | Path | None = "data/downloads/ffhq",
+               params: dict | None = None, log: Callable[[str], None] = print, progress: bool = True) -> dict:
+    """Download FFHQ's metadata, then the first `num_images` photos (by index), verified.
+
+    `base_url` points at a mirror laid out like the official one (`<base>/<file_path>`,
+    metadata at `<base>/ffhq-dataset-v2.json`); without it the official `file_url`s are used.
+    Files already present and verified are kept (a rerun resumes); a file that fails its size or
+    md5 check is deleted and the stage fails, naming it, after the others are done. The 255 MB
+    metadata file is kept in `download_dir` (outside the DVC out, git-ignored) so that a rerun
+    with other params does not fetch it again; None keeps it nowhere.
+    """
+    from tqdm.auto import tqdm
+
+    if images not in BLOCKS:
+        raise ValueError(f"images must be one of {sorted(BLOCKS)}, got {images!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = base_url.rstrip("/") if base_url else None
+    meta_url = metadata_url or (f"{base}/{METADATA}" if base else FFHQ_METADATA["file_url"])
+    if not metadata_md5:
+        log(f"metadata_md5 not set: {meta_url} is not verified")
+    cache = Path(download_dir) if download_dir else out_dir / ".ffhq"
+    meta_path = download_file(meta_url, cache / METADATA, size=metadata_size, md5=metadata_md5,
+                              retries=retries, progress=progress)
+    with open(meta_path) as f:
+        full = json.load(f)
+    keys = sorted(full, key=int)[: num_images if num_images else None]
+    block = BLOCKS[images]
+    specs = []
+    for k in keys:
+        spec = full[k].get(block)
+        if not spec or not spec.get("file_path"):
+            raise ValueError(f"{METADATA} entry {k} has no '{block}' block with a file_path")
+        url = f"{base}/{spec['file_path']}" if base else spec["file_url"]
+        specs.append((k, url, spec))
+
+    failures: list[str] = []
+
+    def get(job):
+        k, url, spec = job
+        try:
+            download_file(url, out_dir / spec["file_path"], size=spec.get("file_size"), md5=spec.get("file_md5"),
+                          retries=retries, progress=False)
+        except DownloadError as exc:
+            failures.append(f"{k} ({spec['file_path']}): {exc}")
+
+    with ThreadPoolExecutor(max(1, num_threads)) as pool:
+        list(tqdm(pool.map(get, specs), total=len(specs), desc="ffhq", unit="file", disable=not progress))
+    if failures:
+        raise DownloadError(f"{len(failures)} of {len(specs)} FFHQ files failed verification or download "
+                            f"(bad files deleted, good ones kept for the rerun):\n  " + "\n  ".join(failures[:20]))
+    entries = {f"{int(k):05d}": full[k] for k in keys}
+    manifest = {"kind": "faces_raw", "source": "ffhq", "images": images,
+                "counts": {"images": len(entries), "rejected": 0},
+                "metadata": {"url": meta_url, "md5": metadata_md5}, "params": params or {}, "rejected": []}
+    if not download_dir:
+        shutil.rmtree(cache)  # the 255 MB metadata: its subset is kept instead
+    return _finish(out_dir, entries, manifest)
+
+
+# --- reading a raw folder back ---------------------------------------------------------------
+
+def items_from_raw(raw_dir: str | Path, landmarks: str) -> tuple[list[Item], dict]:
+    """Items to align from a raw folder; metadata landmarks are attached only when asked for."""
+    raw_dir = Path(raw_dir)
+    meta_path = raw_dir / METADATA
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} is missing: run fetch_faces first")
+    with open(meta_path) as f:
+        entries = json.load(f)
+    try:
+        raw_manifest = json.loads((raw_dir / "manifest.json").read_text())
+    except FileNotFoundError:
+        raw_manifest = {"images": "in_the_wild"}
+    images = raw_manifest.get("images", "in_the_wild")
+    block = BLOCKS[images]
+    items = []
+    for key, e in entries.items():
+        spec = e[block]
+        lm = spec.get("face_landmarks") if (block == "in_the_wild" and landmarks == "metadata") else None
+        items.append(Item(
+            key=key, split="val" if e.get("category") == "validation" else "train",
+            path=str(raw_dir / spec["file_path"]), landmarks=lm, aligned=block != "in_the_wild",
+            md5=spec.get("file_md5"),
+            info={"file": spec["file_path"], **{k: v for k, v in (e.get("metadata") or {}).items()
+                                                 if k in ("identity", "source", "original")}}))
+    return items, raw_manifest
