@@ -35,15 +35,17 @@ def stage_params(stage: str, path: str | Path = PARAMS_FILE) -> dict[str, Any]:
 
 def apply_profile(profile: str | Path, path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     """Merge a profile from configs/ into params.yaml in place and return the result."""
-    with open(profile) as f:
-        overlay = yaml.safe_load(f) or {}
-    unknown = set(overlay) - set(load_params(path))
-    if unknown:
-        raise KeyError(f"profile {profile} names sections params.yaml lacks: {sorted(unknown)}")
-    # ruamel keeps the comments that document each param in params.yaml.
+    # ruamel keeps the comments that document each param, and the quotes: DVC and the stages read
+    # params.yaml as YAML 1.1, where an unquoted `no` is False, not the string "no".
     from ruamel.yaml import YAML
 
     rt = YAML()
+    rt.preserve_quotes = True
+    with open(profile) as f:
+        overlay = rt.load(f) or {}
+    unknown = set(overlay) - set(load_params(path))
+    if unknown:
+        raise KeyError(f"profile {profile} names sections params.yaml lacks: {sorted(unknown)}")
     with open(path) as f:
         doc = rt.load(f)
     _merge_into(doc, overlay)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -126,3 +127,49 @@ def shard_paths(dataset_dir: str | Path, split: str) -> list[str]:
     if missing:
         raise FileNotFoundError(f"shards listed in the manifest are missing: {missing[:3]}")
     return paths
+
+
+# Resumable stages: a shard counts as finished once its tar is in place and its record (with the
+# fingerprint of everything that made it) is written to `.progress/<shard>.json`. A rerun keeps
+# finished shards whose fingerprint still matches and redoes the rest; the records are removed
+# when the manifest is written.
+PROGRESS = ".progress"
+
+
+def finished_shards(out_dir: str | Path, fingerprints: dict[str, str]) -> dict[str, dict]:
+    """{shard name: record} for shards an earlier run finished with the same fingerprint."""
+    out_dir, done = Path(out_dir), {}
+    for name, fp in fingerprints.items():
+        try:
+            rec = json.loads((out_dir / PROGRESS / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if rec.get("fingerprint") == fp and (rec.get("count") == 0 or (out_dir / name).is_file()):
+            done[name] = rec
+    return done
+
+
+def record_shard(out_dir: str | Path, name: str, record: dict[str, Any]) -> None:
+    """Mark shard `name` finished; `record` must hold its `fingerprint` and `count`."""
+    (Path(out_dir) / PROGRESS).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(out_dir) / PROGRESS / f"{name}.json", record)
+
+
+def clean_stale(out_dir: str | Path, keep: set[str]) -> int:
+    """Delete everything in `out_dir` but the finished shards in `keep` and their records
+    (half-written .tmp files, shards of other inputs, an old manifest). Returns how many went."""
+    out_dir, removed = Path(out_dir), 0
+    for p in out_dir.iterdir():
+        if p.name == PROGRESS or p.name in keep:
+            continue
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+        removed += 1
+    for p in (out_dir / PROGRESS).glob("*"):
+        if p.name.removesuffix(".json") not in keep:
+            p.unlink()
+            removed += 1
+    return removed
+
+
+def clear_progress(out_dir: str | Path) -> None:
+    shutil.rmtree(Path(out_dir) / PROGRESS, ignore_errors=True)

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from tasks.cartoon_images import Rejected, composite_crop_resize
-from tasks.cartoon_loader import cartoon_loader, count_batches
+from tasks.cartoon_loader import cartoon_loader
+from tasks.shard_loader import count_batches
 from tasks.cartoon_preprocess import TooManyRejections, preprocess_cartoons
 from tasks.shards import read_manifest
 from tests.conftest import write_cartoon

@@ -24,6 +24,14 @@ def test_profile_merges_nested_sections_and_keeps_comments(tmp_path):
     assert "# learning rate" in text and "# top comment" in text
 
 
+def test_quoted_strings_stay_strings_for_yaml_1_1_readers(tmp_path):
+    params, profile = tmp_path / "params.yaml", tmp_path / "gpu.yaml"
+    params.write_text('train:\n  precision: "no"\n  lr: 1\n')
+    profile.write_text('train:\n  lr: 2\n  other: "off"\n')
+    merged = apply_profile(profile, params)
+    assert merged["train"] == {"precision": "no", "lr": 2, "other": "off"}
+
+
 def test_profile_with_an_unknown_section_is_refused(tmp_path):
     params, profile = tmp_path / "params.yaml", tmp_path / "bad.yaml"
     params.write_text(BASE)

@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -32,10 +31,11 @@ import PIL.Image
 from tasks.faces.align import align_face
 from tasks.faces.images import BadImage, load_rgb
 from tasks.faces.landmarks import NoFace, face_size, pick_face
+from tasks.shards import (AtomicShardWriter, clean_stale, clear_progress, finished_shards, record_shard, shard_name,
+                          write_manifest)
 
 # tasks.shards imports webdataset, which imports torch (~1.5 s): only the main process needs it.
 
-PROGRESS = ".progress"
 LANDMARK_SOURCES = ("metadata", "dlib", "face_alignment")
 
 
@@ -154,20 +154,6 @@ def _file_md5(path: str) -> str:
         return "missing"
 
 
-def _clean_stale(out_dir: Path, keep: set[str]) -> int:
-    """Delete everything in out_dir except the finished shards named in `keep` and .progress."""
-    removed = 0
-    for p in out_dir.iterdir():
-        if p.name == PROGRESS or p.name in keep:
-            continue
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-        removed += 1
-    for p in (out_dir / PROGRESS).glob("*"):
-        if p.name.removesuffix(".json") not in keep:
-            p.unlink()
-    return removed
-
-
 def align_to_shards(items: list[Item], out_dir: str | Path, cfg: AlignConfig, *, shard_size: int,
                     workers: int, params: dict, progress: bool = True,
                     log: Callable[[str], None] = print, fan: Any = None,
@@ -176,7 +162,6 @@ def align_to_shards(items: list[Item], out_dir: str | Path, cfg: AlignConfig, *,
     """Align `items` into `out_dir` (shards + manifest.json), reusing finished shards. Returns the manifest."""
     from tqdm.auto import tqdm
 
-    from tasks.shards import AtomicShardWriter, shard_name, write_json_atomic, write_manifest
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -199,22 +184,12 @@ def align_to_shards(items: list[Item], out_dir: str | Path, cfg: AlignConfig, *,
         manifest_path.unlink()
 
     # Finished shards from an earlier (killed) run of the same inputs and params.
-    done: dict[str, dict] = {}
-    for name, fp in fps.items():
-        rec_path = out_dir / PROGRESS / f"{name}.json"
-        if rec_path.is_file():
-            try:
-                rec = json.loads(rec_path.read_text())
-            except ValueError:
-                continue
-            if rec.get("fingerprint") == fp and (rec["count"] == 0 or (out_dir / name).is_file()):
-                done[name] = rec
-    removed = _clean_stale(out_dir, set(done))
+    done = finished_shards(out_dir, fps)
+    removed = clean_stale(out_dir, set(done))
     pending = [(s, i, its) for s, i, its in plan if shard_name(s, i) not in done]
     n_pending = sum(len(its) for _, _, its in pending)
     log(f"{len(plan)} shards: {len(done)} already finished, {len(pending)} to do ({n_pending} images, "
         f"{workers} processes, landmarks {cfg.landmarks}); removed {removed} stale files")
-    (out_dir / PROGRESS).mkdir(exist_ok=True)
 
     def finish(split: str, idx: int, results: list[dict]) -> None:
         name = shard_name(split, idx)
@@ -226,7 +201,7 @@ def align_to_shards(items: list[Item], out_dir: str | Path, cfg: AlignConfig, *,
         rec = {"fingerprint": fps[name], "split": split, "count": len(ok),
                "used": [{"key": r["key"], "file": r["json"].get("file")} for r in ok],
                "rejected": sorted((r for r in results if "reason" in r), key=lambda r: r["key"])}
-        write_json_atomic(out_dir / PROGRESS / f"{name}.json", rec)
+        record_shard(out_dir, name, rec)
         done[name] = rec
 
     if pending:
@@ -297,7 +272,7 @@ def align_to_shards(items: list[Item], out_dir: str | Path, cfg: AlignConfig, *,
         **(extra_manifest or {}),
     }
     write_manifest(out_dir, manifest)
-    shutil.rmtree(out_dir / PROGRESS, ignore_errors=True)
+    clear_progress(out_dir)
     return manifest
 
 

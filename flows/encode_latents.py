@@ -1,0 +1,20 @@
+"""Flow for DVC stage encode_latents: aligned face shards -> latent shards (resumable); see
+tasks/latents/encode.py."""
+from __future__ import annotations
+
+from prefect import flow
+
+from flows._stage import run_stage
+from tasks.latents.stages import encode_latents_task
+
+
+@flow(name="encode_latents")
+def encode_latents(aligned_dir: str, vae_dir: str, out_dir: str, resolution: int | None = None, flip: bool = False,
+                   batch_size: int = 32, device: str = "auto", precision: str = "bf16", num_processes: int = 1) -> dict:
+    return encode_latents_task(aligned_dir, vae_dir, out_dir, resolution=resolution, flip=flip,
+                               batch_size=batch_size, device=device, precision=precision,
+                               num_processes=num_processes)
+
+
+if __name__ == "__main__":
+    run_stage(encode_latents, "encode_latents")

@@ -1,0 +1,291 @@
+"""Stage encode_latents: aligned face shards -> VAE latent shards (float16 posterior mean and std).
+
+Layout: one latent shard per aligned shard, with the same name (`train-000003.tar` encodes the
+aligned `train-000003.tar`). Each sample holds `mean.npy` and `std.npy` (float16, (C, h, w)),
+optionally `mean_flip.npy` / `std_flip.npy` (the horizontally flipped face) and `json` (its key).
+Storing the posterior's moments rather than one sample (as NVlabs' EDM2 does) lets training draw
+a fresh z = mean + std * eps each time.
+
+Resumption. A shard is finished when its tar has been renamed into place and its record
+`.progress/<shard>.json` written. The record carries the shard's fingerprint: the VAE identity
+(hash of its weights and config), the input shard's md5, the params that change the bytes
+(resolution, resample, flip) and FORMAT_VERSION. A run keeps finished shards whose fingerprint
+matches and deletes everything else first; the manifest is written last. The DVC out is declared
+`persist: true`, so a killed run leaves its finished shards for the next one, and the fingerprint
+makes that safe: a new VAE (the `models/vae` dep changed) matches no record, so every shard is
+encoded again; params that do not change the bytes (batch size, device, processes) match, so
+nothing is. Code edits re-run the stage (DVC deps) but keep the shards unless FORMAT_VERSION is
+bumped, which is the rule for any change to what is stored.
+
+Several processes: `num_processes` > 1 re-launches this module under `accelerate launch`; each
+process encodes its own shards (pending[rank::world]) on its own device, rank 0 writes the manifest.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from tasks.latents.images import decode_png, iter_shard, to_model_input
+from tasks.shards import (AtomicShardWriter, clean_stale, clear_progress, finished_shards, read_manifest,
+                          record_shard, shard_name, write_manifest)
+from tasks.latents.vae import add_sums, latent_variance, load_vae, moment_sums, posterior_moments, vae_identity
+
+FORMAT_VERSION = 1  # bump when what a latent shard stores changes
+KIND = "faces_latents"
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def plan(aligned_dir: str | Path) -> list[tuple[str, int, Path]]:
+    """(split, index, input shard) for every aligned shard the manifest lists."""
+
+    manifest = read_manifest(aligned_dir)
+    out = []
+    for split, entry in sorted(manifest["splits"].items()):
+        for name in entry["shards"]:
+            stem = name.removesuffix(".tar")
+            s, _, idx = stem.rpartition("-")
+            if s != split or not idx.isdigit():
+                raise ValueError(f"unexpected shard name {name} in split {split} of {aligned_dir}")
+            path = Path(aligned_dir) / name
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is listed in the manifest but missing")
+            out.append((split, int(idx), path))
+    if not out:
+        raise ValueError(f"{aligned_dir} lists no shards")
+    return out
+
+
+def shard_fingerprints(items: list[tuple[str, int, Path]], vae_id: str, resolution: int, flip: bool) -> dict[str, str]:
+    base = json.dumps({"vae": vae_id, "resolution": resolution, "resample": "lanczos", "flip": bool(flip),
+                       "format": FORMAT_VERSION}, sort_keys=True)
+    return {p.name: hashlib.sha256((base + p.name + _md5(p)).encode()).hexdigest()[:24] for _, _, p in items}
+
+
+def encode_batch(vae, images: np.ndarray, device: torch.device, precision: str) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (B, H, W, 3) -> float16 (mean, std), each (B, C, h, w). One encoder call."""
+    x = to_model_input(images).to(device)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                         enabled=precision == "bf16" and device.type == "cuda"):
+        mean, std = posterior_moments(vae, x)
+    return mean.float().cpu().numpy().astype(np.float16), std.float().cpu().numpy().astype(np.float16)
+
+
+def encode_shard(vae, src: Path, out_dir: Path, split: str, idx: int, *, resolution: int, flip: bool,
+                 batch_size: int, device: torch.device, precision: str, on_images: Callable[[int], None]) -> dict:
+    """Encode one aligned shard into the latent shard of the same name; returns its record (sans fingerprint)."""
+
+    keys, images = [], []
+    for key, png in iter_shard(src):
+        keys.append(key)
+        images.append(decode_png(png, resolution))
+    sums = None
+    with AtomicShardWriter(out_dir, split, max_count=max(1, len(keys)), start_index=idx) as writer:
+        for i in range(0, len(keys), batch_size):
+            batch = np.stack(images[i:i + batch_size])
+            mean, std = encode_batch(vae, batch, device, precision)
+            sums = add_sums(sums, moment_sums(torch.from_numpy(mean), torch.from_numpy(std)))
+            if flip:
+                mean_f, std_f = encode_batch(vae, batch[:, :, ::-1], device, precision)
+            for j, key in enumerate(keys[i:i + batch_size]):
+                sample = {"__key__": key, "mean.npy": mean[j], "std.npy": std[j], "json": {"key": key}}
+                if flip:
+                    sample.update({"mean_flip.npy": mean_f[j], "std_flip.npy": std_f[j]})
+                writer.write(sample)
+            on_images(len(batch))
+    return {"split": split, "count": len(keys), "sums": sums}
+
+
+def _resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    if device == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        return torch.device(f"cuda:{local_rank}")
+    return torch.device(device)
+
+
+def encode_latents(aligned_dir: str, vae_dir: str, out_dir: str, *, resolution: int | None = None, flip: bool = False,
+                   batch_size: int = 32, device: str = "auto", precision: str = "bf16", num_processes: int = 1,
+                   params: dict | None = None, progress: bool = True, log=print,
+                   shard_callback: Callable[[str], None] | None = None) -> dict:
+    """Encode every aligned shard not already encoded by this VAE; write the manifest. Returns it."""
+    if num_processes > 1:
+        job = Path(out_dir).with_name(Path(out_dir).name + ".job.json")
+        job.parent.mkdir(parents=True, exist_ok=True)
+        job.write_text(json.dumps(dict(aligned_dir=aligned_dir, vae_dir=vae_dir, out_dir=out_dir, resolution=resolution,
+                                       flip=flip, batch_size=batch_size, device=device, precision=precision,
+                                       params=params, progress=progress)))
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+               "-m", "tasks.latents.encode", "--job", str(job)]
+        log("launching: " + " ".join(cmd))
+        subprocess.run(cmd, check=True)
+        job.unlink(missing_ok=True)
+
+        return read_manifest(out_dir)
+    return _encode_process(aligned_dir, vae_dir, out_dir, resolution=resolution, flip=flip, batch_size=batch_size,
+                           device=device, precision=precision, params=params, progress=progress, log=log,
+                           shard_callback=shard_callback, rank=0, world=1, barrier=lambda: None)
+
+
+def _encode_process(aligned_dir, vae_dir, out_dir, *, resolution, flip, batch_size, device, precision, params,
+                    progress, log, shard_callback, rank: int, world: int, barrier: Callable[[], None],
+                    local_rank: int = 0) -> dict:
+    from tqdm.auto import tqdm
+
+
+    out = Path(out_dir)
+    items = plan(aligned_dir)
+    vae = load_vae(vae_dir)
+    vae_id = vae_identity(vae)
+    if resolution is None:  # the size the VAE was trained or saved for
+        size = vae.config.sample_size
+        resolution = int(size if isinstance(size, int) else size[0])
+    fps = shard_fingerprints(items, vae_id, resolution, flip)
+    run_fp = hashlib.sha256(json.dumps(sorted(fps.items())).encode()).hexdigest()[:24]
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    barrier()
+    manifest_path = out / "manifest.json"
+    if manifest_path.is_file():
+        try:
+            old = json.loads(manifest_path.read_text())
+        except ValueError:
+            old = {}
+        if old.get("fingerprint") == run_fp and all((out / n).is_file() for n in old.get("all_shards", [])):
+            log(f"encode_latents: {out} already holds these latents (VAE {vae_id}); nothing to do")
+            return old
+    done = finished_shards(out, fps)
+    barrier()  # every rank has read the records before rank 0 cleans
+    if rank == 0:
+        removed = clean_stale(out, set(done))
+        log(f"encode_latents: {len(items)} shards, {len(done)} already encoded by VAE {vae_id}, "
+            f"{len(items) - len(done)} to do; removed {removed} stale files")
+    barrier()
+    pending = [it for it in items if it[2].name not in done]
+    mine = pending[rank::world]
+    dev = _resolve_device(device, local_rank)
+    vae = vae.to(dev)
+    total = 0
+    for _, _, p in mine:  # count images cheaply from the tar members
+        with tarfile.open(p) as tf:
+            total += sum(1 for m in tf.getmembers() if m.name.endswith(".png"))
+    bar = tqdm(total=total, desc=f"encode[{rank}]" if world > 1 else "encode", unit="img",
+               disable=not progress, dynamic_ncols=True)
+    t0, n_images = time.perf_counter(), 0
+
+    def on_images(n: int) -> None:
+        nonlocal n_images
+        n_images += n
+        bar.update(n)
+
+    for split, idx, src in mine:
+        rec = encode_shard(vae, src, out, split, idx, resolution=resolution, flip=flip, batch_size=batch_size,
+                           device=dev, precision=precision, on_images=on_images)
+        record_shard(out, src.name, {**rec, "fingerprint": fps[src.name]})
+        if shard_callback is not None:
+            shard_callback(src.name)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    throughput = n_images / seconds if seconds > 0 and n_images else None
+    log(f"encode_latents[{rank}]: encoded {n_images} images ({'x2 with flips, ' if flip else ''}{len(mine)} shards) "
+        f"in {seconds:.1f} s = {throughput or 0:.1f} images/s on {dev}")
+    barrier()
+    if rank != 0:
+        return {}
+    # ---- manifest (rank 0): the source of truth for readers
+    records = finished_shards(out, fps)
+    missing = [p.name for _, _, p in items if p.name not in records]
+    if missing:
+        raise RuntimeError(f"shards not encoded: {missing[:5]}")
+    splits: dict[str, dict] = {}
+    sums_train = None
+    for split, idx, src in items:
+        rec = records[src.name]
+        sp = splits.setdefault(split, {"count": 0, "shards": [], "shard_counts": []})
+        if rec["count"]:
+            sp["count"] += rec["count"]
+            sp["shards"].append(shard_name(split, idx))
+            sp["shard_counts"].append(rec["count"])
+        if split == "train" and rec["sums"]:
+            sums_train = add_sums(sums_train, rec["sums"])
+    first = next(p for _, _, p in items)
+    with_shape = next(iter_latents(out / first.name))
+    shape = list(with_shape["mean.npy"].shape)
+    aligned = read_manifest(aligned_dir)
+    measured = 1.0 / math.sqrt(latent_variance(sums_train)) if sums_train else None
+    manifest = {
+        "kind": KIND,
+        "schema": {
+            "mean.npy": f"float16 {shape}: posterior mean (unscaled)",
+            "std.npy": f"float16 {shape}: posterior std (unscaled; 0 for a VQ model)",
+            **({"mean_flip.npy": "as mean.npy, of the horizontally flipped face",
+                "std_flip.npy": "as std.npy, of the horizontally flipped face"} if flip else {}),
+            "json": "key",
+            "training": "z = (mean + std * eps) * scaling_factor",
+        },
+        "vae": {
+            "identity": vae_id,                                   # hash of weights + config
+            "class": type(vae).__name__,
+            "config": {k: v for k, v in dict(vae.config).items() if not k.startswith("_")},
+            "path": str(vae_dir),
+            "scaling_factor": float(vae.config.scaling_factor),
+            "scaling_factor_measured_here": measured,             # 1 / std of these training latents
+        },
+        "latent_shape": shape,
+        "image_resolution": resolution,
+        "flip": bool(flip),
+        "dtype": "float16",
+        "counts": {"images": sum(sp["count"] for sp in splits.values()),
+                   **{s: sp["count"] for s, sp in splits.items()}},
+        "splits": splits,
+        "all_shards": [n for sp in splits.values() for n in sp["shards"]],
+        "source": {"dir": str(aligned_dir), "fingerprint": aligned.get("fingerprint")},
+        "params": params or {},
+        "format_version": FORMAT_VERSION,
+        "fingerprint": run_fp,
+        "throughput_images_per_second": throughput,
+    }
+    write_manifest(out, manifest)
+    clear_progress(out)
+    return manifest
+
+
+def iter_latents(path: str | Path):
+    """Decoded samples of one latent shard: dicts with `__key__` and float16 numpy arrays."""
+    import webdataset as wds
+
+    ds = wds.WebDataset([str(path)], shardshuffle=False, empty_check=False).decode()
+    yield from ds
+
+
+def main() -> None:  # one process of `accelerate launch -m tasks.latents.encode --job job.json`
+    from accelerate import PartialState
+
+    parser = argparse.ArgumentParser(description="one encoding process (see encode_latents)")
+    parser.add_argument("--job", required=True)
+    args = parser.parse_args()
+    job: dict[str, Any] = json.loads(Path(args.job).read_text())
+    state = PartialState()
+    _encode_process(**job, log=print, shard_callback=None, rank=state.process_index, world=state.num_processes,
+                    barrier=state.wait_for_everyone, local_rank=state.local_process_index)
+
+
+if __name__ == "__main__":
+    main()

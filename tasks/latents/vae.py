@@ -1,0 +1,381 @@
+"""The VAE of the latent track: a pretrained diffusers autoencoder, or a small one trained here.
+
+`source` (params: `train_vae.source`):
+  - `train`: fit a small `AutoencoderKL` on the aligned training faces (reconstruction + KL), the
+    embedded default, since no pretrained weights can be had offline;
+  - a local folder in diffusers format (an autoencoder's folder, or a pipeline folder with `vae/`
+    or `vqvae/` inside);
+  - a Hugging Face hub id (`stabilityai/sd-vae-ft-mse`, or `CompVis/ldm-celebahq-256` with
+    `subfolder: vqvae` for the LDM paper's VQ f=4 model). Offline with no local copy the load
+    fails at once with a message that says how to provide one.
+
+Whatever the source, the stage writes the VAE in diffusers format to one folder (models/vae) that
+the later stages depend on, so "the VAE" is always a folder whose content DVC hashes.
+
+The latent scaling factor: a pretrained config that names `scaling_factor` keeps it; otherwise it
+is measured on the training latents as 1 / std of z = mean + std * eps (the LDM paper's rule), and
+written into the saved config (so every reader, the pipeline included, gets the same number).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+VAE_CLASSES = ("AutoencoderKL", "VQModel")
+
+# A small AutoencoderKL for 64x64 faces: three levels = f=4 (64x64x3 -> 16x16x4).
+MODEL_DEFAULTS: dict[str, Any] = {
+    "block_out_channels": [32, 64, 64],  # one encoder/decoder level each; f = 2 ** (levels - 1)
+    "layers_per_block": 1,               # ResNet blocks per level
+    "latent_channels": 4,                # as Stable Diffusion's VAE
+    "norm_num_groups": 16,               # GroupNorm groups (must divide every width)
+    "mid_block_add_attention": True,     # self-attention at the bottleneck (as SD's VAE)
+}
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "seed": 0,                # init, batch order and posterior samples
+    "batch_size": 16,
+    "max_steps": 300,         # optimizer steps
+    "max_seconds": None,      # stop earlier when the wall clock says so (null: never); reported
+    "learning_rate": 3e-3,    # AdamW, linear warmup then constant (a short run needs all of it)
+    "lr_warmup_steps": 10,
+    "max_grad_norm": None,    # gradient clipping (null: none)
+    "kl_weight": 1.0e-6,      # LDM's KL-reg weight: latents stay close to deterministic
+    "l1_weight": 1.0,         # reconstruction = l1_weight * L1 + mse_weight * MSE (pixels in [-1, 1])
+    "mse_weight": 1.0,
+    "hflip": True,            # random horizontal flips of the training faces
+    "log_every": 10,          # dvclive rows every N steps
+    "logvar_init": -6.0,      # initial posterior log-variance (bias of quant_conv): start nearly deterministic,
+                              # as trained KL-f VAEs end up; diffusers' init (~0, std 1) costs hundreds of steps
+}
+
+
+# --------------------------------------------------------------------------- loading
+
+class VAESourceError(RuntimeError):
+    """The VAE cannot be loaded from the given source (offline with no copy, wrong folder, ...)."""
+
+
+def _vae_class(name: str):
+    import diffusers
+
+    if name not in VAE_CLASSES:
+        raise VAESourceError(f"unsupported autoencoder class {name!r}; supported: {', '.join(VAE_CLASSES)}")
+    return getattr(diffusers, name)
+
+
+def _local_vae_dir(path: Path, subfolder: str | None) -> Path:
+    if subfolder:
+        path = path / subfolder
+    if (path / "config.json").is_file():
+        return path
+    for sub in ("vae", "vqvae"):  # a whole pipeline folder
+        if (path / sub / "config.json").is_file():
+            return path / sub
+    raise VAESourceError(f"{path} holds no diffusers autoencoder (no config.json, vae/ or vqvae/ inside)")
+
+
+def offline_help(source: str, subfolder: str | None) -> str:
+    sub = f" --include '{subfolder}/*'" if subfolder else ""
+    target = f"models/{source.split('/')[-1]}"
+    return (f"cannot load the VAE '{source}'{f' (subfolder {subfolder})' if subfolder else ''}: it is not in the "
+            f"local Hugging Face cache and the hub cannot be reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}). "
+            f"Provide a local copy: on a machine with internet run `huggingface-cli download {source}{sub} "
+            f"--local-dir {target}`, copy that folder here and set `train_vae.source: {target}` in params.yaml "
+            f"(or fill the HF cache and set HF_HUB_OFFLINE=0); or use `train_vae.source: train` to train a small "
+            f"VAE on the aligned faces.")
+
+
+def load_pretrained(source: str, subfolder: str | None = None) -> tuple[torch.nn.Module, dict, str]:
+    """(vae, raw config.json dict, resolved description) from a local folder or a hub id."""
+    path = Path(source)
+    if path.exists():
+        folder = _local_vae_dir(path, subfolder)
+        raw = json.loads((folder / "config.json").read_text())
+        cls = _vae_class(raw.get("_class_name", "AutoencoderKL"))
+        return cls.from_pretrained(str(folder)), raw, str(folder)
+    if source.count("/") != 1 or source.startswith((".", "/")):
+        raise VAESourceError(f"train_vae.source {source!r} is neither 'train', an existing folder, nor a hub id "
+                             "(owner/name)")
+    # A hub id: fetch the config first (small), so offline fails in a second with a clear message.
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        config_path = hf_hub_download(source, "config.json", subfolder=subfolder)
+    except (LocalEntryNotFoundError, OSError) as exc:  # offline, no cache, no network, unknown repo
+        raise VAESourceError(offline_help(source, subfolder) + f" [{type(exc).__name__}]") from None
+    except Exception as exc:  # requests/httpx connection errors differ across versions
+        raise VAESourceError(offline_help(source, subfolder) + f" [{type(exc).__name__}: {exc}]") from None
+    raw = json.loads(Path(config_path).read_text())
+    cls = _vae_class(raw.get("_class_name", "AutoencoderKL"))
+    try:
+        vae = cls.from_pretrained(source, subfolder=subfolder)
+    except OSError as exc:
+        raise VAESourceError(offline_help(source, subfolder) + f" [{exc}]") from None
+    return vae, raw, f"{source}{'/' + subfolder if subfolder else ''}"
+
+
+def load_vae(vae_dir: str | Path) -> torch.nn.Module:
+    """The VAE a stage wrote (models/vae), in eval mode with gradients off."""
+    vae_dir = Path(vae_dir)
+    if not (vae_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{vae_dir} holds no VAE (config.json missing): run the train_vae stage first")
+    raw = json.loads((vae_dir / "config.json").read_text())
+    vae = _vae_class(raw.get("_class_name", "AutoencoderKL")).from_pretrained(str(vae_dir))
+    vae.eval().requires_grad_(False)
+    return vae
+
+
+def vae_identity(vae: torch.nn.Module) -> str:
+    """A hash of the VAE's weights and config: equal for the same VAE saved and loaded any number
+    of times, different as soon as one weight or config value differs."""
+    h = hashlib.sha256()
+    config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
+    h.update(type(vae).__name__.encode())
+    h.update(json.dumps(config, sort_keys=True, default=list).encode())
+    for name, tensor in sorted(vae.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:24]
+
+
+# --------------------------------------------------------------------------- encode / decode
+
+def downsample_factor(vae: torch.nn.Module) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def posterior_moments(vae: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images in [-1, 1] -> the posterior's (mean, std), unscaled. A VQ model is deterministic
+    (std = 0; its latents are the encoder output before quantisation, as the LDM paper trains on)."""
+    if type(vae).__name__ == "VQModel":
+        z = vae.encode(x).latents
+        return z, torch.zeros_like(z)
+    dist = vae.encode(x).latent_dist
+    return dist.mean, dist.std
+
+
+def decode(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Unscaled latents -> images in [-1, 1] (unclamped)."""
+    return vae.decode(z).sample
+
+
+def latent_variance(stats: dict[str, float]) -> float:
+    """Var of z = mean + std * eps over every latent element, from running sums:
+    E[z^2] - E[z]^2 = E[mean^2] + E[std^2] - E[mean]^2 (eps independent, zero-mean, unit-variance)."""
+    n = stats["n"]
+    m1, m2, s2 = stats["sum_mean"] / n, stats["sum_mean_sq"] / n, stats["sum_std_sq"] / n
+    return max(m2 + s2 - m1 * m1, 1e-12)
+
+
+def moment_sums(mean: torch.Tensor, std: torch.Tensor) -> dict[str, float]:
+    mean, std = mean.double(), std.double()
+    return {"n": float(mean.numel()), "sum_mean": mean.sum().item(), "sum_mean_sq": mean.square().sum().item(),
+            "sum_std_sq": std.square().sum().item()}
+
+
+def add_sums(a: dict[str, float] | None, b: dict[str, float]) -> dict[str, float]:
+    return dict(b) if a is None else {k: a[k] + b[k] for k in b}
+
+
+@torch.no_grad()
+def measure_latent_sums(vae: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> dict:
+    from tasks.latents.images import to_model_input
+
+    sums = None
+    for i in range(0, len(images), batch_size):
+        mean, std = posterior_moments(vae, to_model_input(images[i:i + batch_size]).to(device))
+        sums = add_sums(sums, moment_sums(mean, std))
+    return sums
+
+
+@torch.no_grad()
+def reconstruction_psnr(vae: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> dict:
+    """Mean per-image PSNR (dB, pixels in [0, 1]) of decode(posterior mean) against the input, and of
+    two reference reconstructions: the image's mean colour (flat) and a bilinear down-up at the VAE's
+    factor (what f x f pixels average into, with no learned detail)."""
+    from tasks.latents.images import to_model_input
+
+    f = downsample_factor(vae)
+    out: dict[str, list[float]] = {"vae": [], "flat": [], "bilinear": []}
+
+    def psnr(a: torch.Tensor, b: torch.Tensor) -> list[float]:
+        mse = ((a.clamp(-1, 1) - b) / 2).square().flatten(1).mean(1).clamp_min(1e-10)
+        return (10 * torch.log10(1.0 / mse)).tolist()
+
+    for i in range(0, len(images), batch_size):
+        x = to_model_input(images[i:i + batch_size]).to(device)
+        mean, _ = posterior_moments(vae, x)
+        out["vae"] += psnr(decode(vae, mean).float(), x)
+        out["flat"] += psnr(x.mean(dim=(2, 3), keepdim=True).expand_as(x), x)
+        small = F.interpolate(x, scale_factor=1 / f, mode="bilinear", antialias=True, align_corners=False)
+        out["bilinear"] += psnr(F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False), x)
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------- training
+
+def build_vae(model: dict[str, Any], resolution: int) -> torch.nn.Module:
+    from diffusers import AutoencoderKL
+
+    levels = len(model["block_out_channels"])
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, sample_size=resolution,
+        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=tuple(model["block_out_channels"]), layers_per_block=model["layers_per_block"],
+        latent_channels=model["latent_channels"], norm_num_groups=model["norm_num_groups"],
+        mid_block_add_attention=model["mid_block_add_attention"])
+
+
+def merged(defaults: dict, given: dict | None, what: str) -> dict:
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise KeyError(f"unknown {what} params {unknown}; known: {sorted(defaults)}")
+    return {**defaults, **given}
+
+
+def fit_vae(train_images: np.ndarray, model: dict, training: dict, resolution: int, device: torch.device,
+            live=None, progress: bool = True, log=print) -> tuple[torch.nn.Module, dict]:
+    """Train a small AutoencoderKL on uint8 (N, H, W, 3) faces; returns (vae in eval mode, summary)."""
+    from diffusers.optimization import get_constant_schedule_with_warmup
+    from tqdm.auto import tqdm
+
+    from tasks.latents.images import to_model_input
+
+    torch.manual_seed(training["seed"])
+    vae = build_vae(model, resolution)
+    if training["logvar_init"] is not None and vae.quant_conv is not None:
+        with torch.no_grad():
+            vae.quant_conv.bias[model["latent_channels"]:].fill_(float(training["logvar_init"]))
+    vae = vae.to(device).train()
+    n_params = sum(p.numel() for p in vae.parameters())
+    steps = int(training["max_steps"])
+    opt = torch.optim.AdamW(vae.parameters(), lr=training["learning_rate"], weight_decay=0.0)
+    sched = get_constant_schedule_with_warmup(opt, training["lr_warmup_steps"])
+    g = torch.Generator().manual_seed(training["seed"])
+    bs = min(int(training["batch_size"]), len(train_images))
+    log(f"train_vae: {n_params:,} parameters, f={downsample_factor(vae)}, {len(train_images)} faces at "
+        f"{resolution}px, {steps} steps of {bs}")
+    order, pos = torch.randperm(len(train_images), generator=g), 0
+    t0, step, loss_sum, stopped_early = time.perf_counter(), 0, 0.0, False
+    bar = tqdm(total=steps, desc="train_vae", unit="step", disable=not progress, dynamic_ncols=True)
+    while step < steps:
+        if pos + bs > len(order):
+            order, pos = torch.randperm(len(train_images), generator=g), 0
+        idx = order[pos:pos + bs].numpy()
+        pos += bs
+        x = to_model_input(train_images[idx])
+        if training["hflip"]:
+            flip = torch.rand(len(x), generator=g) < 0.5
+            x[flip] = x[flip].flip(-1)
+        x = x.to(device)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g).to(device)
+        rec = vae.decode(z).sample
+        l1, mse = (rec - x).abs().mean(), (rec - x).square().mean()
+        kl = posterior.kl().mean() / z[0].numel()  # per latent element, so kl_weight is size-free
+        loss = training["l1_weight"] * l1 + training["mse_weight"] * mse + training["kl_weight"] * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if training["max_grad_norm"] is not None:
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), training["max_grad_norm"])
+        opt.step()
+        sched.step()
+        step += 1
+        loss_sum += loss.item()
+        bar.update(1)
+        if step % training["log_every"] == 0 or step == steps:
+            bar.set_postfix(loss=f"{loss.item():.4f}", mse=f"{mse.item():.4f}")
+            if live is not None:
+                live.step = step
+                live.log_metric("train_vae/loss", loss.item())
+                live.log_metric("train_vae/mse", mse.item())
+                live.log_metric("train_vae/kl", kl.item())
+        if training["max_seconds"] is not None and time.perf_counter() - t0 > training["max_seconds"]:
+            stopped_early = True
+            log(f"train_vae: max_seconds={training['max_seconds']} reached after {step} steps")
+            break
+    bar.close()
+    seconds = time.perf_counter() - t0
+    vae.eval().requires_grad_(False)
+    return vae, {"steps": step, "seconds": seconds, "stopped_by_time": stopped_early, "parameters": n_params,
+                 "images_per_second": step * bs / seconds}
+
+
+def prepare_vae(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str | None, *, source: str = "train",
+                subfolder: str | None = None, resolution: int = 64, model: dict | None = None,
+                training: dict | None = None, eval_batch_size: int = 16, eval_images: int | None = 2000,
+                device: str = "auto", progress: bool = True, log=print) -> dict:
+    """The train_vae stage's work: obtain the VAE, fix its scaling factor, save it, report PSNR.
+
+    `eval_images` caps the faces used for the validation PSNR and, with a pretrained VAE, for measuring
+    the scaling factor (the first N in shard order; FFHQ's 70000 would not fit in memory)."""
+    from tasks.latents.images import load_split
+    from tasks.shards import write_json_atomic
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    model = merged(MODEL_DEFAULTS, model, "train_vae.model")
+    training = merged(TRAIN_DEFAULTS, training, "train_vae.training")
+    _, train_images = load_split(shard_dir, "train", resolution, limit=None if source == "train" else eval_images)
+    _, val_images = load_split(shard_dir, "val", resolution, limit=eval_images)
+    summary: dict[str, Any] = {"source": source}
+    live = None
+    if source == "train":
+        if live_dir:
+            import shutil
+
+            from dvclive import Live
+
+            shutil.rmtree(live_dir, ignore_errors=True)
+            live = Live(dir=live_dir, save_dvc_exp=False, dvcyaml=None)
+        vae, fit = fit_vae(train_images, model, training, resolution, dev, live=live, progress=progress, log=log)
+        summary["training"] = fit
+        config_scale = None
+    else:
+        vae, raw, resolved = load_pretrained(source, subfolder)
+        vae = vae.to(dev).eval().requires_grad_(False)
+        summary["resolved"] = resolved
+        config_scale = raw.get("scaling_factor")
+    # The scaling factor: the pretrained config's, else 1 / std of the training latents.
+    sums = measure_latent_sums(vae, train_images[:eval_images], eval_batch_size, dev)
+    measured = 1.0 / math.sqrt(latent_variance(sums))
+    scale = float(config_scale) if config_scale is not None else measured
+    vae.register_to_config(scaling_factor=scale)
+    summary.update(scaling_factor=scale, scaling_factor_source="config" if config_scale is not None else "measured",
+                   scaling_factor_measured=measured)
+    psnr = reconstruction_psnr(vae, val_images, eval_batch_size, dev)
+    vae = vae.to("cpu")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    vae.save_pretrained(out_dir)
+    metrics = {
+        "psnr_val_db": psnr["vae"],                # decode(posterior mean) vs the validation face
+        "psnr_val_flat_db": psnr["flat"],          # reference: each face's mean colour
+        "psnr_val_bilinear_db": psnr["bilinear"],  # reference: bilinear down-up by the VAE's factor
+        "val_images": int(len(val_images)),
+        "resolution": resolution,
+        "downsample_factor": downsample_factor(vae),
+        "latent_channels": int(vae.config.latent_channels),
+        "vae_identity": vae_identity(vae),
+        **summary,
+    }
+    if live is not None:
+        live.summary = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        live.end()
+    Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(metrics_path, metrics)
+    log(f"train_vae: PSNR on {len(val_images)} validation faces {psnr['vae']:.2f} dB (flat {psnr['flat']:.2f}, "
+        f"bilinear f={downsample_factor(vae)} {psnr['bilinear']:.2f}); scaling factor {scale:.4f} "
+        f"({summary['scaling_factor_source']}) -> {out_dir}")
+    return metrics

@@ -1,0 +1,349 @@
+"""The diffusion training engine shared by the cartoon model, the latent model and DreamBooth.
+
+What differs between those models comes in a `TrainSpec` (a model factory, a loader factory, a
+"batch -> (clean x0, condition)" adapter, the forward call, how to null a condition, how to save);
+everything else lives here, in one loop read top to bottom:
+
+  setup       accelerate (devices, mixed precision, gradient accumulation, processes), seeds
+  model       AdamW, cosine schedule with warmup, EMA of the weights, memory anatomy
+  resume      the newest checkpoint of the same run (config fingerprint), counters and RNG included
+  loop        epoch loaders re-created from (seed, epoch); a resumed epoch skips its consumed batches
+  outputs     dvclive curves per step, a sample grid per epoch, checkpoints, the EMA model saved
+
+Resume is exact: a checkpoint holds the model, optimizer, LR schedule, EMA and the step/epoch/batch
+counters (all through `accelerator.save_state`), taken only at optimizer-step boundaries; noise,
+timesteps and condition dropout are seeded per micro-batch from (seed, rank, position); the loader for an epoch is deterministic, so skipping the batches the checkpoint had
+already consumed puts the run where an uninterrupted one would be.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tasks.log import get_logger
+from tasks.training.config import TrainConfig
+from tasks.training.memory import measured_adam_state_mb, memory_anatomy
+
+CHECKPOINT_PREFIX = "checkpoint-"
+FINGERPRINT = "fingerprint.json"
+
+
+@dataclass
+class TrainSpec:
+    """What one model brings to the engine. Every callable is plain and picklable-free."""
+
+    build_model: Callable[[], nn.Module]
+    """Returns the module to train, freshly initialised (the engine seeds torch first)."""
+    make_loader: Callable[[int, int, int], Iterable]
+    """(epoch, rank, world_size) -> this process's batches for the epoch; deterministic."""
+    batches_per_epoch: int
+    """Micro-batches each process gets per epoch (every rank the same)."""
+    prepare_batch: Callable[[Any, torch.device], tuple[torch.Tensor, Any]]
+    """(batch, device) -> (clean target x0 (B, C, H, W), condition or None)."""
+    predict: Callable[[nn.Module, torch.Tensor, torch.Tensor, Any], torch.Tensor]
+    """(model, noisy x_t, timesteps, condition) -> the model's prediction (noise or v)."""
+    save: Callable[[nn.Module, Any, str], None]
+    """(model with EMA weights, noise scheduler, out_dir) -> writes the final model."""
+    null_condition: Callable[[Any, torch.Tensor], Any] | None = None
+    """(condition, drop mask (B,) bool) -> condition with masked rows set to the null condition."""
+    sample_grid: Callable[[nn.Module, Any, int], Any] | None = None
+    """(model with EMA weights, noise scheduler, epoch) -> a PIL image logged per epoch."""
+
+
+def noise_seed(seed: int, rank: int, micro_batch: int) -> int:
+    """The seed of one micro-batch's noise, timesteps and dropout mask: a function of where the run
+    is, not of a generator's history, so a resumed run draws the same on every rank."""
+    return ((seed * 1_000_003 + rank) * 1_000_000_007 + micro_batch) % (2**63 - 1)
+
+
+class _Counters:
+    """Engine state saved with every checkpoint (via accelerate's custom-state mechanism)."""
+
+    def __init__(self):
+        self.global_step = 0   # optimizer steps done
+        self.epoch = 0         # epoch in progress
+        self.batch_in_epoch = 0  # micro-batches of that epoch consumed
+
+    def state_dict(self) -> dict:
+        return {"global_step": self.global_step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.global_step, self.epoch = int(state["global_step"]), int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+
+
+class StopTraining(Exception):
+    """Raised by a step callback to end the run at once, as a kill would (tests use it)."""
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short hash of everything that defines a run; checkpoints of another run are not resumed."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def list_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
+    d = Path(checkpoint_dir)
+    if not d.is_dir():
+        return []
+    found = [p for p in d.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+             and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def _prepare_checkpoint_dir(checkpoint_dir: Path, run_id: str, is_main: bool, log) -> None:
+    """Keep checkpoints only if they belong to this run (same fingerprint); drop them otherwise."""
+    if not is_main:
+        return
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    marker = checkpoint_dir / FINGERPRINT
+    old = json.loads(marker.read_text())["run_id"] if marker.is_file() else None
+    if old != run_id:
+        stale = list_checkpoints(checkpoint_dir)
+        if stale:
+            log.warning(f"{checkpoint_dir}: {len(stale)} checkpoint(s) of another run (params or data changed); "
+                        "starting afresh")
+        for p in stale:
+            shutil.rmtree(p)
+        marker.write_text(json.dumps({"run_id": run_id}) + "\n")
+    for tmp in checkpoint_dir.glob("*.tmp"):  # a save cut short by a kill
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _truncate_tsv(live_dir: Path, step: int) -> None:
+    """Drop dvclive rows logged after `step` (a killed run logged steps its checkpoint lacks)."""
+    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+        lines = tsv.read_text().splitlines(keepends=True)
+        if not lines:
+            continue
+        header, rows = lines[0], lines[1:]
+        col = header.rstrip("\n").split("\t").index("step")
+        kept = [r for r in rows if int(r.split("\t")[col]) < step]
+        tsv.write_text(header + "".join(kept))
+
+
+def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: str, live_dir: str,
+          run_id: str, step_callback: Callable[[int], None] | None = None, show_progress: bool = True) -> dict:
+    """Train `spec`'s model under `cfg`; returns the summary metrics (also logged to dvclive).
+
+    `run_id` identifies the run (hash of params and data): checkpoints with another id are discarded.
+    `step_callback(global_step)` runs after every optimizer step (and its checkpoint, if any).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+    from dvclive import Live
+    from tqdm.auto import tqdm
+
+    log = get_logger()
+    # ---------------------------------------------------------------- setup
+    # Several processes without CUDA (torchrun on CPU): accelerate needs cpu=True to pick gloo.
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=multi_cpu,
+                              gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    is_main = accelerator.is_main_process
+    set_seed(cfg.seed)  # the model's initial weights; the same on every process
+    checkpoint_dir, live_dir = Path(checkpoint_dir), Path(live_dir)
+    _prepare_checkpoint_dir(checkpoint_dir, run_id, is_main, log)
+    accelerator.wait_for_everyone()
+
+    steps_per_epoch = spec.batches_per_epoch // cfg.gradient_accumulation_steps
+    if steps_per_epoch < 1:
+        raise ValueError(f"{spec.batches_per_epoch} batches per epoch cannot make one optimizer step with "
+                         f"gradient_accumulation_steps={cfg.gradient_accumulation_steps}: use smaller batches")
+    total_steps = steps_per_epoch * cfg.num_epochs
+    if cfg.max_train_steps is not None:
+        total_steps = min(total_steps, cfg.max_train_steps)
+    micro_per_epoch = steps_per_epoch * cfg.gradient_accumulation_steps  # a ragged tail is not used
+
+    # ---------------------------------------------------------------- model, optimizer, EMA
+    model = spec.build_model()
+    noise_scheduler = cfg.noise_scheduler()
+    anatomy = memory_anatomy(model, use_ema=cfg.use_ema)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+    # Stepped by hand once per optimizer step (not prepared: accelerate would step it per process).
+    lr_scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.lr_warmup_steps, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema = None
+    if cfg.use_ema:
+        ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=cfg.ema_decay)
+        ema.to(accelerator.device)
+    # Each process draws its own noise, timesteps and dropout masks, re-seeded per micro-batch.
+    generator = torch.Generator(device=accelerator.device)
+    counters = _Counters()
+    accelerator.register_for_checkpointing(lr_scheduler, counters)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+
+    # ---------------------------------------------------------------- resume
+    found = list_checkpoints(checkpoint_dir)
+    resumed_from = None
+    if found:
+        resumed_from = found[-1]
+        accelerator.load_state(str(resumed_from))
+        log.info(f"resumed from {resumed_from} at step {counters.global_step} (epoch {counters.epoch}, "
+                 f"batch {counters.batch_in_epoch})")
+
+    live = None
+    if is_main:
+        if resumed_from is not None and live_dir.is_dir():
+            _truncate_tsv(live_dir, counters.global_step)
+        elif live_dir.is_dir():
+            shutil.rmtree(live_dir)  # a fresh run starts fresh curves
+        live = Live(dir=str(live_dir), resume=resumed_from is not None, save_dvc_exp=False, dvcyaml=None)
+        live.step = counters.global_step
+
+    def save_checkpoint() -> None:
+        accelerator.wait_for_everyone()
+        final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{counters.global_step}"
+        tmp = checkpoint_dir / (final.name + ".tmp")
+        accelerator.save_state(str(tmp))  # main process writes the shared state; each rank its RNG
+        accelerator.wait_for_everyone()
+        if is_main:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)  # a checkpoint is visible only once complete
+            keep = cfg.checkpoints_total_limit
+            if keep is not None:
+                for old in list_checkpoints(checkpoint_dir)[:-keep]:
+                    shutil.rmtree(old)
+        accelerator.wait_for_everyone()
+
+    def with_ema_weights(fn: Callable[[nn.Module], Any]) -> Any:
+        net = accelerator.unwrap_model(model)
+        if ema is None:
+            return fn(net)
+        ema.store(net.parameters())
+        ema.copy_to(net.parameters())
+        try:
+            return fn(net)
+        finally:
+            ema.restore(net.parameters())
+
+    def log_samples(epoch: int) -> None:
+        if is_main and spec.sample_grid is not None and cfg.samples_every_epochs > 0 \
+                and (epoch + 1) % cfg.samples_every_epochs == 0:
+            was_training = model.training
+            model.eval()
+            grid = with_ema_weights(lambda net: spec.sample_grid(net, noise_scheduler, epoch))
+            model.train(was_training)
+            live.log_image(f"samples/epoch-{epoch + 1:03d}.png", grid)
+
+    # ---------------------------------------------------------------- loop
+    log.info(f"training {anatomy['trainable_parameters']:,} parameters for {total_steps} steps "
+             f"({steps_per_epoch} per epoch, {world} process(es), accumulation {cfg.gradient_accumulation_steps})")
+    progress = tqdm(total=total_steps, initial=counters.global_step, desc="train", unit="step",
+                    disable=not (is_main and show_progress), dynamic_ncols=True)
+    adam_measured = None
+    samples_seen, train_time = 0, 0.0
+    model.train()
+    while counters.global_step < total_steps:
+        epoch = counters.epoch
+        batches = iter(spec.make_loader(epoch, rank, world))
+        # Deterministic loader: skip what the checkpointed run had consumed of this epoch.
+        for _ in itertools.islice(batches, counters.batch_in_epoch):
+            pass
+        window_loss = torch.zeros((), device=accelerator.device)
+        t0 = time.perf_counter()
+        while counters.batch_in_epoch < micro_per_epoch and counters.global_step < total_steps:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                raise RuntimeError(f"the loader of epoch {epoch} ended after {counters.batch_in_epoch} batches; "
+                                   f"the spec promised {spec.batches_per_epoch}") from None
+            x0, cond = spec.prepare_batch(batch, accelerator.device)
+            bsz = x0.shape[0]
+            generator.manual_seed(noise_seed(cfg.seed, rank, epoch * micro_per_epoch + counters.batch_in_epoch))
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,),
+                                      generator=generator, device=x0.device)
+            if cfg.cond_drop_prob > 0 and spec.null_condition is not None:
+                drop = torch.rand(bsz, generator=generator, device=x0.device) < cfg.cond_drop_prob
+                cond = spec.null_condition(cond, drop)
+            noisy = noise_scheduler.add_noise(x0, noise, timesteps)
+            if cfg.prediction_type == "epsilon":
+                target = noise
+            else:  # v = sqrt(a) * eps - sqrt(1 - a) * x0
+                target = noise_scheduler.get_velocity(x0, noise, timesteps)
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    pred = spec.predict(model, noisy, timesteps, cond)
+                loss = F.mse_loss(pred.float(), target.float())
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()  # a no-op inside an accumulation window (accelerate)
+                optimizer.zero_grad(set_to_none=True)
+            window_loss += loss.detach() / cfg.gradient_accumulation_steps
+            counters.batch_in_epoch += 1
+            samples_seen += bsz * world
+            if not accelerator.sync_gradients:
+                continue
+            # ---- one optimizer step done
+            lr_scheduler.step()
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(model).parameters())
+            counters.global_step += 1
+            if adam_measured is None:
+                adam_measured = measured_adam_state_mb(optimizer)
+            step_loss = accelerator.gather(window_loss.reshape(1)).mean().item()
+            window_loss.zero_()
+            if is_main:
+                live.log_metric("train/loss", step_loss)
+                live.log_metric("train/lr", lr_scheduler.get_last_lr()[0])
+                live.next_step()
+            progress.update(1)
+            progress.set_postfix(loss=f"{step_loss:.4f}", epoch=epoch + 1)
+            epoch_done = counters.batch_in_epoch >= micro_per_epoch
+            run_done = counters.global_step >= total_steps
+            if epoch_done or run_done:
+                train_time += time.perf_counter() - t0
+                log_samples(epoch)  # before the checkpoint: a resumed run never lacks a grid
+                t0 = time.perf_counter()
+            if epoch_done:  # counters point at the next epoch before a checkpoint records them
+                counters.epoch, counters.batch_in_epoch = epoch + 1, 0
+            if counters.global_step % cfg.checkpointing_steps == 0 or run_done:
+                save_checkpoint()
+            if step_callback is not None:
+                step_callback(counters.global_step)
+            if epoch_done:
+                break
+    progress.close()
+
+    # ---------------------------------------------------------------- outputs
+    accelerator.wait_for_everyone()
+    summary = {
+        "steps": counters.global_step,
+        "epochs": counters.epoch,
+        "processes": world,
+        "final_loss": None,
+        "samples_per_second": samples_seen / train_time if train_time > 0 else None,
+        "resumed_from_step": int(resumed_from.name[len(CHECKPOINT_PREFIX):]) if resumed_from else None,
+        "memory_anatomy": {**anatomy, "adam_state_mb_measured": adam_measured},
+    }
+    if is_main:
+        Path(model_dir).mkdir(parents=True, exist_ok=True)
+        with_ema_weights(lambda net: spec.save(net, noise_scheduler, model_dir))
+        tsv = live_dir / "plots" / "metrics" / "train" / "loss.tsv"
+        if tsv.is_file():
+            rows = tsv.read_text().splitlines()[1:]
+            tail = [float(r.split("\t")[-1]) for r in rows[-max(1, steps_per_epoch):]]
+            summary["final_loss"] = sum(tail) / len(tail) if tail else None  # mean over the last epoch
+        live.end()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary

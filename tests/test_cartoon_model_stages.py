@@ -1,0 +1,101 @@
+"""The three cartoon-model stages as tasks (`.fn`, no Prefect server) on tiny shards made here."""
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from tasks.cartoon_schema import AttributeSchema  # noqa: E402
+from tasks.shards import AtomicShardWriter, write_manifest  # noqa: E402
+
+SCHEMA = AttributeSchema(("hair_color", "face_color", "glasses"), (3, 2, 2))
+COLOURS = [(220, 40, 40), (40, 200, 40), (40, 40, 220)]
+
+
+def _image(attrs: list[int], rng: np.random.Generator) -> bytes:
+    """16x16: hair colour on top, face colour below, a dark bar for glasses."""
+    a = np.full((16, 16, 3), 255, np.uint8)
+    a[:6] = COLOURS[attrs[0]]
+    a[6:] = (240, 200, 160) if attrs[1] == 0 else (120, 80, 50)
+    if attrs[2]:
+        a[9:11, 3:13] = 0
+    a = np.clip(a.astype(int) + rng.integers(-8, 9, a.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, n in (("train", 32), ("val", 8)):
+        with AtomicShardWriter(out, split, max_count=16) as w:
+            for i in range(n):
+                attrs = [int(rng.integers(c)) for c in SCHEMA.counts]
+                w.write({"__key__": f"{split}{i:03d}", "png": _image(attrs, rng),
+                         "attrs.json": json.dumps(attrs).encode()})
+        splits[split] = {"shards": w.shards, "count": n, "shard_counts": [16] * (n // 16) + ([n % 16] if n % 16 else [])}
+    write_manifest(out, {"schema": SCHEMA.to_json(), "splits": splits, "counts": {s: v["count"] for s, v in splits.items()}})
+    return str(out)
+
+
+TINY_MODEL = {"block_out_channels": [8, 16], "norm_num_groups": 4, "cross_attention_dim": 8, "attention_head_dim": 4,
+              "tau_hidden_dim": 16}
+
+
+@pytest.mark.parametrize("mode", ["class_embedding", "cross_attention"])
+def test_train_classifier_evaluate_stages(tmp_path, shard_dir, mode):
+    from diffusers import DiffusionPipeline
+
+    from pipelines import CartoonDiffusionPipeline
+    from tasks.attribute_classifier import train_attribute_classifier
+    from tasks.cartoon_eval import evaluate_cartoon
+    from tasks.cartoon_train import train_cartoon
+
+    model_dir = str(tmp_path / "model")
+    train_cartoon.fn(shard_dir, model_dir, str(tmp_path / "ckpt"), str(tmp_path / "live"), str(tmp_path / "train.json"),
+                     data={"resolution": 16, "batch_size": 8},
+                     model={**TINY_MODEL, "conditioning": mode},
+                     training={"num_epochs": 1, "max_train_steps": 3, "checkpointing_steps": 2, "cond_drop_prob": 0.2},
+                     samples={"num_images": 4, "num_inference_steps": 2})
+    metrics = json.loads((tmp_path / "train.json").read_text())
+    assert metrics["steps"] == 3 and metrics["conditioning"] == mode
+    anatomy = metrics["memory_anatomy"]
+    pipe = DiffusionPipeline.from_pretrained(model_dir)
+    n_params = sum(p.numel() for p in pipe.unet.parameters()) + sum(p.numel() for p in pipe.tau.parameters())
+    assert isinstance(pipe, CartoonDiffusionPipeline) and anatomy["trainable_parameters"] == n_params
+    assert (tmp_path / "live" / "plots" / "images" / "samples" / "epoch-001.png").is_file()
+    assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+
+    if mode == "cross_attention":
+        return  # the classifier and evaluation do not depend on the mode: run them once
+    train_attribute_classifier.fn(shard_dir, str(tmp_path / "clf"), str(tmp_path / "clf.json"), resolution=16,
+                                  channels=[8, 16], hidden_dim=32, epochs=1, batch_size=8)
+    clf = json.loads((tmp_path / "clf.json").read_text())
+    assert set(clf["val_accuracy"]) == set(SCHEMA.names)
+    evaluate_cartoon.fn(model_dir, str(tmp_path / "clf"), shard_dir, str(tmp_path / "eval"), str(tmp_path / "eval.json"),
+                        guidance_scales=[0, 2], num_samples=4, num_inference_steps=2, batch_size=4, grid_images=4)
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    assert set(ev["accuracy_mean_by_guidance"]) == {"guidance_0", "guidance_2"}
+    assert set(ev["by_guidance"]["guidance_2"]["accuracy"]) == set(SCHEMA.names)
+    assert (tmp_path / "eval" / "grid_guidance_2.png").is_file()
+    gif = Image.open(tmp_path / "eval" / "guidance_scales.gif")
+    assert gif.n_frames == 2
+
+
+def test_classifier_learns_colours(tmp_path, shard_dir):
+    """The judge must read colours: on this fixture hair and face colour are the whole image."""
+    from tasks.attribute_classifier import run_classifier_training
+
+    m = run_classifier_training(shard_dir, str(tmp_path / "clf"), str(tmp_path / "m.json"), resolution=16,
+                                channels=[8, 16], hidden_dim=32, epochs=8, batch_size=8, learning_rate=5e-3,
+                                show_progress=False)
+    assert m["val_accuracy"]["hair_color"] >= 0.75 and m["val_accuracy"]["face_color"] >= 0.75, m["val_accuracy"]

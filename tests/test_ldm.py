@@ -1,0 +1,140 @@
+"""Latent diffusion: the pipeline (round-trip, determinism, schedulers) and train_ldm on the engine."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, UNet2DModel
+
+from pipelines import LatentDiffusionPipeline, make_scheduler
+from tasks.latents.encode import encode_latents
+from tasks.latents.vae import load_vae
+from tests.test_latents_helpers import make_aligned, save_tiny_vae
+
+torch.set_num_threads(1)
+
+TINY_UNET = {"block_out_channels": [16, 32], "layers_per_block": 1, "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+             "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "attention_head_dim": 8, "norm_num_groups": 8}
+
+
+def _pipeline(tmp_path) -> LatentDiffusionPipeline:
+    vae = load_vae(save_tiny_vae(tmp_path / "vae", seed=0))
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                       attention_head_dim=8, norm_num_groups=8)
+    pipe = LatentDiffusionPipeline(unet=unet, vae=vae, scheduler=DDPMScheduler(num_train_timesteps=100))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _sample(pipe, seed=0, **kw):
+    return pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(seed),
+                output_type="pt", **kw).images
+
+
+def test_pipeline_samples_deterministically_and_round_trips(tmp_path):
+    pipe = _pipeline(tmp_path)
+    a, b, c = _sample(pipe, 0), _sample(pipe, 0), _sample(pipe, 1)
+    assert a.shape == (2, 3, 16, 16)  # 8x8 latents, f=2 VAE
+    assert a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+    pipe.save_pretrained(tmp_path / "saved")
+    index = json.loads((tmp_path / "saved" / "model_index.json").read_text())
+    assert index["_class_name"] == "LatentDiffusionPipeline"
+    assert index["vae"] == ["diffusers", "AutoencoderKL"] and index["unet"] == ["diffusers", "UNet2DModel"]
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "saved")
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded, LatentDiffusionPipeline)
+    assert loaded.vae.config.scaling_factor == pytest.approx(0.5)
+    assert torch.equal(_sample(loaded, 0), a)
+
+    # Swappable scheduler: DDIM from the same config, deterministic too, and a different sampler.
+    loaded.scheduler = make_scheduler("ddim", loaded.scheduler.config)
+    assert isinstance(loaded.scheduler, DDIMScheduler)
+    d1, d2 = _sample(loaded, 0), _sample(loaded, 0)
+    assert torch.equal(d1, d2) and not torch.equal(d1, a)
+    pil = loaded(batch_size=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
+    assert pil[0].size == (16, 16)
+    lat = loaded(batch_size=1, num_inference_steps=2, output_type="latent").images
+    assert lat.shape == (1, 4, 8, 8)
+
+
+def test_pipeline_decodes_with_the_scaling_factor(tmp_path):
+    pipe = _pipeline(tmp_path)
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    direct = (pipe.vae.decode(z / 0.5).sample / 2 + 0.5).clamp(0, 1)
+    assert torch.allclose(pipe.decode_latents(z), direct)
+    with pytest.raises(ValueError, match="latents must have shape"):
+        pipe(batch_size=2, latents=torch.zeros(1, 4, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ldm")
+    aligned = make_aligned(root / "aligned", n=24, size=16, shard_size=6)
+    vae_dir = save_tiny_vae(root / "vae", seed=0, resolution=16)
+    encode_latents(str(aligned), str(vae_dir), str(root / "latents"), resolution=16, flip=True, batch_size=8,
+                   progress=False)
+    return root
+
+
+def _train(root, name, **training):
+    from tasks.ldm_train import run_training
+
+    cfg = {"seed": 0, "num_epochs": 2, "learning_rate": 1e-3, "lr_warmup_steps": 1, "checkpointing_steps": 2,
+           "ema_decay": 0.9, "num_train_timesteps": 100, **training}
+    out = root / name
+    summary = run_training(str(root / "latents"), str(root / "vae"), str(out / "model"), str(out / "ckpt"),
+                           str(out / "live"), str(out / "metrics.json"), data={"batch_size": 4}, model=TINY_UNET,
+                           training=cfg, samples={"num_images": 4, "num_inference_steps": 2},
+                           show_progress=False)
+    return summary, out
+
+
+def test_train_ldm_on_cached_latents_saves_a_sampling_pipeline(latents):
+    summary, out = _train(latents, "run")
+    from tasks.latents.loader import latent_loader
+
+    per_epoch = len(latent_loader(latents / "latents", "train", batch_size=4))
+    assert per_epoch >= 2 and summary["steps"] == 2 * per_epoch and summary["epochs"] == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["latent_shape"] == [4, 8, 8] and metrics["scaling_factor"] == pytest.approx(0.5)
+    assert metrics["memory_anatomy"]["total_mb"] > 0 and metrics["final_loss"] > 0
+    assert sorted(p.name for p in (out / "live" / "plots" / "images" / "samples").iterdir()) == \
+        ["epoch-001.png", "epoch-002.png"]
+    pipe = DiffusionPipeline.from_pretrained(out / "model")
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe, LatentDiffusionPipeline)
+    images = pipe(batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (2, 8 * 2, 8 * 2, 3)
+
+    # Same seed, same run: identical weights (the loader's eps and flips are seeded per sample).
+    _, again = _train(latents, "again")
+    a = DiffusionPipeline.from_pretrained(out / "model").unet.state_dict()
+    b = DiffusionPipeline.from_pretrained(again / "model").unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+
+def test_ffhq256_profile_is_the_seed_report(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from tasks.params import apply_profile
+    from tasks.training import TrainConfig
+
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copy(repo / "params.yaml", tmp_path / "params.yaml")
+    p = apply_profile(repo / "configs" / "ffhq256_ldm.yaml", tmp_path / "params.yaml")
+    assert p["train_vae"]["source"] == "stabilityai/sd-vae-ft-mse"
+    m, d, t = p["train_ldm"]["model"], p["train_ldm"]["data"], p["train_ldm"]["training"]
+    assert m["block_out_channels"] == [256, 512, 1024] and m["layers_per_block"] == 2
+    assert m["down_block_types"] == ["AttnDownBlock2D"] * 3 and m["up_block_types"] == ["AttnUpBlock2D"] * 3
+    assert m["attention_head_dim"] == 32
+    assert d["batch_size"] == 84
+    cfg = TrainConfig.from_params(t)
+    assert (cfg.learning_rate, cfg.lr_warmup_steps, cfg.num_epochs, cfg.use_ema) == (8.4e-5, 500, 70, True)
+    assert p["encode_latents"]["resolution"] == 256  # sd-vae-ft-mse: f=8 -> 32x32x4 latents, sample_size=32
