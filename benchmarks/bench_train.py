@@ -6,9 +6,10 @@ noise and timesteps per batch, `accelerator.accumulate`, clip, step, EMAModel, a
 loss. Both train the same tiny UNet2DModel on the same in-memory batches (no decoding cost), same
 batch size, same process. Steady-state samples/s are timed from a step past warm-up to the step
 before the last (the engine's final checkpoint is not counted; its periodic ones would be), each
-method run `--repeats` times alternately, best run kept (the least disturbed by other load).
+method run `--repeats` times, alternating which goes first; the best runs are compared (the least
+disturbed by other load), and the paired ratios are printed too.
 
-    python -m benchmarks.bench_train [--steps 24] [--batch-size 32] [--resolution 32] [--repeats 2]
+    python -m benchmarks.bench_train [--steps 24] [--batch-size 32] [--resolution 32] [--repeats 4]
 """
 from __future__ import annotations
 
@@ -113,20 +114,23 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--resolution", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=4)
     args = parser.parse_args()
     data = make_data(args.batch_size * 8, args.resolution)
     plain, engine = [], []
-    for _ in range(args.repeats):
-        plain.append(plain_loop(data, args.steps, args.batch_size, args.warmup))
-        engine.append(engine_loop(data, args.steps, args.batch_size, args.warmup))
+    for r in range(args.repeats):  # alternate which goes first: load drifts on a shared machine
+        order = [("plain", plain_loop), ("engine", engine_loop)]
+        for name, fn in (order if r % 2 == 0 else order[::-1]):
+            (plain if name == "plain" else engine).append(fn(data, args.steps, args.batch_size, args.warmup))
     print(f"model: UNet2DModel (32, 64, 64) at {args.resolution}x{args.resolution}, batch {args.batch_size}, "
           f"{args.steps} steps, torch threads {torch.get_num_threads()}")
     print(f"plain loop (train_unconditional.py style): {max(plain):.1f} samples/s  runs: "
           + ", ".join(f"{p:.1f}" for p in plain))
     print(f"engine (tasks/training):                  {max(engine):.1f} samples/s  runs: "
           + ", ".join(f"{e:.1f}" for e in engine))
-    print(f"ratio engine / plain: {max(engine) / max(plain):.3f}")
+    paired = sorted(e / p for e, p in zip(engine, plain))
+    print(f"ratio engine / plain: {max(engine) / max(plain):.3f} (best runs); paired runs: "
+          + ", ".join(f"{x:.3f}" for x in paired) + f"; median {paired[len(paired) // 2]:.3f}")
 
 
 if __name__ == "__main__":
