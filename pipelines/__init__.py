@@ -6,13 +6,11 @@ from pipelines.cartoon import (
     CartoonDiffusionPipeline,
     denoise,
     make_scheduler,
-    register_with_diffusers,
 )
 from pipelines.latent import LatentDiffusionPipeline
-from pipelines.latent import register_with_diffusers as _register_latent
+from pipelines.outputs import register_with_diffusers
 
-register_with_diffusers()
-_register_latent()
+register_with_diffusers(CartoonDiffusionPipeline, LatentDiffusionPipeline)
 
 __all__ = [
     "SCHEDULERS",

@@ -25,13 +25,14 @@ from diffusers import (
     DDPMScheduler,
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
-    ImagePipelineOutput,
     UNet2DConditionModel,
     UNet2DModel,
 )
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.torch_utils import randn_tensor
+
+from pipelines.outputs import check_output_type, to_output
 
 SCHEDULERS = {
     "ddpm": DDPMScheduler,  # ancestral, as trained: needs ~all training steps
@@ -238,8 +239,7 @@ class CartoonDiffusionPipeline(DiffusionPipeline):
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
         if int(num_inference_steps) < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        check_output_type(output_type)
         cond = self.encode_attributes(attributes).to(self.unet.dtype)
         size = self.unet.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
@@ -251,27 +251,5 @@ class CartoonDiffusionPipeline(DiffusionPipeline):
             model_input = self.scheduler.scale_model_input(sample, t)
             out = self.predict(model_input, t, cond, guidance_scale)
             sample = self.scheduler.step(out, t, sample, generator=generator).prev_sample
-        image = (sample.float() / 2 + 0.5).clamp(0, 1)
-        if output_type == "pt":
-            images = image
-        else:
-            images = image.cpu().permute(0, 2, 3, 1).numpy()
-            if output_type == "pil":
-                images = self.numpy_to_pil(images)
         self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images)
-
-
-def register_with_diffusers() -> None:
-    """Make `diffusers.DiffusionPipeline.from_pretrained(dir)` resolve this pipeline's class name.
-
-    A saved model_index.json names its pipeline class; diffusers looks that name up in its own
-    namespace, so a project pipeline must be made visible there (importing `pipelines` does it).
-    """
-    import diffusers
-
-    for cls in (CartoonDiffusionPipeline,):
-        if getattr(diffusers, cls.__name__, None) is not cls:
-            setattr(diffusers, cls.__name__, cls)
+        return to_output(sample, output_type, return_dict)

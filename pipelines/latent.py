@@ -17,6 +17,8 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
+from pipelines.outputs import check_output_type, to_output
+
 
 class LatentDiffusionPipeline(DiffusionPipeline):
     """Sample face images from an unconditional latent diffusion model."""
@@ -34,10 +36,9 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         return int(self.unet.config.in_channels), int(h), int(w)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents (as the UNet sees them) -> images in [0, 1], (B, 3, H, W)."""
+        """Scaled latents (as the UNet sees them) -> images in [-1, 1], (B, 3, H, W)."""
         z = latents / self.vae.config.scaling_factor
-        image = self.vae.decode(z.to(self.vae.dtype)).sample
-        return (image.float() / 2 + 0.5).clamp(0, 1)
+        return self.vae.decode(z.to(self.vae.dtype)).sample
 
     @torch.no_grad()
     def __call__(self, batch_size: int = 1, num_inference_steps: int = 50,
@@ -50,8 +51,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if int(num_inference_steps) < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        check_output_type(output_type, extra=("latent",))
         shape = (int(batch_size), *self.latent_shape)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
@@ -65,25 +65,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             model_input = self.scheduler.scale_model_input(latents, t)
             noise_pred = self.unet(model_input, t).sample
             latents = self.scheduler.step(noise_pred, t, latents, generator=generator).prev_sample
-        if output_type == "latent":
-            images = latents
-        else:
-            image = self.decode_latents(latents)
-            if output_type == "pt":
-                images = image
-            else:
-                images = image.cpu().permute(0, 2, 3, 1).numpy()
-                if output_type == "pil":
-                    images = self.numpy_to_pil(images)
         self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images)
-
-
-def register_with_diffusers() -> None:
-    """Make `diffusers.DiffusionPipeline.from_pretrained(dir)` resolve this pipeline's class name."""
-    import diffusers
-
-    if getattr(diffusers, LatentDiffusionPipeline.__name__, None) is not LatentDiffusionPipeline:
-        setattr(diffusers, LatentDiffusionPipeline.__name__, LatentDiffusionPipeline)
+        if output_type == "latent":
+            return ImagePipelineOutput(images=latents) if return_dict else (latents,)
+        return to_output(self.decode_latents(latents), output_type, return_dict)

@@ -7,12 +7,8 @@ Several processes: set `num_processes` > 1 and the task re-launches itself under
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 
@@ -27,6 +23,7 @@ from torch import nn
 from pipelines import AttributeProjection, AttributeTau, CartoonDiffusionPipeline, denoise, make_scheduler
 from tasks.cartoon_loader import cartoon_loader, load_schema
 from tasks.cartoon_schema import AttributeSchema
+from tasks.launch import job_main, launch
 from tasks.log import get_logger
 from tasks.shards import MANIFEST, write_json_atomic
 from tasks.training import TrainConfig, TrainSpec, fingerprint, train
@@ -196,17 +193,10 @@ def train_cartoon(shard_dir: str, model_dir: str, checkpoint_dir: str, live_dir:
     """Train the cartoon model; returns the model folder (diffusers format)."""
     log = get_logger()
     if num_processes > 1:
-        job = Path(checkpoint_dir) / "job.json"  # the launched processes read their arguments here
-        job.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(job, dict(shard_dir=shard_dir, model_dir=model_dir, checkpoint_dir=checkpoint_dir,
-                                    live_dir=live_dir, metrics_path=metrics_path, data=data, model=model,
-                                    training=training, samples=samples))
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
-               "--mixed_precision", (training or {}).get("mixed_precision", "no"), "--dynamo_backend", "no",
-               "--num_processes", str(num_processes),
-               "-m", "tasks.cartoon_train", "--job", str(job)]
-        log.info("launching: " + " ".join(cmd))
-        subprocess.run(cmd, check=True)
+        launch("tasks.cartoon_train", Path(checkpoint_dir).with_suffix(".job.json"),
+               dict(shard_dir=shard_dir, model_dir=model_dir, checkpoint_dir=checkpoint_dir, live_dir=live_dir,
+                    metrics_path=metrics_path, data=data, model=model, training=training, samples=samples),
+               num_processes, (training or {}).get("mixed_precision", "no"))
     else:
         summary = run_training(shard_dir, model_dir, checkpoint_dir, live_dir, metrics_path, data=data,
                                model=model, training=training, samples=samples)
@@ -215,12 +205,5 @@ def train_cartoon(shard_dir: str, model_dir: str, checkpoint_dir: str, live_dir:
     return model_dir
 
 
-def main() -> None:  # one process of `accelerate launch -m tasks.cartoon_train --job job.json`
-    parser = argparse.ArgumentParser(description="one training process (see train_cartoon)")
-    parser.add_argument("--job", required=True)
-    args = parser.parse_args()
-    run_training(**json.loads(Path(args.job).read_text()))
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one process of `accelerate launch -m tasks.cartoon_train --job job.json`
+    job_main(run_training, "one training process (see train_cartoon)")

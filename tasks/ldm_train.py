@@ -12,12 +12,8 @@ launch`; each process reads its own latent shards.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from pipelines import LatentDiffusionPipeline, make_scheduler
 from tasks.latents.loader import latent_loader
 from tasks.latents.vae import load_vae, merged
+from tasks.launch import job_main, launch
 from tasks.log import get_logger
 from tasks.shards import MANIFEST, read_manifest, write_json_atomic
 from tasks.training import TrainConfig, TrainSpec, fingerprint, train
@@ -140,13 +137,8 @@ def train_ldm_task(latent_dir: str, vae_dir: str, model_dir: str, checkpoint_dir
                   live_dir=live_dir, metrics_path=metrics_path, data=data, model=model, training=training,
                   samples=samples)
     if num_processes > 1:
-        job = Path(checkpoint_dir).with_name(Path(checkpoint_dir).name + ".job.json")
-        job.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(job, kwargs)
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-               "-m", "tasks.ldm_train", "--job", str(job)]
-        log.info("launching: " + " ".join(cmd))
-        subprocess.run(cmd, check=True)
+        launch("tasks.ldm_train", Path(checkpoint_dir).with_suffix(".job.json"), kwargs, num_processes,
+               (training or {}).get("mixed_precision", "no"))
     else:
         summary = run_training(**kwargs)
         sps = summary["samples_per_second"]
@@ -155,12 +147,5 @@ def train_ldm_task(latent_dir: str, vae_dir: str, model_dir: str, checkpoint_dir
     return model_dir
 
 
-def main() -> None:  # one process of `accelerate launch -m tasks.ldm_train --job job.json`
-    parser = argparse.ArgumentParser(description="one training process (see train_ldm_task)")
-    parser.add_argument("--job", required=True)
-    args = parser.parse_args()
-    run_training(**json.loads(Path(args.job).read_text()))
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one process of `accelerate launch -m tasks.ldm_train --job job.json`
+    job_main(run_training, "one training process (see train_ldm)")

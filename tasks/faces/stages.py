@@ -5,7 +5,6 @@ process pools import; this module only validates parameters, wires the pieces an
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import task

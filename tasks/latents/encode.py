@@ -22,20 +22,18 @@ process encodes its own shards (pending[rank::world]) on its own device, rank 0 
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
-import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 
+from tasks.launch import job_main, launch
 from tasks.latents.images import decode_png, iter_shard, to_model_input
 from tasks.shards import (AtomicShardWriter, clean_stale, clear_progress, finished_shards, read_manifest,
                           record_shard, shard_name, write_manifest)
@@ -127,17 +125,10 @@ def encode_latents(aligned_dir: str, vae_dir: str, out_dir: str, *, resolution: 
                    shard_callback: Callable[[str], None] | None = None) -> dict:
     """Encode every aligned shard not already encoded by this VAE; write the manifest. Returns it."""
     if num_processes > 1:
-        job = Path(out_dir).with_name(Path(out_dir).name + ".job.json")
-        job.parent.mkdir(parents=True, exist_ok=True)
-        job.write_text(json.dumps(dict(aligned_dir=aligned_dir, vae_dir=vae_dir, out_dir=out_dir, resolution=resolution,
-                                       flip=flip, batch_size=batch_size, device=device, precision=precision,
-                                       params=params, progress=progress)))
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-               "-m", "tasks.latents.encode", "--job", str(job)]
-        log("launching: " + " ".join(cmd))
-        subprocess.run(cmd, check=True)
-        job.unlink(missing_ok=True)
-
+        launch("tasks.latents.encode", Path(out_dir).with_suffix(".job.json"),
+               dict(aligned_dir=aligned_dir, vae_dir=vae_dir, out_dir=out_dir, resolution=resolution, flip=flip,
+                    batch_size=batch_size, device=device, precision=precision, params=params, progress=progress),
+               num_processes)
         return read_manifest(out_dir)
     return _encode_process(aligned_dir, vae_dir, out_dir, resolution=resolution, flip=flip, batch_size=batch_size,
                            device=device, precision=precision, params=params, progress=progress, log=log,
@@ -275,17 +266,15 @@ def iter_latents(path: str | Path):
     yield from ds
 
 
-def main() -> None:  # one process of `accelerate launch -m tasks.latents.encode --job job.json`
+def _launched_process(**job) -> dict:
+    """One process of `accelerate launch -m tasks.latents.encode --job job.json`."""
     from accelerate import PartialState
 
-    parser = argparse.ArgumentParser(description="one encoding process (see encode_latents)")
-    parser.add_argument("--job", required=True)
-    args = parser.parse_args()
-    job: dict[str, Any] = json.loads(Path(args.job).read_text())
     state = PartialState()
-    _encode_process(**job, log=print, shard_callback=None, rank=state.process_index, world=state.num_processes,
-                    barrier=state.wait_for_everyone, local_rank=state.local_process_index)
+    return _encode_process(**job, log=print, shard_callback=None, rank=state.process_index,
+                           world=state.num_processes, barrier=state.wait_for_everyone,
+                           local_rank=state.local_process_index)
 
 
 if __name__ == "__main__":
-    main()
+    job_main(_launched_process, "one encoding process (see encode_latents)")

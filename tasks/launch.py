@@ -1,0 +1,42 @@
+"""Running a stage's work in several processes with `accelerate launch`.
+
+A stage with `num_processes > 1` writes its keyword arguments to a job file and re-runs its own
+module under `accelerate launch`; each process reads the job and finds its rank from accelerate.
+On a machine without GPUs accelerate falls back to CPU processes (gloo), which is how the
+multi-process path can be tried on a laptop.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from tasks.log import get_logger
+from tasks.shards import write_json_atomic
+
+
+def launch(module: str, job: str | Path, kwargs: dict[str, Any], num_processes: int,
+           mixed_precision: str = "no") -> None:
+    """Run `python -m <module> --job <job>` in `num_processes` processes; raise if any fails."""
+    job = Path(job)
+    job.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(job, kwargs)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+           "--mixed_precision", mixed_precision, "--dynamo_backend", "no",
+           "--num_processes", str(num_processes), "-m", module, "--job", str(job)]
+    get_logger().info("launching: %s", " ".join(cmd))
+    try:
+        subprocess.run(cmd, check=True)
+    finally:
+        job.unlink(missing_ok=True)
+
+
+def job_main(run: Callable[..., Any], description: str) -> None:
+    """The `__main__` of a launched process: call `run` with the job file's keyword arguments."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--job", required=True)
+    args = parser.parse_args()
+    run(**json.loads(Path(args.job).read_text()))
