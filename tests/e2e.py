@@ -63,6 +63,6 @@ def repro(repo: Path, *stages: str) -> subprocess.CompletedProcess:
 
 
 def assert_up_to_date(repo: Path, *stages: str) -> None:
-    """Nothing reruns: `dvc status` reports every named stage (or all) unchanged."""
-    out = dvc(repo, "status", *stages).stdout
+    """Nothing reruns: `dvc status` reports the named stages and their upstream (or all) unchanged."""
+    out = dvc(repo, "status", *(("--with-deps", *stages) if stages else ())).stdout
     assert "up to date" in out or out.strip() == "", out

@@ -99,3 +99,19 @@ def test_classifier_learns_colours(tmp_path, shard_dir):
                                 channels=[8, 16], hidden_dim=32, epochs=8, batch_size=8, learning_rate=5e-3,
                                 show_progress=False)
     assert m["val_accuracy"]["hair_color"] >= 0.75 and m["val_accuracy"]["face_color"] >= 0.75, m["val_accuracy"]
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_their_own_shards(tmp_path, shard_dir):
+    """`num_processes: 2` re-launches the stage under `accelerate launch` (CPU processes, gloo)."""
+    from tasks.cartoon_train import train_cartoon
+
+    train_cartoon.fn(shard_dir, str(tmp_path / "model"), str(tmp_path / "ckpt"), str(tmp_path / "live"),
+                     str(tmp_path / "train.json"), data={"resolution": 16, "batch_size": 4},
+                     model=TINY_MODEL, training={"num_epochs": 1, "checkpointing_steps": 100},
+                     samples={"num_images": 2, "num_inference_steps": 2}, num_processes=2)
+    metrics = json.loads((tmp_path / "train.json").read_text())
+    # 32 training samples in 2 shards of 16: each process reads one shard, 4 batches of 4 each.
+    assert metrics["processes"] == 2 and metrics["steps"] == 4
+    assert (tmp_path / "model" / "model_index.json").is_file()
+    assert not (tmp_path / "ckpt.job.json").exists()

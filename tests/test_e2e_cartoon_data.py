@@ -23,7 +23,7 @@ def test_cartoon_data_stages_repro_and_cache(tmp_path):
 
     again = repro(repo, "preprocess_cartoons")
     assert "didn't change, skipping" in again.stdout and "Running stage" not in again.stdout
-    assert_up_to_date(repo)
+    assert_up_to_date(repo, "preprocess_cartoons")
 
     # A param of the second stage reruns that stage only.
     params = (repo / "params.yaml").read_text().replace("resolution: 64", "resolution: 32")
