@@ -173,3 +173,20 @@ def clean_stale(out_dir: str | Path, keep: set[str]) -> int:
 
 def clear_progress(out_dir: str | Path) -> None:
     shutil.rmtree(Path(out_dir) / PROGRESS, ignore_errors=True)
+
+
+def run_fingerprint(fingerprints: dict[str, str]) -> str:
+    """One fingerprint for a whole run: its shards' fingerprints together."""
+    return hashlib.sha256(json.dumps(sorted(fingerprints.items())).encode()).hexdigest()[:24]
+
+
+def completed_run(out_dir: str | Path, run_fp: str) -> dict[str, Any] | None:
+    """The manifest, if `out_dir` already holds the finished output of the run `run_fp`."""
+    out_dir = Path(out_dir)
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("fingerprint") == run_fp and all((out_dir / n).is_file() for n in manifest.get("all_shards", [])):
+        return manifest
+    return None

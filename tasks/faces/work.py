@@ -31,8 +31,8 @@ import PIL.Image
 from tasks.faces.align import align_face
 from tasks.faces.images import BadImage, load_rgb
 from tasks.faces.landmarks import NoFace, face_size, pick_face
-from tasks.shards import (AtomicShardWriter, clean_stale, clear_progress, finished_shards, record_shard, shard_name,
-                          write_manifest)
+from tasks.shards import (MANIFEST, AtomicShardWriter, clean_stale, clear_progress, completed_run, finished_shards,
+                          record_shard, run_fingerprint, shard_name, write_manifest)
 
 # tasks.shards imports webdataset, which imports torch (~1.5 s): only the main process needs it.
 
@@ -170,18 +170,11 @@ def align_to_shards(items: list[Item], out_dir: str | Path, cfg: AlignConfig, *,
                          sort_keys=True)
     plan = plan_shards(items, shard_size)
     fps = {shard_name(s, i): shard_fingerprint(base_fp, its) for s, i, its in plan}
-    run_fp = hashlib.sha256(json.dumps(sorted(fps.items())).encode()).hexdigest()[:24]
-
-    manifest_path = out_dir / "manifest.json"
-    if manifest_path.is_file():
-        try:
-            old = json.loads(manifest_path.read_text())
-        except ValueError:
-            old = {}
-        if old.get("fingerprint") == run_fp and all((out_dir / n).is_file() for n in old.get("all_shards", [])):
-            log(f"{out_dir}: already complete for these inputs and params; nothing to do")
-            return old
-        manifest_path.unlink()
+    run_fp = run_fingerprint(fps)
+    if (old := completed_run(out_dir, run_fp)) is not None:
+        log(f"{out_dir}: already complete for these inputs and params; nothing to do")
+        return old
+    (out_dir / MANIFEST).unlink(missing_ok=True)
 
     # Finished shards from an earlier (killed) run of the same inputs and params.
     done = finished_shards(out_dir, fps)

@@ -35,8 +35,8 @@ import torch
 
 from tasks.launch import job_main, launch
 from tasks.latents.images import decode_png, iter_shard, to_model_input
-from tasks.shards import (AtomicShardWriter, clean_stale, clear_progress, finished_shards, read_manifest,
-                          record_shard, shard_name, write_manifest)
+from tasks.shards import (AtomicShardWriter, clean_stale, clear_progress, completed_run, finished_shards,
+                          read_manifest, record_shard, run_fingerprint, shard_name, write_manifest)
 from tasks.latents.vae import add_sums, latent_variance, load_vae, moment_sums, posterior_moments, vae_identity
 
 FORMAT_VERSION = 1  # bump when what a latent shard stores changes
@@ -149,19 +149,13 @@ def _encode_process(aligned_dir, vae_dir, out_dir, *, resolution, flip, batch_si
         size = vae.config.sample_size
         resolution = int(size if isinstance(size, int) else size[0])
     fps = shard_fingerprints(items, vae_id, resolution, flip)
-    run_fp = hashlib.sha256(json.dumps(sorted(fps.items())).encode()).hexdigest()[:24]
+    run_fp = run_fingerprint(fps)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     barrier()
-    manifest_path = out / "manifest.json"
-    if manifest_path.is_file():
-        try:
-            old = json.loads(manifest_path.read_text())
-        except ValueError:
-            old = {}
-        if old.get("fingerprint") == run_fp and all((out / n).is_file() for n in old.get("all_shards", [])):
-            log(f"encode_latents: {out} already holds these latents (VAE {vae_id}); nothing to do")
-            return old
+    if (old := completed_run(out, run_fp)) is not None:
+        log(f"encode_latents: {out} already holds these latents (VAE {vae_id}); nothing to do")
+        return old
     done = finished_shards(out, fps)
     barrier()  # every rank has read the records before rank 0 cleans
     if rank == 0:
