@@ -17,8 +17,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from tasks.cartoon_fetch import render_synthetic
-from tasks.cartoon_preprocess import preprocess_cartoons
+from tasks.cartoon.fetch import render_synthetic
+from tasks.cartoon.preprocess import preprocess_cartoons
 
 
 def plain_loop(raw: Path) -> int:
@@ -59,7 +59,7 @@ def main() -> None:
         print(f"plain Pillow loop      {n / t_plain:8.1f} images/s")
         print(f"preprocess_cartoons    {n / t_stage:8.1f} images/s (incl. pool start-up and shard writing)")
         print(f"ratio stage/plain      {t_plain / t_stage:8.2f}x")
-        from tasks.cartoon_loader import cartoon_loader  # here: spawned stage workers re-import this module
+        from tasks.cartoon.loader import cartoon_loader  # here: spawned stage workers re-import this module
 
         for workers in (0, 2):
             loader = cartoon_loader(shards, "train", batch_size=64, workers=workers, shuffle_buffer=500)

@@ -31,7 +31,7 @@ def _dir_bytes(folder: Path, names: list[str]) -> int:
 
 
 def _tiny_vae(tmp: Path, params: dict) -> Path:
-    from tasks.latents.vae import MODEL_DEFAULTS, build_vae
+    from tasks.latent.vae import MODEL_DEFAULTS, build_vae
 
     torch.manual_seed(0)
     vae = build_vae({**MODEL_DEFAULTS, **params["train_vae"].get("model", {})}, params["train_vae"]["resolution"])
@@ -74,13 +74,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from tasks.latents.encode import encode_latents
-    from tasks.latents.images import decode_png, iter_shard, to_model_input
-    from tasks.latents.loader import latent_loader
-    from tasks.latents.vae import load_vae, posterior_moments
-    from tasks.ldm_train import MODEL_DEFAULTS, build_unet
-    from tasks.params import load_params
-    from tasks.shards import read_manifest, shard_paths
+    from tasks.latent.encode import encode_latents
+    from tasks.latent.images import decode_png, iter_shard, to_model_input
+    from tasks.latent.loader import latent_loader
+    from tasks.latent.vae import load_vae, posterior_moments
+    from tasks.latent.train import MODEL_DEFAULTS, build_unet
+    from tasks.common.params import load_params
+    from tasks.common.shards import read_manifest, shard_paths
 
     params = load_params()
     tmp = Path(tempfile.mkdtemp(prefix="bench_latents_"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from tasks.params import stage_params
+from tasks.common.params import stage_params
 
 
 def parse_path_args(argv: list[str]) -> dict[str, str]:

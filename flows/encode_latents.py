@@ -1,11 +1,11 @@
 """Flow for DVC stage encode_latents: aligned face shards -> latent shards (resumable); see
-tasks/latents/encode.py."""
+tasks/latent/encode.py."""
 from __future__ import annotations
 
 from prefect import flow
 
 from flows._stage import run_stage
-from tasks.latents.stages import encode_latents_task
+from tasks.latent.stages import encode_latents_task
 
 
 @flow(name="encode_latents")

@@ -1,8 +1,8 @@
-"""Flow for DVC stage evaluate_cartoon: see tasks/cartoon_eval.py."""
+"""Flow for DVC stage evaluate_cartoon: see tasks/cartoon/evaluate.py."""
 from prefect import flow
 
 from flows._stage import run_stage
-from tasks.cartoon_eval import evaluate_cartoon as evaluate
+from tasks.cartoon.evaluate import evaluate_cartoon as evaluate
 
 
 @flow(name="evaluate_cartoon")

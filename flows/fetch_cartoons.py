@@ -1,8 +1,8 @@
-"""Flow for DVC stage fetch_cartoons: see tasks/cartoon_fetch.py."""
+"""Flow for DVC stage fetch_cartoons: see tasks/cartoon/fetch.py."""
 from prefect import flow
 
 from flows._stage import run_stage
-from tasks.cartoon_fetch import fetch_cartoons as fetch
+from tasks.cartoon.fetch import fetch_cartoons as fetch
 
 
 @flow(name="fetch_cartoons")

@@ -1,8 +1,8 @@
-"""Flow for DVC stage preprocess_cartoons: see tasks/cartoon_preprocess.py."""
+"""Flow for DVC stage preprocess_cartoons: see tasks/cartoon/preprocess.py."""
 from prefect import flow
 
 from flows._stage import run_stage
-from tasks.cartoon_preprocess import preprocess_cartoons as preprocess
+from tasks.cartoon.preprocess import preprocess_cartoons as preprocess
 
 
 @flow(name="preprocess_cartoons")

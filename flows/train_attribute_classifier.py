@@ -1,8 +1,8 @@
-"""Flow for DVC stage train_attribute_classifier: see tasks/attribute_classifier.py."""
+"""Flow for DVC stage train_attribute_classifier: see tasks/cartoon/classifier.py."""
 from prefect import flow
 
 from flows._stage import run_stage
-from tasks.attribute_classifier import train_attribute_classifier as train
+from tasks.cartoon.classifier import train_attribute_classifier as train
 
 
 @flow(name="train_attribute_classifier")

@@ -1,8 +1,8 @@
-"""Flow for DVC stage train_cartoon: see tasks/cartoon_train.py (the engine: tasks/training/)."""
+"""Flow for DVC stage train_cartoon: see tasks/cartoon/train.py (the engine: tasks/training/)."""
 from prefect import flow
 
 from flows._stage import run_stage
-from tasks.cartoon_train import train_cartoon as train
+from tasks.cartoon.train import train_cartoon as train
 
 
 @flow(name="train_cartoon")

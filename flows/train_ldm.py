@@ -1,11 +1,11 @@
 """Flow for DVC stage train_ldm: unconditional latent diffusion on the cached latents; see
-tasks/ldm_train.py."""
+tasks/latent/train.py."""
 from __future__ import annotations
 
 from prefect import flow
 
 from flows._stage import run_stage
-from tasks.ldm_train import train_ldm_task
+from tasks.latent.train import train_ldm_task
 
 
 @flow(name="train_ldm")

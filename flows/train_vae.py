@@ -1,11 +1,11 @@
 """Flow for DVC stage train_vae: the VAE of the latent track (trained here or pretrained); see
-tasks/latents/vae.py."""
+tasks/latent/vae.py."""
 from __future__ import annotations
 
 from prefect import flow
 
 from flows._stage import run_stage
-from tasks.latents.stages import train_vae_task
+from tasks.latent.stages import train_vae_task
 
 
 @flow(name="train_vae")

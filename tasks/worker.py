@@ -15,7 +15,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.log import get_logger
+from tasks.common.log import get_logger
 
 
 class CommandFailed(RuntimeError):
@@ -65,7 +65,7 @@ def reproduce(repo: str, targets: list[str], profile: str | None, set_params: li
               experiment: bool) -> str:
     """`dvc repro` (or `dvc exp run`, recorded as an experiment) after applying a profile."""
     if profile:
-        run([sys.executable, "-m", "tasks.params", "apply", profile], repo)
+        run([sys.executable, "-m", "tasks.common.params", "apply", profile], repo)
     if experiment:
         cmd = ["dvc", "exp", "run", *[a for p in set_params for a in ("-S", p)], *targets]
     else:

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tasks.cartoon_schema import format_attribute_csv  # noqa: E402
+from tasks.cartoon.schema import format_attribute_csv  # noqa: E402
 
 SMALL_ATTRIBUTES = (("hair", 5), ("face_color", 3), ("glasses", 2))
 

@@ -35,7 +35,7 @@ def copy_repo(dst: Path, overlay: dict | None = None) -> Path:
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             yaml.safe_dump(overlay, f)
         try:
-            subprocess.run([sys.executable, "-m", "tasks.params", "apply", f.name], cwd=dst, env=_env(),
+            subprocess.run([sys.executable, "-m", "tasks.common.params", "apply", f.name], cwd=dst, env=_env(),
                            check=True, capture_output=True)
         finally:
             os.unlink(f.name)

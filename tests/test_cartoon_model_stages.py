@@ -11,8 +11,8 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tasks.cartoon_schema import AttributeSchema  # noqa: E402
-from tasks.shards import AtomicShardWriter, write_manifest  # noqa: E402
+from tasks.cartoon.schema import AttributeSchema  # noqa: E402
+from tasks.common.shards import AtomicShardWriter, write_manifest  # noqa: E402
 
 SCHEMA = AttributeSchema(("hair_color", "face_color", "glasses"), (3, 2, 2))
 COLOURS = [(220, 40, 40), (40, 200, 40), (40, 40, 220)]
@@ -56,9 +56,9 @@ def test_train_classifier_evaluate_stages(tmp_path, shard_dir, mode):
     from diffusers import DiffusionPipeline
 
     from pipelines import CartoonDiffusionPipeline
-    from tasks.attribute_classifier import train_attribute_classifier
-    from tasks.cartoon_eval import evaluate_cartoon
-    from tasks.cartoon_train import train_cartoon
+    from tasks.cartoon.classifier import train_attribute_classifier
+    from tasks.cartoon.evaluate import evaluate_cartoon
+    from tasks.cartoon.train import train_cartoon
 
     model_dir = str(tmp_path / "model")
     train_cartoon.fn(shard_dir, model_dir, str(tmp_path / "ckpt"), str(tmp_path / "live"), str(tmp_path / "train.json"),
@@ -93,7 +93,7 @@ def test_train_classifier_evaluate_stages(tmp_path, shard_dir, mode):
 
 def test_classifier_learns_colours(tmp_path, shard_dir):
     """The judge must read colours: on this fixture hair and face colour are the whole image."""
-    from tasks.attribute_classifier import run_classifier_training
+    from tasks.cartoon.classifier import run_classifier_training
 
     m = run_classifier_training(shard_dir, str(tmp_path / "clf"), str(tmp_path / "m.json"), resolution=16,
                                 channels=[8, 16], hidden_dim=32, epochs=8, batch_size=8, learning_rate=5e-3,
@@ -104,7 +104,7 @@ def test_classifier_learns_colours(tmp_path, shard_dir):
 @pytest.mark.slow
 def test_two_processes_train_on_their_own_shards(tmp_path, shard_dir):
     """`num_processes: 2` re-launches the stage under `accelerate launch` (CPU processes, gloo)."""
-    from tasks.cartoon_train import train_cartoon
+    from tasks.cartoon.train import train_cartoon
 
     train_cartoon.fn(shard_dir, str(tmp_path / "model"), str(tmp_path / "ckpt"), str(tmp_path / "live"),
                      str(tmp_path / "train.json"), data={"resolution": 16, "batch_size": 4},

@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.cartoon_images import composite_crop_resize
-from tasks.cartoon_loader import cartoon_loader
-from tasks.shard_loader import count_batches
-from tasks.cartoon_preprocess import TooManyRejections, preprocess_cartoons
-from tasks.shards import read_manifest
+from tasks.cartoon.images import composite_crop_resize
+from tasks.cartoon.loader import cartoon_loader
+from tasks.common.shard_loader import count_batches
+from tasks.cartoon.preprocess import TooManyRejections, preprocess_cartoons
+from tasks.common.shards import read_manifest
 
 preprocess = preprocess_cartoons.fn  # the task's function, without a Prefect run
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.cartoon_render import (
+from tasks.cartoon.render import (
     CARTOONSET_ATTRIBUTES,
     FACE_COLORS,
     EYE_COLORS,
@@ -19,7 +19,7 @@ from tasks.cartoon_render import (
     render_to_files,
     sample_attributes,
 )
-from tasks.cartoon_schema import AttributeSchema, parse_attribute_csv
+from tasks.cartoon.schema import AttributeSchema, parse_attribute_csv
 
 EXPECTED = [
     ("eye_angle", 3), ("eye_lashes", 2), ("eye_lid", 2), ("chin_length", 3), ("eyebrow_weight", 2),

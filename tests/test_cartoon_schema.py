@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tasks.cartoon_schema import AttributeFileError, AttributeSchema, format_attribute_csv, parse_attribute_csv
+from tasks.cartoon.schema import AttributeFileError, AttributeSchema, format_attribute_csv, parse_attribute_csv
 
 CARTOONSET_LINES = '"eye_angle", 2, 3\n"eye_lashes", 0, 2\n"hair", 25, 111\n'
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from tasks.download import DownloadError, UnsafeArchiveError, download_file, safe_extract
+from tasks.common.download import DownloadError, UnsafeArchiveError, download_file, safe_extract
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tasks.shards import read_manifest
+from tasks.common.shards import read_manifest
 from tests.e2e import assert_up_to_date, copy_repo, repro
 
 pytestmark = pytest.mark.slow

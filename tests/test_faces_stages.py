@@ -9,12 +9,12 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from tasks.download import DownloadError
+from tasks.common.download import DownloadError
 from tasks.faces import synthetic
 from tasks.faces.fetch import METADATA, fetch_ffhq, fetch_folder, fetch_synthetic, items_from_raw
 from tasks.faces.stages import align_faces_task, fetch_subject_task, subject_report_task
 from tasks.faces.work import AlignConfig, align_to_shards
-from tasks.shards import read_manifest
+from tasks.common.shards import read_manifest
 
 ALIGN = dict(output_size=64, transform_size=256, enable_padding=True, min_face_size=20, shard_size=4,
              workers=1, device="cpu", batch_size=4, dlib_upsample=1)

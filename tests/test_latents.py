@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import tasks.latents.encode as enc
-from tasks.latents.encode import encode_latents, iter_latents
-from tasks.latents.images import load_split, to_model_input
-from tasks.latents.loader import latent_loader
-from tasks.latents.vae import (
+import tasks.latent.encode as enc
+from tasks.latent.encode import encode_latents, iter_latents
+from tasks.latent.images import load_split, to_model_input
+from tasks.latent.loader import latent_loader
+from tasks.latent.vae import (
     TRAIN_DEFAULTS,
     VAESourceError,
     load_pretrained,
@@ -21,7 +21,7 @@ from tasks.latents.vae import (
     prepare_vae,
     vae_identity,
 )
-from tasks.shards import PROGRESS, read_manifest
+from tasks.common.shards import PROGRESS, read_manifest
 from tests.test_latents_helpers import TINY_VAE, make_aligned, save_tiny_vae
 
 torch.set_num_threads(1)
@@ -235,7 +235,7 @@ def test_latent_loader_is_deterministic_and_draws_fresh_noise(aligned, vae_dir, 
 
 
 def test_stage_tasks_run_without_a_prefect_server(aligned, vae_dir, tmp_path):
-    from tasks.latents.stages import encode_latents_task, train_vae_task
+    from tasks.latent.stages import encode_latents_task, train_vae_task
 
     m = train_vae_task.fn(str(aligned), str(tmp_path / "vae"), str(tmp_path / "vae.json"), None, source=str(vae_dir),
                           resolution=32, device="cpu", progress=False)

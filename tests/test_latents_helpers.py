@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from tasks.shards import AtomicShardWriter, split_of, write_manifest
+from tasks.common.shards import AtomicShardWriter, split_of, write_manifest
 
 TINY_VAE = {"block_out_channels": [8, 16], "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 4,
             "mid_block_add_attention": False}
@@ -56,7 +56,7 @@ def make_aligned(out_dir: Path, n: int = 24, size: int = 32, shard_size: int = 6
 
 
 def save_tiny_vae(out_dir: Path, seed: int = 0, resolution: int = 32, scaling_factor: float = 0.5) -> Path:
-    from tasks.latents.vae import MODEL_DEFAULTS, build_vae
+    from tasks.latent.vae import MODEL_DEFAULTS, build_vae
 
     torch.manual_seed(seed)
     vae = build_vae({**MODEL_DEFAULTS, **TINY_VAE}, resolution)

@@ -8,8 +8,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, UNet2DModel
 
 from pipelines import LatentDiffusionPipeline, make_scheduler
-from tasks.latents.encode import encode_latents
-from tasks.latents.vae import load_vae
+from tasks.latent.encode import encode_latents
+from tasks.latent.vae import load_vae
 from tests.test_latents_helpers import make_aligned, save_tiny_vae
 
 torch.set_num_threads(1)
@@ -82,7 +82,7 @@ def latents(tmp_path_factory):
 
 
 def _train(root, name, **training):
-    from tasks.ldm_train import run_training
+    from tasks.latent.train import run_training
 
     cfg = {"seed": 0, "num_epochs": 2, "learning_rate": 1e-3, "lr_warmup_steps": 1, "checkpointing_steps": 2,
            "ema_decay": 0.9, "num_train_timesteps": 100, **training}
@@ -96,7 +96,7 @@ def _train(root, name, **training):
 
 def test_train_ldm_on_cached_latents_saves_a_sampling_pipeline(latents):
     summary, out = _train(latents, "run")
-    from tasks.latents.loader import latent_loader
+    from tasks.latent.loader import latent_loader
 
     per_epoch = len(latent_loader(latents / "latents", "train", batch_size=4))
     assert per_epoch >= 2 and summary["steps"] == 2 * per_epoch and summary["epochs"] == 2
@@ -123,7 +123,7 @@ def test_ffhq256_profile_is_the_seed_report(tmp_path):
     import shutil
     from pathlib import Path
 
-    from tasks.params import apply_profile
+    from tasks.common.params import apply_profile
     from tasks.training import TrainConfig
 
     repo = Path(__file__).resolve().parents[1]

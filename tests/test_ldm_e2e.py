@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tasks.shards import read_manifest
+from tasks.common.shards import read_manifest
 from tests.e2e import assert_up_to_date, copy_repo, dvc, repro
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def _overlay(repo, section: dict) -> None:
 
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(section, f)
-    subprocess.run([sys.executable, "-m", "tasks.params", "apply", f.name], cwd=repo, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "tasks.common.params", "apply", f.name], cwd=repo, check=True, capture_output=True)
 
 
 def test_latent_track_repro_and_cache_rules(tmp_path):

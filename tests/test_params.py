@@ -1,6 +1,6 @@
 import pytest
 
-from tasks.params import apply_profile, load_params, stage_params
+from tasks.common.params import apply_profile, load_params, stage_params
 
 BASE = """# top comment
 train:

@@ -5,7 +5,7 @@ training/validation; `image`, `thumbnail` and `in_the_wild` blocks with `file_pa
 `file_md5`, `pixel_size`, and for in-the-wild photos `face_rect`, `face_landmarks`, `face_quad`
 when known) next to the files it names, plus `manifest.json` (counts, params, rejections).
 
-- ffhq: NVlabs' metadata and files, every file verified by size and md5 (tasks.download).
+- ffhq: NVlabs' metadata and files, every file verified by size and md5 (tasks.common.download).
 - a folder: photos of any size and format Pillow reads, EXIF orientation applied, saved as PNG.
 - synthetic: drawn by tasks.faces.synthetic, landmarks exact.
 
@@ -24,13 +24,13 @@ from typing import Callable
 
 import numpy as np
 
-from tasks.download import DownloadError, download_file
+from tasks.common.download import DownloadError, download_file
 from tasks.faces.align import ffhq_quad
 from tasks.faces.images import BadImage, load_rgb
 from tasks.faces.work import Item
-from tasks.pool import imap, process_pool, resolve_workers
+from tasks.common.pool import imap, process_pool, resolve_workers
 
-# tasks.shards (webdataset, torch) is imported inside functions: the drawing workers spawn fast.
+# tasks.common.shards (webdataset, torch) is imported inside functions: the drawing workers spawn fast.
 
 METADATA = "ffhq-dataset-v2.json"
 # NVlabs/ffhq-dataset download_ffhq.py: the metadata file's official location and checksum.
@@ -41,7 +41,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".g
 
 
 def _category(key: str, val_fraction: float) -> str:
-    from tasks.shards import split_of
+    from tasks.common.shards import split_of
 
     return "validation" if split_of(key, val_fraction) == "val" else "training"
 
@@ -53,7 +53,7 @@ def _subdir_path(prefix: str, index: int) -> str:
 
 def _finish(out_dir: Path, entries: dict, manifest: dict) -> dict:
     """Write the metadata, delete files no entry names (a persisted folder's leftovers), manifest."""
-    from tasks.shards import write_json_atomic, write_manifest
+    from tasks.common.shards import write_json_atomic, write_manifest
 
     write_json_atomic(out_dir / METADATA, entries)
     keep = {METADATA, "manifest.json"}

@@ -11,7 +11,7 @@ from prefect import task
 
 from tasks.faces import fetch as F
 from tasks.faces.work import LANDMARK_SOURCES, AlignConfig, align_to_shards
-from tasks.log import get_logger
+from tasks.common.log import get_logger
 
 
 def _align_config(landmarks: str, output_size: int, transform_size: int, enable_padding: bool,
@@ -100,7 +100,7 @@ def fetch_subject_task(out_dir: str, source: str, synthetic: dict[str, Any], par
 @task(name="subject-report")
 def subject_report_task(out_dir: str, min_photos: int) -> dict:
     """Add the used/rejected report to the subject's manifest; warn when too few photos survive."""
-    from tasks.shards import read_manifest, write_manifest
+    from tasks.common.shards import read_manifest, write_manifest
 
     manifest = read_manifest(out_dir)
     report = subject_report(manifest, min_photos)

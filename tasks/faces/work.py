@@ -1,6 +1,6 @@
 """Aligning a set of photos into WebDataset shards, in a process pool, resumable shard by shard.
 
-Inputs are mapped to shards once and for all: split by a hash of the key (tasks.shards.split_of),
+Inputs are mapped to shards once and for all: split by a hash of the key (tasks.common.shards.split_of),
 then, in key order, `shard_size` inputs per shard. A shard is finished when its tar has been
 renamed into place and its progress record `.progress/<shard>.json` (rejections, count, and the
 fingerprint of everything that determines its bytes: the input file hashes, the params and this
@@ -31,10 +31,10 @@ import PIL.Image
 from tasks.faces.align import align_face
 from tasks.faces.images import BadImage, load_rgb
 from tasks.faces.landmarks import NoFace, face_size, pick_face
-from tasks.shards import (MANIFEST, AtomicShardWriter, clean_stale, clear_progress, completed_run, finished_shards,
+from tasks.common.shards import (MANIFEST, AtomicShardWriter, clean_stale, clear_progress, completed_run, finished_shards,
                           record_shard, run_fingerprint, shard_name, write_manifest)
 
-# tasks.shards imports webdataset, which imports torch (~1.5 s): only the main process needs it.
+# tasks.common.shards imports webdataset, which imports torch (~1.5 s): only the main process needs it.
 
 LANDMARK_SOURCES = ("metadata", "dlib", "face_alignment")
 
@@ -234,7 +234,7 @@ def align_to_shards(items: list[Item], out_dir: str | Path, cfg: AlignConfig, *,
             while futures:
                 drain(block=True)
 
-    # Manifest: the source of truth for readers (tasks.shards.shard_paths).
+    # Manifest: the source of truth for readers (tasks.common.shards.shard_paths).
     splits: dict[str, dict] = {}
     rejected = list(extra_rejections or [])
     used = []

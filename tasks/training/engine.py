@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tasks.log import get_logger
+from tasks.common.log import get_logger
 from tasks.training.config import TrainConfig
 from tasks.training.memory import measured_adam_state_mb, memory_anatomy
 

@@ -10,11 +10,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
-from tasks.cartoon_images import prepare_image, read_attributes
-from tasks.cartoon_schema import AttributeFileError, AttributeSchema
-from tasks.log import get_logger
-from tasks.pool import imap, process_pool, resolve_workers
-from tasks.shards import AtomicShardWriter, split_of, write_manifest
+from tasks.cartoon.images import prepare_image, read_attributes
+from tasks.cartoon.schema import AttributeFileError, AttributeSchema
+from tasks.common.log import get_logger
+from tasks.common.pool import imap, process_pool, resolve_workers
+from tasks.common.shards import AtomicShardWriter, split_of, write_manifest
 
 FORMAT = "facediff.cartoon-shards/1"
 

@@ -1,7 +1,7 @@
 """Reading `params.yaml` and applying scale profiles from `configs/`.
 
 DVC tracks the values in params.yaml, so a profile is applied by merging it into params.yaml
-(`python -m tasks.params apply configs/X.yaml`): `dvc params diff` then shows exactly what changed.
+(`python -m tasks.common.params apply configs/X.yaml`): `dvc params diff` then shows exactly what changed.
 """
 from __future__ import annotations
 

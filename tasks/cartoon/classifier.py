@@ -20,9 +20,9 @@ from prefect.cache_policies import NO_CACHE
 from torch import nn
 from tqdm.auto import tqdm
 
-from tasks.cartoon_loader import cartoon_loader, load_schema
-from tasks.log import get_logger
-from tasks.shards import write_json_atomic
+from tasks.cartoon.loader import cartoon_loader, load_schema
+from tasks.common.log import get_logger
+from tasks.common.shards import write_json_atomic
 
 
 class AttributeClassifier(ModelMixin, ConfigMixin):

@@ -33,11 +33,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from tasks.launch import job_main, launch
-from tasks.latents.images import decode_png, iter_shard, to_model_input
-from tasks.shards import (AtomicShardWriter, clean_stale, clear_progress, completed_run, finished_shards,
+from tasks.common.launch import job_main, launch
+from tasks.latent.images import decode_png, iter_shard, to_model_input
+from tasks.common.shards import (AtomicShardWriter, clean_stale, clear_progress, completed_run, finished_shards,
                           read_manifest, record_shard, run_fingerprint, shard_name, write_manifest)
-from tasks.latents.vae import add_sums, latent_variance, load_vae, moment_sums, posterior_moments, vae_identity
+from tasks.latent.vae import add_sums, latent_variance, load_vae, moment_sums, posterior_moments, vae_identity
 
 FORMAT_VERSION = 1  # bump when what a latent shard stores changes
 KIND = "faces_latents"
@@ -125,7 +125,7 @@ def encode_latents(aligned_dir: str, vae_dir: str, out_dir: str, *, resolution: 
                    shard_callback: Callable[[str], None] | None = None) -> dict:
     """Encode every aligned shard not already encoded by this VAE; write the manifest. Returns it."""
     if num_processes > 1:
-        launch("tasks.latents.encode", Path(out_dir).with_suffix(".job.json"),
+        launch("tasks.latent.encode", Path(out_dir).with_suffix(".job.json"),
                dict(aligned_dir=aligned_dir, vae_dir=vae_dir, out_dir=out_dir, resolution=resolution, flip=flip,
                     batch_size=batch_size, device=device, precision=precision, params=params, progress=progress),
                num_processes)
@@ -261,7 +261,7 @@ def iter_latents(path: str | Path):
 
 
 def _launched_process(**job) -> dict:
-    """One process of `accelerate launch -m tasks.latents.encode --job job.json`."""
+    """One process of `accelerate launch -m tasks.latent.encode --job job.json`."""
     from accelerate import PartialState
 
     state = PartialState()

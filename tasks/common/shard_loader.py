@@ -15,7 +15,7 @@ from typing import Callable
 import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
-from tasks.shards import read_manifest, shard_paths
+from tasks.common.shards import read_manifest, shard_paths
 
 
 def count_batches(shard_counts: list[int], batch_size: int, workers: int, drop_last: bool) -> int:

@@ -45,7 +45,7 @@ def load_split(shard_dir: str | Path, split: str, resolution: int | None,
     The VAE trains on the embedded default's few hundred faces (a few MB at 64x64); at scale the
     VAE is pretrained and this is used only for the validation PSNR.
     """
-    from tasks.shards import shard_paths
+    from tasks.common.shards import shard_paths
 
     keys, images = [], []
     for path in shard_paths(shard_dir, split):

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from tasks.log import get_logger
-from tasks.shards import write_json_atomic
+from tasks.common.log import get_logger
+from tasks.common.shards import write_json_atomic
 
 
 def launch(module: str, job: str | Path, kwargs: dict[str, Any], num_processes: int,

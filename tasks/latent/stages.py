@@ -4,13 +4,13 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.log import get_logger
+from tasks.common.log import get_logger
 
 
 @task(cache_policy=NO_CACHE)
 def train_vae_task(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str | None, **params) -> dict:
     """Obtain the VAE (`source`: train | local folder | hub id), save it to `out_dir`; returns the metrics."""
-    from tasks.latents.vae import prepare_vae
+    from tasks.latent.vae import prepare_vae
 
     log = get_logger()
     return prepare_vae(shard_dir, out_dir, metrics_path, live_dir, log=log.info, **params)
@@ -19,7 +19,7 @@ def train_vae_task(shard_dir: str, out_dir: str, metrics_path: str, live_dir: st
 @task(cache_policy=NO_CACHE)  # resumption is by shard fingerprints on disk, never by Prefect's cache
 def encode_latents_task(aligned_dir: str, vae_dir: str, out_dir: str, **params) -> dict:
     """Encode the aligned shards not yet encoded by this VAE; returns the latent manifest."""
-    from tasks.latents.encode import encode_latents
+    from tasks.latent.encode import encode_latents
 
     log = get_logger()
     manifest = encode_latents(aligned_dir, vae_dir, out_dir, log=log.info, params=dict(params), **params)

@@ -19,11 +19,11 @@ from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
 from pipelines import CartoonDiffusionPipeline, make_scheduler
-from tasks.attribute_classifier import AttributeClassifier, per_attribute_accuracy
-from tasks.cartoon_loader import cartoon_loader
-from tasks.cartoon_train import image_grid
-from tasks.log import get_logger
-from tasks.shards import write_json_atomic
+from tasks.cartoon.classifier import AttributeClassifier, per_attribute_accuracy
+from tasks.cartoon.loader import cartoon_loader
+from tasks.cartoon.train import image_grid
+from tasks.common.log import get_logger
+from tasks.common.shards import write_json_atomic
 
 
 def scale_key(scale: float) -> str:

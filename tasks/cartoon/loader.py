@@ -1,6 +1,6 @@
 """Training batches from cartoon shards: images in [-1, 1] (NCHW float32) and one-hot attributes.
 
-Shard order, shuffling, ranks and workers: tasks/shard_loader.py.
+Shard order, shuffling, ranks and workers: tasks/common/shard_loader.py.
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tasks.cartoon_schema import AttributeSchema
-from tasks.shard_loader import ShardLoader
-from tasks.shards import read_manifest
+from tasks.cartoon.schema import AttributeSchema
+from tasks.common.shard_loader import ShardLoader
+from tasks.common.shards import read_manifest
 
 
 def load_schema(shard_dir: str | Path) -> AttributeSchema:

@@ -2,7 +2,7 @@
 
 Deterministic for (seed, epoch): the eps of each sample and the choice of its flipped copy are
 seeded by (seed, epoch) and the sample's key, so a resumed run sees exactly the batches an
-uninterrupted one would. Shard order, shuffling, ranks and workers: tasks/shard_loader.py.
+uninterrupted one would. Shard order, shuffling, ranks and workers: tasks/common/shard_loader.py.
 The scaling factor is applied by the trainer, not here (the loader yields raw latents).
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.shard_loader import ShardLoader
-from tasks.shards import read_manifest
+from tasks.common.shard_loader import ShardLoader
+from tasks.common.shards import read_manifest
 
 
 def _seed_of(*parts) -> int:

@@ -21,11 +21,11 @@ from prefect.cache_policies import NO_CACHE
 from torch import nn
 
 from pipelines import AttributeProjection, AttributeTau, CartoonDiffusionPipeline, denoise, make_scheduler
-from tasks.cartoon_loader import cartoon_loader, load_schema
-from tasks.cartoon_schema import AttributeSchema
-from tasks.launch import job_main, launch
-from tasks.log import get_logger
-from tasks.shards import MANIFEST, write_json_atomic
+from tasks.cartoon.loader import cartoon_loader, load_schema
+from tasks.cartoon.schema import AttributeSchema
+from tasks.common.launch import job_main, launch
+from tasks.common.log import get_logger
+from tasks.common.shards import MANIFEST, write_json_atomic
 from tasks.training import TrainConfig, TrainSpec, fingerprint, train
 
 DATA_DEFAULTS = {"resolution": 32, "batch_size": 64, "shuffle_buffer": 1000, "workers": 0}
@@ -193,7 +193,7 @@ def train_cartoon(shard_dir: str, model_dir: str, checkpoint_dir: str, live_dir:
     """Train the cartoon model; returns the model folder (diffusers format)."""
     log = get_logger()
     if num_processes > 1:
-        launch("tasks.cartoon_train", Path(checkpoint_dir).with_suffix(".job.json"),
+        launch("tasks.cartoon.train", Path(checkpoint_dir).with_suffix(".job.json"),
                dict(shard_dir=shard_dir, model_dir=model_dir, checkpoint_dir=checkpoint_dir, live_dir=live_dir,
                     metrics_path=metrics_path, data=data, model=model, training=training, samples=samples),
                num_processes, (training or {}).get("mixed_precision", "no"))
@@ -205,5 +205,5 @@ def train_cartoon(shard_dir: str, model_dir: str, checkpoint_dir: str, live_dir:
     return model_dir
 
 
-if __name__ == "__main__":  # one process of `accelerate launch -m tasks.cartoon_train --job job.json`
+if __name__ == "__main__":  # one process of `accelerate launch -m tasks.cartoon.train --job job.json`
     job_main(run_training, "one training process (see train_cartoon)")

@@ -190,7 +190,7 @@ def add_sums(a: dict[str, float] | None, b: dict[str, float]) -> dict[str, float
 
 @torch.no_grad()
 def measure_latent_sums(vae: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> dict:
-    from tasks.latents.images import to_model_input
+    from tasks.latent.images import to_model_input
 
     sums = None
     for i in range(0, len(images), batch_size):
@@ -204,7 +204,7 @@ def reconstruction_psnr(vae: torch.nn.Module, images: np.ndarray, batch_size: in
     """Mean per-image PSNR (dB, pixels in [0, 1]) of decode(posterior mean) against the input, and of
     two reference reconstructions: the image's mean colour (flat) and a bilinear down-up at the VAE's
     factor (what f x f pixels average into, with no learned detail)."""
-    from tasks.latents.images import to_model_input
+    from tasks.latent.images import to_model_input
 
     f = downsample_factor(vae)
     out: dict[str, list[float]] = {"vae": [], "flat": [], "bilinear": []}
@@ -251,7 +251,7 @@ def fit_vae(train_images: np.ndarray, model: dict, training: dict, resolution: i
     from diffusers.optimization import get_constant_schedule_with_warmup
     from tqdm.auto import tqdm
 
-    from tasks.latents.images import to_model_input
+    from tasks.latent.images import to_model_input
 
     torch.manual_seed(training["seed"])
     vae = build_vae(model, resolution)
@@ -321,8 +321,8 @@ def prepare_vae(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str |
 
     `eval_images` caps the faces used for the validation PSNR and, with a pretrained VAE, for measuring
     the scaling factor (the first N in shard order; FFHQ's 70000 would not fit in memory)."""
-    from tasks.latents.images import load_split
-    from tasks.shards import write_json_atomic
+    from tasks.latent.images import load_split
+    from tasks.common.shards import write_json_atomic
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))

@@ -2,5 +2,5 @@
 
 Modules: `vae` (sources, training, identity, PSNR), `encode` (resumable shard encoding), `loader`
 (training batches of z = mean + std * eps), `images` (aligned PNG shards -> arrays), `stages`
-(Prefect tasks). Imported lazily: `from tasks.latents.encode import encode_latents`.
+(Prefect tasks). Imported lazily: `from tasks.latent.encode import encode_latents`.
 """

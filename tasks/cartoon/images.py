@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tasks.cartoon_schema import AttributeFileError, parse_attribute_csv
+from tasks.cartoon.schema import AttributeFileError, parse_attribute_csv
 
 RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,

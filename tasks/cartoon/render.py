@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tasks.cartoon_schema import format_attribute_csv
+from tasks.cartoon.schema import format_attribute_csv
 
 CARTOONSET_ATTRIBUTES: tuple[tuple[str, int], ...] = (
     ("eye_angle", 3),
@@ -834,7 +834,7 @@ def _hair_front(p: _Painter, style, hair_c, skin, fit) -> None:
         p.line([(CX - sx * 70, 100), (CX - sx * 62, SKULL_CY - 90)], dark, 3.0)
 
 
-if __name__ == "__main__":  # python -m tasks.cartoon_render [sheet.png]: speed, and a contact sheet
+if __name__ == "__main__":  # python -m tasks.cartoon.render [sheet.png]: speed, and a contact sheet
     import sys
     import time
 

@@ -1,6 +1,6 @@
 """Stage fetch_cartoons: a Cartoon Set folder (csX.png + csX.csv) from one of three sources.
 
-- `synthetic`: drawn here (tasks/cartoon_render.py), deterministic for a seed, offline;
+- `synthetic`: drawn here (tasks/cartoon/render.py), deterministic for a seed, offline;
 - `cartoonset10k` / `cartoonset100k`: the official archive, downloaded with resume, retries and
   checksum verification, then extracted safely;
 - a local folder or .tgz in the same format.
@@ -16,11 +16,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
-from tasks.cartoon_render import render_to_files
-from tasks.download import DownloadError, copy_or_link, download_file, file_digest, safe_extract
-from tasks.log import get_logger
-from tasks.pool import imap, process_pool
-from tasks.shards import write_json_atomic
+from tasks.cartoon.render import render_to_files
+from tasks.common.download import DownloadError, copy_or_link, download_file, file_digest, safe_extract
+from tasks.common.log import get_logger
+from tasks.common.pool import imap, process_pool
+from tasks.common.shards import write_json_atomic
 
 OFFICIAL = ("cartoonset10k", "cartoonset100k")
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")

@@ -24,11 +24,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from pipelines import LatentDiffusionPipeline, make_scheduler
-from tasks.latents.loader import latent_loader
-from tasks.latents.vae import load_vae, merged
-from tasks.launch import job_main, launch
-from tasks.log import get_logger
-from tasks.shards import MANIFEST, read_manifest, write_json_atomic
+from tasks.latent.loader import latent_loader
+from tasks.latent.vae import load_vae, merged
+from tasks.common.launch import job_main, launch
+from tasks.common.log import get_logger
+from tasks.common.shards import MANIFEST, read_manifest, write_json_atomic
 from tasks.training import TrainConfig, TrainSpec, fingerprint, train
 
 DATA_DEFAULTS = {"batch_size": 32, "shuffle_buffer": 1000, "workers": 0,
@@ -137,7 +137,7 @@ def train_ldm_task(latent_dir: str, vae_dir: str, model_dir: str, checkpoint_dir
                   live_dir=live_dir, metrics_path=metrics_path, data=data, model=model, training=training,
                   samples=samples)
     if num_processes > 1:
-        launch("tasks.ldm_train", Path(checkpoint_dir).with_suffix(".job.json"), kwargs, num_processes,
+        launch("tasks.latent.train", Path(checkpoint_dir).with_suffix(".job.json"), kwargs, num_processes,
                (training or {}).get("mixed_precision", "no"))
     else:
         summary = run_training(**kwargs)
@@ -147,5 +147,5 @@ def train_ldm_task(latent_dir: str, vae_dir: str, model_dir: str, checkpoint_dir
     return model_dir
 
 
-if __name__ == "__main__":  # one process of `accelerate launch -m tasks.ldm_train --job job.json`
+if __name__ == "__main__":  # one process of `accelerate launch -m tasks.latent.train --job job.json`
     job_main(run_training, "one training process (see train_ldm)")

@@ -1,0 +1,1 @@
+"""Shared plumbing: shards, loaders, downloads, process pools, accelerate launch, params, logging."""

@@ -1,0 +1,66 @@
+"""Typed stage configs: params.yaml is the one source of every value.
+
+A stage's section of params.yaml is read into a frozen dataclass whose fields have no defaults, so
+a value missing from params.yaml is an error, not a silent fallback that disagrees with the file,
+and a key the stage does not know (a typo, a renamed param) is an error too. Nested sections
+(`training:`, `model:`) are dataclasses of their own or plain `dict` fields when they are passed
+through to a library as keyword arguments.
+
+    @dataclass(frozen=True)
+    class EncodeLatentsConfig(StageConfig):
+        resolution: int | None   # image size fed to the VAE (comments live in params.yaml)
+        flip: bool
+
+    cfg = EncodeLatentsConfig.from_params(stage_params("encode_latents"), "encode_latents")
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, TypeVar
+
+T = TypeVar("T", bound="StageConfig")
+
+
+class ConfigError(ValueError):
+    """A params section that does not match its stage's config: unknown, missing or mistyped keys."""
+
+
+class StageConfig:
+    """Mixin for frozen dataclasses built from a params.yaml section."""
+
+    @classmethod
+    def from_params(cls: type[T], params: dict[str, Any] | None, where: str | None = None) -> T:
+        where = where or cls.__name__
+        if not isinstance(params, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(params).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - set(fields))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+        missing = sorted(n for n, f in fields.items() if n not in params and _required(f))
+        if missing:
+            raise ConfigError(f"{where}: missing key(s) {missing} (params.yaml must set every value)")
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for name, value in params.items():
+            sub = _config_type(hints[name])
+            nested = sub is not None and value is not None
+            values[name] = sub.from_params(value, f"{where}.{name}") if nested else value
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _required(field: dataclasses.Field) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+
+
+def _config_type(hint: Any) -> type[StageConfig] | None:
+    """The StageConfig class a field holds (also inside `X | None`), else None."""
+    candidates = typing.get_args(hint) or (hint,)
+    for c in candidates:
+        if isinstance(c, type) and issubclass(c, StageConfig):
+            return c
+    return None
