@@ -6,14 +6,23 @@ everything else lives here, in one loop read top to bottom:
 
   setup       accelerate (devices, mixed precision, gradient accumulation, processes), seeds
   model       AdamW, cosine schedule with warmup, EMA of the weights, memory anatomy
-  resume      the newest checkpoint of the same run (config fingerprint), counters and RNG included
+  resume      the newest checkpoint of the same run (params, data and code fingerprint), counters, RNG
+              and the dvclive curves and grids so far included
   loop        epoch loaders re-created from (seed, epoch); a resumed epoch skips its consumed batches
   outputs     dvclive curves per step, a sample grid per epoch, checkpoints, the EMA model saved
 
 Resume is exact: a checkpoint holds the model, optimizer, LR schedule, EMA and the step/epoch/batch
 counters (all through `accelerator.save_state`), taken only at optimizer-step boundaries; noise,
-timesteps and condition dropout are seeded per micro-batch from (seed, rank, position); the loader for an epoch is deterministic, so skipping the batches the checkpoint had
-already consumed puts the run where an uninterrupted one would be.
+timesteps and condition dropout are seeded per micro-batch from (seed, rank, position); the loader
+for an epoch is deterministic, so skipping the batches the checkpoint had already consumed puts the
+run where an uninterrupted one would be.
+
+Only the same code resumes: the run identity is the caller's `run_id` (params, data) plus the
+fingerprint of the project code this process runs (tasks/common/codeprint.py). A checkpoint of the
+same run written by another number of processes or another accumulation setting is refused (its
+batch order would differ). Each checkpoint also keeps a copy of the dvclive folder as it was at that
+step, so a run resumed at its end (`dvc repro -f`) restores the same curves and grids and saves the
+same model: the dvclive outputs need not be `persist`.
 """
 from __future__ import annotations
 
@@ -31,12 +40,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tasks.common.codeprint import code_fingerprint
 from tasks.common.log import get_logger
 from tasks.training.config import TrainConfig
 from tasks.training.memory import measured_adam_state_mb, memory_anatomy
 
 CHECKPOINT_PREFIX = "checkpoint-"
 FINGERPRINT = "fingerprint.json"
+LIVE_COPY = "dvclive"  # inside a checkpoint: the dvclive folder at that step
+
+
+class ResumeError(RuntimeError):
+    """A checkpoint of this run that cannot be resumed as configured (says what to do instead)."""
 
 
 @dataclass
@@ -59,6 +74,9 @@ class TrainSpec:
     """(condition, drop mask (B,) bool) -> condition with masked rows set to the null condition."""
     sample_grid: Callable[[nn.Module, Any, int], Any] | None = None
     """(model with EMA weights, noise scheduler, epoch) -> a PIL image logged per epoch."""
+    loss: Callable[[torch.Tensor, torch.Tensor, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
+    """(prediction, target, condition), both float32 -> (loss to minimise, {name: detached scalar} logged
+    as `train/<name>` curves). None: plain MSE over the batch."""
 
 
 def noise_seed(seed: int, rank: int, micro_batch: int) -> int:
@@ -102,42 +120,63 @@ def list_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
-def _prepare_checkpoint_dir(checkpoint_dir: Path, run_id: str, is_main: bool, log) -> None:
-    """Keep checkpoints only if they belong to this run (same fingerprint); drop them otherwise."""
+def _read_marker(checkpoint_dir: Path) -> dict:
+    try:
+        return json.loads((checkpoint_dir / FINGERPRINT).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _check_layout(marker: dict, layout: dict, checkpoint_dir: Path) -> None:
+    """Refuse checkpoints of this run written with another process count or accumulation."""
+    if not list_checkpoints(checkpoint_dir):
+        return
+    diff = {k: (marker.get(k), v) for k, v in layout.items() if marker.get(k) != v}
+    if diff:
+        said = ", ".join(f"{k} {old} (now {new})" for k, (old, new) in sorted(diff.items()))
+        raise ResumeError(
+            f"{checkpoint_dir} holds checkpoints of this run written with {said}: resuming would not continue "
+            f"the same batch order. Run with the settings it was written with, or delete {checkpoint_dir} "
+            "to start afresh.")
+
+
+def _prepare_checkpoint_dir(checkpoint_dir: Path, run_key: str, layout: dict, is_main: bool, log) -> None:
+    """Keep checkpoints only if this code wrote them for this run (same key); drop them otherwise.
+
+    Every process checks (so all raise together); only the main process deletes and writes."""
+    marker = _read_marker(checkpoint_dir)
+    if marker.get("run_id") == run_key:
+        _check_layout(marker, layout, checkpoint_dir)
     if not is_main:
         return
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    marker = checkpoint_dir / FINGERPRINT
-    old = json.loads(marker.read_text())["run_id"] if marker.is_file() else None
-    if old != run_id:
+    if marker.get("run_id") != run_key:
         stale = list_checkpoints(checkpoint_dir)
         if stale:
-            log.warning(f"{checkpoint_dir}: {len(stale)} checkpoint(s) of another run (params or data changed); "
-                        "starting afresh")
+            log.warning(f"{checkpoint_dir}: {len(stale)} checkpoint(s) of another run (code, params or data "
+                        "changed); starting afresh")
         for p in stale:
             shutil.rmtree(p)
-        marker.write_text(json.dumps({"run_id": run_id}) + "\n")
+        (checkpoint_dir / FINGERPRINT).write_text(json.dumps({"run_id": run_key, **layout}) + "\n")
     for tmp in checkpoint_dir.glob("*.tmp"):  # a save cut short by a kill
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _truncate_tsv(live_dir: Path, step: int) -> None:
-    """Drop dvclive rows logged after `step` (a killed run logged steps its checkpoint lacks)."""
-    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
-        lines = tsv.read_text().splitlines(keepends=True)
-        if not lines:
-            continue
-        header, rows = lines[0], lines[1:]
-        col = header.rstrip("\n").split("\t").index("step")
-        kept = [r for r in rows if int(r.split("\t")[col]) < step]
-        tsv.write_text(header + "".join(kept))
+def _restore_live(checkpoint: Path, live_dir: Path) -> None:
+    """The dvclive folder as it was when `checkpoint` was taken (rows and grids after it dropped)."""
+    copy = checkpoint / LIVE_COPY
+    if live_dir.exists():
+        shutil.rmtree(live_dir)
+    if copy.is_dir():
+        shutil.copytree(copy, live_dir)
 
 
 def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: str, live_dir: str,
           run_id: str, step_callback: Callable[[int], None] | None = None, show_progress: bool = True) -> dict:
     """Train `spec`'s model under `cfg`; returns the summary metrics (also logged to dvclive).
 
-    `run_id` identifies the run (hash of params and data): checkpoints with another id are discarded.
+    `run_id` identifies the run's params and data; the engine adds the code's fingerprint. Checkpoints
+    of another run are discarded; those of this run with another process count or accumulation refused.
     `step_callback(global_step)` runs after every optimizer step (and its checkpoint, if any).
     """
     from accelerate import Accelerator
@@ -157,7 +196,9 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
     is_main = accelerator.is_main_process
     set_seed(cfg.seed)  # the model's initial weights; the same on every process
     checkpoint_dir, live_dir = Path(checkpoint_dir), Path(live_dir)
-    _prepare_checkpoint_dir(checkpoint_dir, run_id, is_main, log)
+    run_key = fingerprint(run_id, code_fingerprint())
+    layout = {"processes": world, "gradient_accumulation_steps": cfg.gradient_accumulation_steps}
+    _prepare_checkpoint_dir(checkpoint_dir, run_key, layout, is_main, log)
     accelerator.wait_for_everyone()
 
     steps_per_epoch = spec.batches_per_epoch // cfg.gradient_accumulation_steps
@@ -200,8 +241,8 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
 
     live = None
     if is_main:
-        if resumed_from is not None and live_dir.is_dir():
-            _truncate_tsv(live_dir, counters.global_step)
+        if resumed_from is not None:
+            _restore_live(resumed_from, live_dir)
         elif live_dir.is_dir():
             shutil.rmtree(live_dir)  # a fresh run starts fresh curves
         live = Live(dir=str(live_dir), resume=resumed_from is not None, save_dvc_exp=False, dvcyaml=None)
@@ -214,6 +255,8 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
         accelerator.save_state(str(tmp))  # main process writes the shared state; each rank its RNG
         accelerator.wait_for_everyone()
         if is_main:
+            if live_dir.is_dir():  # the curves and grids so far travel with the checkpoint
+                shutil.copytree(live_dir, tmp / LIVE_COPY)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)  # a checkpoint is visible only once complete
@@ -234,9 +277,11 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
         finally:
             ema.restore(net.parameters())
 
-    def log_samples(epoch: int) -> None:
+    def log_samples(epoch: int, last: bool) -> None:
+        """A grid every `samples_every_epochs` epochs and always one at the end of the run (a
+        declared grid folder must never be empty, whatever the epoch count)."""
         if is_main and spec.sample_grid is not None and cfg.samples_every_epochs > 0 \
-                and (epoch + 1) % cfg.samples_every_epochs == 0:
+                and ((epoch + 1) % cfg.samples_every_epochs == 0 or last):
             was_training = model.training
             model.eval()
             grid = with_ema_weights(lambda net: spec.sample_grid(net, noise_scheduler, epoch))
@@ -248,7 +293,6 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
              f"({steps_per_epoch} per epoch, {world} process(es), accumulation {cfg.gradient_accumulation_steps})")
     progress = tqdm(total=total_steps, initial=counters.global_step, desc="train", unit="step",
                     disable=not (is_main and show_progress), dynamic_ncols=True)
-    adam_measured = None
     samples_seen, train_time = 0, 0.0
     model.train()
     while counters.global_step < total_steps:
@@ -258,6 +302,7 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
         for _ in itertools.islice(batches, counters.batch_in_epoch):
             pass
         window_loss = torch.zeros((), device=accelerator.device)
+        window_parts: dict[str, torch.Tensor] = {}  # the spec's extra loss terms, per window
         t0 = time.perf_counter()
         while counters.batch_in_epoch < micro_per_epoch and counters.global_step < total_steps:
             try:
@@ -282,13 +327,18 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     pred = spec.predict(model, noisy, timesteps, cond)
-                loss = F.mse_loss(pred.float(), target.float())
+                if spec.loss is None:
+                    loss, parts = F.mse_loss(pred.float(), target.float()), {}
+                else:
+                    loss, parts = spec.loss(pred.float(), target.float(), cond)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()  # a no-op inside an accumulation window (accelerate)
                 optimizer.zero_grad(set_to_none=True)
             window_loss += loss.detach() / cfg.gradient_accumulation_steps
+            for name, value in parts.items():
+                window_parts[name] = window_parts.get(name, 0) + value.detach().float() / cfg.gradient_accumulation_steps
             counters.batch_in_epoch += 1
             samples_seen += bsz * world
             if not accelerator.sync_gradients:
@@ -298,12 +348,14 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
             if ema is not None:
                 ema.step(accelerator.unwrap_model(model).parameters())
             counters.global_step += 1
-            if adam_measured is None:
-                adam_measured = measured_adam_state_mb(optimizer)
             step_loss = accelerator.gather(window_loss.reshape(1)).mean().item()
             window_loss.zero_()
+            step_parts = {k: accelerator.gather(v.reshape(1)).mean().item() for k, v in sorted(window_parts.items())}
+            window_parts.clear()
             if is_main:
                 live.log_metric("train/loss", step_loss)
+                for name, value in step_parts.items():
+                    live.log_metric(f"train/{name}", value)
                 live.log_metric("train/lr", lr_scheduler.get_last_lr()[0])
                 live.next_step()
             progress.update(1)
@@ -312,7 +364,7 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
             run_done = counters.global_step >= total_steps
             if epoch_done or run_done:
                 train_time += time.perf_counter() - t0
-                log_samples(epoch)  # before the checkpoint: a resumed run never lacks a grid
+                log_samples(epoch, last=run_done)  # before the checkpoint, which keeps a copy
                 t0 = time.perf_counter()
             if epoch_done:  # counters point at the next epoch before a checkpoint records them
                 counters.epoch, counters.batch_in_epoch = epoch + 1, 0
@@ -326,14 +378,19 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
 
     # ---------------------------------------------------------------- outputs
     accelerator.wait_for_everyone()
+    # What the run made (deterministic: the same after a resume) apart from how the run went
+    # (wall-clock, resume point, memory), which callers write to a file of its own.
     summary = {
         "steps": counters.global_step,
         "epochs": counters.epoch,
         "processes": world,
         "final_loss": None,
-        "samples_per_second": samples_seen / train_time if train_time > 0 else None,
-        "resumed_from_step": int(resumed_from.name[len(CHECKPOINT_PREFIX):]) if resumed_from else None,
-        "memory_anatomy": {**anatomy, "adam_state_mb_measured": adam_measured},
+        "run": {
+            "samples_per_second": samples_seen / train_time if train_time > 0 else None,
+            "train_seconds": train_time,
+            "resumed_from_step": int(resumed_from.name[len(CHECKPOINT_PREFIX):]) if resumed_from else None,
+            "memory_anatomy": {**anatomy, "adam_state_mb_measured": measured_adam_state_mb(optimizer)},
+        },
     }
     if is_main:
         Path(model_dir).mkdir(parents=True, exist_ok=True)
