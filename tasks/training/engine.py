@@ -343,10 +343,12 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
             samples_seen += bsz * world
             if not accelerator.sync_gradients:
                 continue
-            # ---- one optimizer step done
-            lr_scheduler.step()
-            if ema is not None:
-                ema.step(accelerator.unwrap_model(model).parameters())
+            # ---- one optimizer step done (or skipped by the fp16 grad scaler on inf/nan gradients:
+            # then the weights did not move, so neither may the LR schedule nor the EMA)
+            if not accelerator.optimizer_step_was_skipped:
+                lr_scheduler.step()
+                if ema is not None:
+                    ema.step(accelerator.unwrap_model(model).parameters())
             counters.global_step += 1
             step_loss = accelerator.gather(window_loss.reshape(1)).mean().item()
             window_loss.zero_()
