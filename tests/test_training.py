@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
+from tasks.training import engine
 from tasks.training import StopTraining, TrainConfig, TrainSpec, list_checkpoints, memory_anatomy, noise_seed, train
 
 N_IMAGES, BATCH = 32, 8
@@ -48,8 +49,11 @@ def _spec(saved: dict) -> TrainSpec:
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(seed=3, num_epochs=2, learning_rate=3e-3, lr_warmup_steps=2, checkpointing_steps=2,
-                checkpoints_total_limit=2, ema_decay=0.9, samples_every_epochs=0)
+    base = dict(seed=3, num_epochs=2, max_train_steps=None, gradient_accumulation_steps=1, mixed_precision="no",
+                learning_rate=3e-3, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=1e-2, adam_epsilon=1e-8,
+                lr_warmup_steps=2, max_grad_norm=1.0, num_train_timesteps=1000, beta_schedule="linear",
+                beta_start=1e-4, beta_end=0.02, prediction_type="epsilon", use_ema=True, ema_decay=0.9,
+                cond_drop_prob=0.0, checkpointing_steps=2, checkpoints_total_limit=2, samples_every_epochs=0)
     return TrainConfig(**{**base, **kw})
 
 
@@ -70,7 +74,7 @@ def _losses(live_dir):
 def test_same_seed_same_weights_and_resume_is_exact(tmp_path):
     cfg = _cfg()
     summary, full = _run(tmp_path, "a", cfg)
-    assert summary["steps"] == 8 and summary["resumed_from_step"] is None
+    assert summary["steps"] == 8 and summary["run"]["resumed_from_step"] is None
     _, again = _run(tmp_path, "b", cfg)
     assert all(torch.equal(full[k], again[k]) for k in full)
 
@@ -84,7 +88,7 @@ def test_same_seed_same_weights_and_resume_is_exact(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path / "c" / "ckpt")] == ["checkpoint-2", "checkpoint-4"]
     assert not (tmp_path / "c" / "model").exists()
     summary, resumed = _run(tmp_path, "c", cfg)
-    assert summary["resumed_from_step"] == 4
+    assert summary["run"]["resumed_from_step"] == 4
     assert all(torch.equal(full[k], resumed[k]) for k in full)
     # Total limit honoured; the curve has each step once, equal to the uninterrupted run's.
     assert [p.name for p in list_checkpoints(tmp_path / "c" / "ckpt")] == ["checkpoint-6", "checkpoint-8"]
@@ -97,7 +101,7 @@ def test_changed_params_discard_old_checkpoints(tmp_path):
               show_progress=False)
     train(_spec(saved), _cfg(num_epochs=1), run_id="one", **kw)
     summary = train(_spec(saved), _cfg(num_epochs=1), run_id="two", **kw)
-    assert summary["resumed_from_step"] is None
+    assert summary["run"]["resumed_from_step"] is None
 
 
 def test_loss_falls_with_accumulation(tmp_path):
@@ -136,7 +140,7 @@ def test_v_prediction_target(tmp_path):
 
 def test_memory_anatomy_matches_model_and_optimizer(tmp_path):
     summary, _ = _run(tmp_path, "m", _cfg(num_epochs=1, checkpointing_steps=100))
-    anatomy = summary["memory_anatomy"]
+    anatomy = summary["run"]["memory_anatomy"]
     model = _spec({}).build_model()
     n = sum(p.numel() for p in model.parameters())
     assert anatomy["trainable_parameters"] == anatomy["parameters"] == n
@@ -149,7 +153,94 @@ def test_memory_anatomy_matches_model_and_optimizer(tmp_path):
 
 
 def test_bad_training_params_are_named():
+    from tasks.common.config import ConfigError
     with pytest.raises(ValueError, match="prediction_type"):
-        TrainConfig(prediction_type="sample")
-    with pytest.raises(KeyError, match="learning_rte"):
-        TrainConfig.from_params({"learning_rte": 1.0})
+        _cfg(prediction_type="sample")
+    with pytest.raises(ConfigError, match="learning_rte"):
+        TrainConfig.from_params({**_cfg().to_dict(), "learning_rte": 1.0})
+
+
+def _grid_spec(saved: dict) -> TrainSpec:
+    """The tiny spec with a sample grid: a deterministic image of the EMA weights."""
+    spec = _spec(saved)
+
+    def grid(net, scheduler, epoch):
+        from PIL import Image
+        w = next(net.parameters()).detach().flatten()[:64]
+        px = ((w - w.min()) / (w.max() - w.min() + 1e-12) * 255).to(torch.uint8).reshape(8, 8).numpy()
+        return Image.fromarray(px).convert("RGB")
+
+    spec.sample_grid = grid
+    return spec
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_rerun_of_a_finished_run_regenerates_identical_outputs(tmp_path):
+    """`dvc repro -f` on a finished stage: DVC deletes the model and dvclive outs, keeps the
+    (persist) checkpoints; the engine resumes at the end and writes the same bytes again,
+    including a grid at the final epoch although 2 epochs is no multiple of samples_every_epochs."""
+    cfg = _cfg(samples_every_epochs=4)
+    kw = dict(model_dir=str(tmp_path / "model"), checkpoint_dir=str(tmp_path / "ckpt"),
+              live_dir=str(tmp_path / "live"), run_id="r", show_progress=False)
+    first = train(_grid_spec({}), cfg, **kw)
+    assert (tmp_path / "live" / "plots" / "images" / "samples" / "epoch-002.png").is_file()
+    model, live = _files(tmp_path / "model"), _files(tmp_path / "live")
+    import shutil
+    shutil.rmtree(tmp_path / "model")
+    shutil.rmtree(tmp_path / "live")
+    again = train(_grid_spec({}), cfg, **kw)
+    assert again["run"]["resumed_from_step"] == again["steps"] == first["steps"] == 8
+    assert {k: v for k, v in again.items() if k != "run"} == {k: v for k, v in first.items() if k != "run"}
+    assert _files(tmp_path / "model") == model
+    assert _files(tmp_path / "live") == live
+
+
+def test_code_change_discards_checkpoints(tmp_path, monkeypatch):
+    """Same params and data, other code: nothing is resumed, the full step count is trained."""
+    cfg = _cfg(num_epochs=1)
+    kw = dict(model_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "ck"), live_dir=str(tmp_path / "l"),
+              run_id="same", show_progress=False)
+    train(_spec({}), cfg, **kw)
+    resumed = train(_spec({}), cfg, **kw)
+    assert resumed["run"]["resumed_from_step"] == 4
+    monkeypatch.setattr(engine, "code_fingerprint", lambda: "other code")
+    fresh = train(_spec({}), cfg, **kw)
+    assert fresh["run"]["resumed_from_step"] is None and fresh["steps"] == 4
+
+
+def test_resume_refuses_another_accumulation_or_process_count(tmp_path):
+    kw = dict(model_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "ck"), live_dir=str(tmp_path / "l"),
+              run_id="same", show_progress=False)
+
+    def stop_at_2(step):
+        if step == 2:
+            raise StopTraining
+
+    with pytest.raises(StopTraining):
+        train(_spec({}), _cfg(), step_callback=stop_at_2, **kw)
+    with pytest.raises(engine.ResumeError, match="gradient_accumulation_steps 1 \\(now 2\\)"):
+        train(_spec({}), _cfg(gradient_accumulation_steps=2), **kw)
+    # As if the checkpoints had been written by two processes (accelerate launch).
+    marker = tmp_path / "ck" / engine.FINGERPRINT
+    import json
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "processes": 2}))
+    with pytest.raises(engine.ResumeError, match="processes 2 \\(now 1\\)"):
+        train(_spec({}), _cfg(), **kw)
+
+
+def test_skipped_optimizer_steps_leave_lr_and_ema_alone(tmp_path, monkeypatch):
+    """The fp16 grad scaler skips steps with inf/nan gradients; such steps must not advance the
+    LR schedule or the EMA. Here every step is reported skipped: the LR stays at its warmup start
+    (0) and the EMA weights, hence the saved model, stay the initial weights."""
+    import accelerate
+    monkeypatch.setattr(accelerate.Accelerator, "optimizer_step_was_skipped", property(lambda self: True))
+    summary, saved = _run(tmp_path, "s", _cfg(num_epochs=1))
+    assert summary["steps"] == 4
+    lrs = (tmp_path / "s" / "live" / "plots" / "metrics" / "train" / "lr.tsv").read_text().splitlines()[1:]
+    assert [float(r.split("\t")[-1]) for r in lrs] == [0.0] * 4
+    torch.manual_seed(3)
+    initial = _spec({}).build_model().state_dict()
+    assert all(torch.equal(initial[k], saved[k]) for k in initial)
