@@ -135,6 +135,6 @@ def code_fingerprint(modules: Iterable[str] | None = None) -> str:
     the project modules it has imported (or from `modules`), plus the versions of the libraries
     that compute. Anything reused from disk must carry the same value."""
     roots = loaded_project_modules() if modules is None else list(modules)
-    h = hashlib.sha256(hash_files(project_files(roots)).encode())
+    h = hashlib.sha256(hash_files(project_files(roots, REPO), REPO).encode())
     h.update(repr(sorted(library_versions().items())).encode())
     return h.hexdigest()[:16]

@@ -1,0 +1,202 @@
+"""dvc.yaml's code deps, computed from what each stage really runs.
+
+A stage's cmd is `python -m flows.<stage> ...`; the code it runs is the static import closure of
+that module (tasks/common/codeprint.py: imports anywhere in a file, package `__init__`s, and modules
+named by a string, such as the target of `accelerate launch -m tasks.latent.train`). Its deps in
+dvc.yaml must list exactly those files (files, not directories: a directory dep would also re-run
+the stage for unrelated files and hides which code counts); data deps (upstream outs) are kept.
+
+    python -m tasks.common.deps --check   # exit 1, naming every missing or stale code dep
+    python -m tasks.common.deps --write   # rewrite the code deps in place; the rest of the file untouched
+
+Run `--write` after adding a stage or changing imports; tests/test_deps.py runs the check.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tasks.common.codeprint import PACKAGES, REPO, project_files
+
+FLOW_CMD = re.compile(r"^\s*python\s+-m\s+(flows\.[A-Za-z_][A-Za-z0-9_]*)\b")
+
+
+class DepsError(Exception):
+    """dvc.yaml cannot be checked or written (a stage's flow module is missing, a bad cmd)."""
+
+
+@dataclass
+class StageDeps:
+    stage: str
+    needed: list[str]                                      # code files the stage runs (repo-relative)
+    listed: list[str]                                      # code deps dvc.yaml lists now
+    directories: list[str] = field(default_factory=list)   # code deps given as directories
+
+    @property
+    def missing(self) -> list[str]:
+        return sorted(set(self.needed) - set(self.listed))
+
+    @property
+    def stale(self) -> list[str]:
+        return sorted(set(self.listed) - set(self.needed))
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.stale or self.directories)
+
+
+def is_code_dep(dep: str) -> bool:
+    """A dep inside the project's code packages (anything else is data or an upstream output)."""
+    parts = Path(dep).parts
+    return bool(parts) and parts[0] in PACKAGES
+
+
+def flow_module(stage: str, cmd: str | list, repo: Path) -> str | None:
+    """The `flows.<x>` module a stage's cmd runs; None for stages that do not run a flow."""
+    text = cmd if isinstance(cmd, str) else " ".join(cmd)
+    m = FLOW_CMD.match(text)
+    if m is None:
+        return None
+    module = m.group(1)
+    path = repo.joinpath(*module.split(".")).with_suffix(".py")
+    if not path.is_file():
+        raise DepsError(f"stage {stage}: its cmd runs {module}, but {path.relative_to(repo)} does not exist "
+                        "(write the flow first, then run `python -m tasks.common.deps --write`)")
+    return module
+
+
+def stage_deps(stage: str, spec: dict, repo: Path) -> StageDeps | None:
+    module = flow_module(stage, spec.get("cmd", ""), repo)
+    if module is None:
+        return None
+    needed = [p.relative_to(repo).as_posix() for p in project_files([module], repo)]
+    listed, dirs = [], []
+    for dep in spec.get("deps") or []:
+        dep = str(dep)
+        if not is_code_dep(dep):
+            continue
+        (dirs if (repo / dep).is_dir() else listed).append(dep.rstrip("/"))
+    return StageDeps(stage, needed, listed, dirs)
+
+
+def _load(dvc_yaml: Path) -> dict:
+    import yaml
+
+    with open(dvc_yaml) as f:
+        return yaml.safe_load(f) or {}
+
+
+def analyse(repo: Path = REPO) -> list[StageDeps]:
+    """Every flow stage's needed vs listed code deps. Raises DepsError naming every broken stage."""
+    doc = _load(repo / "dvc.yaml")
+    results, errors = [], []
+    for stage, spec in (doc.get("stages") or {}).items():
+        try:
+            found = stage_deps(stage, spec, repo)
+        except DepsError as exc:
+            errors.append(str(exc))
+            continue
+        if found is not None:
+            results.append(found)
+    if errors:
+        raise DepsError("\n".join(errors))
+    return results
+
+
+def _deps_block(lines: list[str], stage: str) -> tuple[int, int, str]:
+    """Line range [start, end) of `stage`'s deps items in dvc.yaml's text, and their indent."""
+    head = next((n for n, line in enumerate(lines) if line.rstrip() == f"  {stage}:"), None)
+    if head is None:
+        raise DepsError(f"stage {stage}: not found as '  {stage}:' in dvc.yaml")
+    n = head + 1
+    while n < len(lines) and (not lines[n].strip() or lines[n].startswith("    ") or lines[n].lstrip().startswith("#")):
+        if lines[n].rstrip() == "    deps:":
+            start = n + 1
+            end = start
+            while end < len(lines) and lines[end].lstrip().startswith(("- ", "#")) \
+                    and len(lines[end]) - len(lines[end].lstrip()) > 4:
+                end += 1
+            indent = lines[start][:len(lines[start]) - len(lines[start].lstrip())] if end > start else " " * 6
+            return start, end, indent
+        n += 1
+    raise DepsError(f"stage {stage}: no 'deps:' list in dvc.yaml (add one, even with a single file)")
+
+
+def _rewrite(text: str, stage: str, needed: list[str]) -> str:
+    """`stage`'s deps: the needed code files, then its other deps' lines as they were (comments kept).
+
+    A text edit, not a YAML round trip: the rest of dvc.yaml (folded cmd lines, comments, other
+    helpers' sections) stays byte for byte."""
+    lines = text.splitlines(keepends=True)
+    start, end, indent = _deps_block(lines, stage)
+    kept = [line for line in lines[start:end]
+            if not (line.lstrip().startswith("- ") and is_code_dep(line.lstrip()[2:].split("#")[0].strip()))]
+    new = [f"{indent}- {dep}\n" for dep in needed] + kept
+    return "".join(lines[:start] + new + lines[end:])
+
+
+def write(repo: Path = REPO) -> list[StageDeps]:
+    """Rewrite each flow stage's code deps to what it runs; returns the stages that changed."""
+    path = repo / "dvc.yaml"
+    doc = _load(path)
+    text = path.read_text()
+    changed = []
+    for stage, spec in (doc.get("stages") or {}).items():
+        found = stage_deps(stage, spec, repo)  # raises on a missing flow: nothing is written then
+        if found is None or found.ok:
+            continue
+        text = _rewrite(text, stage, found.needed)
+        changed.append(found)
+    if changed:
+        tmp = path.with_name("dvc.yaml.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return changed
+
+
+def report(results: list[StageDeps]) -> list[str]:
+    lines = []
+    for r in results:
+        for dep in r.missing:
+            lines.append(f"{r.stage}: runs {dep} but does not depend on it")
+        for dep in r.stale:
+            lines.append(f"{r.stage}: depends on {dep}, which it does not run")
+        for dep in r.directories:
+            lines.append(f"{r.stage}: code dep {dep} is a directory; list its files")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--check", action="store_true", help="exit 1 if any stage's code deps are incomplete or stale")
+    mode.add_argument("--write", action="store_true", help="rewrite dvc.yaml's code deps in place")
+    parser.add_argument("--repo", default=str(REPO), help="repository root (default: this checkout)")
+    args = parser.parse_args(argv)
+    repo = Path(args.repo).resolve()
+    try:
+        if args.write:
+            changed = write(repo)
+            for line in report(changed):
+                print(f"fixed: {line}")
+            print(f"dvc.yaml: code deps of {len(changed)} stage(s) rewritten" if changed
+                  else "dvc.yaml: code deps already complete")
+            return 0
+        problems = report(analyse(repo))
+    except DepsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} code dep problem(s); fix with `python -m tasks.common.deps --write`", file=sys.stderr)
+        return 1
+    print("dvc.yaml: every stage depends on exactly the code it runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""dvc.yaml's code deps are exactly the files each stage runs (tasks/common/deps.py)."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tasks.common import deps
+from tasks.common.codeprint import code_fingerprint, project_files
+
+DVC_YAML = """\
+# top comment
+stages:
+  stage_a:
+    cmd: python -m flows.stage_a --out-dir data/a
+      --more-args x
+    deps:
+      - flows/stage_a.py
+      - tasks/a.py
+      - data/raw      # the input, with a comment
+    params:
+      - stage_a
+    outs:
+      - data/a
+  other:
+    cmd: echo not a flow
+    deps:
+      - tasks
+"""
+
+
+def _repo(tmp_path: Path) -> Path:
+    files = {
+        "flows/__init__.py": "",
+        "flows/stage_a.py": "from tasks.a import work\n",
+        "tasks/__init__.py": "",
+        "tasks/a.py": "def work():\n    from tasks.sub import b  # a lazy import counts\n    return b\n",
+        "tasks/sub/__init__.py": "",
+        "tasks/sub/b.py": "from . import c\nLAUNCH = 'tasks.launched'\n",
+        "tasks/sub/c.py": "",
+        "tasks/launched.py": "",
+        "tasks/unused.py": "",
+        "dvc.yaml": DVC_YAML,
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    return tmp_path
+
+
+def test_closure_follows_lazy_relative_and_launched_imports(tmp_path):
+    repo = _repo(tmp_path)
+    found = [p.relative_to(repo).as_posix() for p in project_files(["flows.stage_a"], repo)]
+    assert found == ["flows/__init__.py", "flows/stage_a.py", "tasks/__init__.py", "tasks/a.py",
+                     "tasks/launched.py", "tasks/sub/__init__.py", "tasks/sub/b.py", "tasks/sub/c.py"]
+
+
+def test_check_names_missing_deps_and_write_fixes_them(tmp_path, capsys):
+    repo = _repo(tmp_path)
+    assert deps.main(["--check", "--repo", str(repo)]) == 1
+    err = capsys.readouterr().err
+    assert "stage_a: runs tasks/sub/b.py but does not depend on it" in err
+    assert "stage_a: runs flows/_stage.py" not in err  # only what it runs
+    assert "other" not in err  # not a flow stage: left alone
+
+    assert deps.main(["--write", "--repo", str(repo)]) == 0
+    assert deps.main(["--check", "--repo", str(repo)]) == 0
+    text = (repo / "dvc.yaml").read_text()
+    expected_deps = textwrap.indent("\n".join(
+        f"- {d}" for d in ["flows/__init__.py", "flows/stage_a.py", "tasks/__init__.py", "tasks/a.py",
+                           "tasks/launched.py", "tasks/sub/__init__.py", "tasks/sub/b.py", "tasks/sub/c.py"]), " " * 6)
+    assert f"    deps:\n{expected_deps}\n      - data/raw      # the input, with a comment\n" in text
+    # Everything outside the deps list is byte for byte the same.
+    assert text.replace(expected_deps + "\n", "      - flows/stage_a.py\n      - tasks/a.py\n") == DVC_YAML
+
+
+def test_stale_and_directory_deps_are_reported(tmp_path, capsys):
+    repo = _repo(tmp_path)
+    yaml_text = DVC_YAML.replace("      - tasks/a.py\n", "      - tasks/a.py\n      - tasks/unused.py\n      - tasks/sub\n")
+    (repo / "dvc.yaml").write_text(yaml_text)
+    assert deps.main(["--check", "--repo", str(repo)]) == 1
+    err = capsys.readouterr().err
+    assert "stage_a: depends on tasks/unused.py, which it does not run" in err
+    assert "stage_a: code dep tasks/sub is a directory; list its files" in err
+
+
+def test_stage_whose_flow_does_not_exist_is_a_clear_error(tmp_path, capsys):
+    repo = _repo(tmp_path)
+    (repo / "dvc.yaml").write_text(DVC_YAML + "  stage_b:\n    cmd: python -m flows.stage_b\n    deps:\n      - data/a\n")
+    before = (repo / "dvc.yaml").read_text()
+    assert deps.main(["--write", "--repo", str(repo)]) == 2
+    assert "stage stage_b: its cmd runs flows.stage_b, but flows/stage_b.py does not exist" in capsys.readouterr().err
+    assert (repo / "dvc.yaml").read_text() == before  # nothing half-written
+
+
+def test_this_repos_dvc_yaml_lists_the_code_every_stage_runs():
+    """The project's own dvc.yaml: fix with `python -m tasks.common.deps --write`."""
+    problems = deps.report(deps.analyse())
+    assert not problems, "\n".join(problems)
+
+
+def test_code_fingerprint_changes_with_any_file_in_the_closure(tmp_path, monkeypatch):
+    repo = _repo(tmp_path)
+    from tasks.common import codeprint
+    monkeypatch.setattr(codeprint, "REPO", repo)
+    before = code_fingerprint(["flows.stage_a"])
+    (repo / "tasks/unused.py").write_text("X = 1\n")
+    assert code_fingerprint(["flows.stage_a"]) == before  # not run by the stage
+    (repo / "tasks/sub/c.py").write_text("X = 1\n")
+    assert code_fingerprint(["flows.stage_a"]) != before
