@@ -1,0 +1,53 @@
+"""Prefect tasks of the evaluation stages (the work lives in faces.py, features.py, metrics.py)."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.common.log import get_logger
+from tasks.evaluation.faces import EvaluateFacesConfig
+
+
+def _subject_model_present(model_dir: str | None) -> bool:
+    return bool(model_dir) and (Path(model_dir) / "model_index.json").is_file()
+
+
+@task(name="evaluate_faces", cache_policy=NO_CACHE)
+def evaluate_faces_task(aligned_dir: str, base_dir: str, subject_dir: str, subject_model_dir: str | None,
+                        metrics_path: str, out_dir: str, cfg: EvaluateFacesConfig) -> dict[str, Any]:
+    """Evaluate the base model (and the subject model, per `subject`); write the metrics, the
+    details (out_dir/details.json) and the grids; returns the headline metrics."""
+    from tasks.common.shards import write_json_atomic
+    from tasks.evaluation.faces import details, evaluate_base, evaluate_subject_model, headline, write_grids
+    from tasks.evaluation.features import DlibFaceExtractor
+
+    log = get_logger()
+    present = _subject_model_present(subject_model_dir)
+    if cfg.subject == "required" and not present:
+        raise FileNotFoundError(f"evaluate_faces.subject is 'required' but {subject_model_dir} holds no saved "
+                                "pipeline (model_index.json): run the DreamBooth stage first")
+    extractor = DlibFaceExtractor(cfg.features)
+    base = evaluate_base(base_dir, aligned_dir, cfg, extractor, log=log.info)
+    subject = None
+    if cfg.subject != "off" and present:
+        subject = evaluate_subject_model(subject_model_dir, base_dir, subject_dir, aligned_dir, cfg,
+                                         extractor=extractor, base=base, log=log.info)
+    elif cfg.subject == "auto":
+        log.info(f"evaluate_faces: no subject model at {subject_model_dir}: subject metrics skipped")
+    head = headline(base, subject, cfg)
+    if not head["target_met"]:
+        msg = (f"evaluate_faces: base samples miss the face target (detect rate {head['face_detect_rate']:.2f} vs "
+               f"{cfg.min_detect_ratio:g} x real {head['face_detect_rate_real']:.2f}; kid_dlib {head['kid_dlib']} "
+               f"vs floor {head['kid_dlib_floor']} and untrained {head['kid_dlib_untrained']})")
+        log.warning(msg)
+        warnings.warn(msg)
+    Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(metrics_path, head)
+    grids = write_grids(out_dir, base, subject, cfg)
+    write_json_atomic(Path(out_dir) / "details.json", details(base, subject, cfg))
+    log.info(f"evaluate_faces: {metrics_path}; grids {', '.join(grids)}")
+    return head
