@@ -110,3 +110,26 @@ def test_code_fingerprint_changes_with_any_file_in_the_closure(tmp_path, monkeyp
     assert code_fingerprint(["flows.stage_a"]) == before  # not run by the stage
     (repo / "tasks/sub/c.py").write_text("X = 1\n")
     assert code_fingerprint(["flows.stage_a"]) != before
+
+
+def test_lock_check_finds_changed_code_params_and_deps(tmp_path):
+    repo = _repo(tmp_path)
+    (repo / "params.yaml").write_text("stage_a:\n  lr: 1.0e-4\n  name: no\n")
+    deps.write(repo)
+    import hashlib
+    import yaml
+    spec = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    lock_deps = [{"path": d, "hash": "md5", "md5": hashlib.md5((repo / d).read_bytes()).hexdigest()}
+                 for d in spec["stage_a"]["deps"] if (repo / d).is_file()] + [{"path": "data/raw", "md5": "x.dir"}]
+    lock = {"schema": "2.0", "stages": {
+        "stage_a": {"cmd": spec["stage_a"]["cmd"], "deps": lock_deps,
+                    "params": {"params.yaml": {"stage_a": {"lr": 0.0001, "name": "no"}}}},
+        "other": {"cmd": "echo not a flow", "deps": [{"path": "tasks", "md5": "y.dir"}]}}}
+    (repo / "dvc.lock").write_text(yaml.safe_dump(lock))
+    assert deps.lock_problems(repo) == []
+    (repo / "tasks/sub/c.py").write_text("X = 2\n")
+    (repo / "params.yaml").write_text("stage_a:\n  lr: 2.0e-4\n  name: no\n")
+    assert deps.lock_problems(repo) == ["stage_a: tasks/sub/c.py changed since dvc.lock recorded it",
+                                        "stage_a: params stage_a differ from dvc.lock"]
+    (repo / "dvc.yaml").write_text((repo / "dvc.yaml").read_text() + "  new_stage:\n    cmd: echo\n")
+    assert deps.lock_problems(repo)[-1] == "new_stage: not in dvc.lock (never run)"

@@ -14,6 +14,7 @@ Run `--write` after adding a stage or changing imports; tests/test_deps.py runs 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 import sys
 from dataclasses import dataclass, field
@@ -169,14 +170,89 @@ def report(results: list[StageDeps]) -> list[str]:
     return lines
 
 
+def _safe_yaml(path: Path):
+    from ruamel.yaml import YAML  # DVC's own YAML 1.2 reading: values compare as DVC recorded them
+
+    with open(path) as f:
+        return YAML(typ="safe", pure=True).load(f) or {}
+
+
+def _lookup(params: dict, dotted: str):
+    node = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+_MISSING = object()
+
+
+def _md5(path: Path) -> str:
+    """DVC 3's md5 of a file: the plain md5 of its bytes."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def lock_problems(repo: Path = REPO) -> list[str]:
+    """Where the committed dvc.lock does not record the stage definitions, code and params of the
+    working tree: a stage never run, another cmd, another deps list, a code file's md5, a param's
+    value. Data deps (other stages' outputs) are not checked: that needs the data, and their own
+    stage's entry covers them."""
+    stages = (_safe_yaml(repo / "dvc.yaml").get("stages") or {})
+    lock = (_safe_yaml(repo / "dvc.lock").get("stages") or {}) if (repo / "dvc.lock").is_file() else {}
+    params_file = repo / "params.yaml"
+    params = _safe_yaml(params_file) if params_file.is_file() else {}
+    outs = {str(next(iter(o)) if isinstance(o, dict) else o).rstrip("/")
+            for spec in stages.values() for kind in ("outs", "metrics", "plots") for o in spec.get(kind) or []}
+    problems = []
+    for stage, spec in stages.items():
+        entry = lock.get(stage)
+        if entry is None:
+            problems.append(f"{stage}: not in dvc.lock (never run)")
+            continue
+        if " ".join(str(spec.get("cmd", "")).split()) != " ".join(str(entry.get("cmd", "")).split()):
+            problems.append(f"{stage}: cmd differs from the one dvc.lock recorded")
+        wanted = [str(d) for d in spec.get("deps") or []]
+        recorded = {d["path"]: d for d in entry.get("deps") or []}
+        for dep in sorted(set(wanted) ^ set(recorded)):
+            problems.append(f"{stage}: dep {dep} is {'new' if dep in wanted else 'gone'} since dvc.lock")
+        for dep in wanted:
+            path = repo / dep
+            if dep not in recorded or dep.rstrip("/") in outs or not path.is_file():
+                continue  # data (another stage's output, or a folder): checked by its own stage
+            if recorded[dep].get("md5") != _md5(path):
+                problems.append(f"{stage}: {dep} changed since dvc.lock recorded it")
+        recorded_params = (entry.get("params") or {}).get("params.yaml", {})
+        for key in spec.get("params") or []:
+            key = str(next(iter(key)) if isinstance(key, dict) else key)
+            now = _lookup(params, key)
+            if key not in recorded_params or now is _MISSING or recorded_params[key] != now:
+                problems.append(f"{stage}: params {key} differ from dvc.lock")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--check", action="store_true", help="exit 1 if any stage's code deps are incomplete or stale")
     mode.add_argument("--write", action="store_true", help="rewrite dvc.yaml's code deps in place")
+    mode.add_argument("--lock", action="store_true", help="exit 1 if dvc.lock is stale for the code or params")
     parser.add_argument("--repo", default=str(REPO), help="repository root (default: this checkout)")
     args = parser.parse_args(argv)
     repo = Path(args.repo).resolve()
+    if args.lock:
+        problems = lock_problems(repo)
+        for line in problems:
+            print(line, file=sys.stderr)
+        if problems:
+            print(f"dvc.lock is stale in {len(problems)} place(s): run `dvc repro` and commit dvc.lock with the "
+                  "outputs it made", file=sys.stderr)
+        return 1 if problems else 0
     try:
         if args.write:
             changed = write(repo)
