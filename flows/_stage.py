@@ -1,12 +1,16 @@
 """Running a stage's flow from `dvc repro`.
 
-`python -m flows.<stage> --raw-dir data/x --out-dir data/y` calls the stage's flow with its section
-of params.yaml plus the paths given on the command line (dvc.yaml is the one place paths live).
+`python -m flows.<stage> --raw-dir data/x --out-dir data/y` calls the stage's flow with the paths
+given on the command line (dvc.yaml is the one place paths live) and `params=` its section of
+params.yaml (the one place values live); the flow reads that section into its typed config.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
+
+from prefect import tags
 
 from tasks.common.params import stage_params
 
@@ -19,13 +23,17 @@ def parse_path_args(argv: list[str]) -> dict[str, str]:
 
 
 def run_stage(flow: Callable, stage: str, argv: list[str] | None = None) -> None:
-    """Run `flow` with params.yaml's `stage` section and the command line's paths.
+    """Run `flow(**paths, params=<params.yaml's stage section>)` with the command line's paths.
 
     Exits non-zero with a one-line message on failure, so `dvc repro` shows why the stage failed
     and records nothing for it.
     """
-    kwargs = {**stage_params(stage), **parse_path_args(sys.argv[1:] if argv is None else argv)}
-    state = flow(**kwargs, return_state=True)
+    paths = parse_path_args(sys.argv[1:] if argv is None else argv)
+    # A stage started by the GPU worker's `dvc repro` is tagged with the worker's flow run id, so the
+    # UI lists a worker run's stage runs (filter by tag); tasks/worker/commands.py sets the variable.
+    worker_run = os.environ.get("FACEDIFF_WORKER_RUN_ID")
+    with tags(*([f"worker-run:{worker_run}"] if worker_run else [])):
+        state = flow(**paths, params=stage_params(stage), return_state=True)
     if not state.is_completed():
         try:
             state.result()

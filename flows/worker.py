@@ -1,52 +1,76 @@
-"""The flow a GPU worker runs: check out a revision, dvc pull, repro (or exp run), dvc push, and
-publish the metrics as a Prefect artifact. Deployed by prefect.yaml; runnable by hand too:
+"""The flow a GPU worker runs: one revision, checked out alone, reproduced, its results sent back.
+
+    fetch the revision (-> SHA) -> isolated checkout (+ requirements.lock check) -> dvc pull
+    -> dvc repro | dvc exp run -> describe (params/metrics diff, grids) -> commit + dvc push +
+    git push of results/<sha>-<run> | dvc exp push -> markdown artifact -> delete the checkout
+
+Deployed by prefect.yaml; runnable by hand too (docs/worker.md):
 
     python -m flows.worker --repo-url https://git.example/facediff.git --revision main \
-        --profile configs/cartoon_seed.yaml
+        --profile configs/cartoon_seed.yaml --experiment
 """
 from __future__ import annotations
 
 import argparse
 import json
+import uuid
+from dataclasses import asdict
 
-from prefect import flow
+from prefect import flow, runtime
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.worker import checkout, collect_metrics, pull, push, reproduce
+from tasks.worker.checkout import validate_repo_url, validate_revision
+from tasks.worker.results import RunRecord, markdown
+from tasks.worker.stages import (checkout_task, cleanup_task, commit_results_task, describe_task,
+                                 fetch_revision_task, pull_task, push_branch_task, push_data_task,
+                                 push_experiment_task, reproduce_task)
 
 
-def metrics_markdown(revision: str, metrics: dict) -> str:
-    lines = [f"# Metrics at `{revision}`", "", "| file | metric | value |", "| --- | --- | --- |"]
-    for path, values in sorted(metrics.items()):
-        flat = values if isinstance(values, dict) else {"value": values}
-        for name, value in sorted(flat.items()):
-            lines.append(f"| {path} | {name} | {json.dumps(value)} |")
-    return "\n".join(lines)
+def current_run_id() -> str:
+    """The Prefect flow run id (names the checkout and results), or a fresh one outside Prefect."""
+    return str(runtime.flow_run.id or uuid.uuid4())
 
 
 @flow(name="repro-on-worker")
-def repro_on_worker(repo_url: str, revision: str = "main", targets: list[str] | None = None,
+def repro_on_worker(repo_url: str, revision: str, workdir: str, targets: list[str] | None = None,
                     profile: str | None = None, set_params: list[str] | None = None,
-                    experiment: bool = False, workdir: str = "~/facediff-runs") -> dict:
-    repo = checkout(repo_url, revision, workdir)
-    pull(repo)
-    reproduce(repo, targets or [], profile, set_params or [], experiment)
-    push(repo)
-    metrics = collect_metrics(repo)
-    create_markdown_artifact(metrics_markdown(revision, metrics), key="facediff-metrics",
-                             description=f"dvc metrics at {revision}")
-    return metrics
+                    experiment: bool = False, keep_checkout: bool = False) -> dict:
+    # Every check on the inputs comes before anything touches the disk.
+    repo_url, revision = validate_repo_url(repo_url), validate_revision(revision)
+    run_id = current_run_id()
+    mirror, sha = fetch_revision_task(workdir, repo_url, revision)
+    record = RunRecord(repo_url=repo_url, revision=revision, sha=sha, run_id=run_id,
+                       experiment=f"worker-{sha[:7]}-{run_id[:8]}" if experiment else None)
+    repo = checkout_task(workdir, mirror, repo_url, sha, run_id)
+    has_remote = pull_task(repo)
+    record.stages_run = reproduce_task(repo, targets or [], profile, set_params or [], record.experiment)
+    record = describe_task(repo, record)
+    if record.experiment:
+        push_experiment_task(repo, record.experiment)
+        record.pushed_data = has_remote
+    else:
+        committed = commit_results_task(repo, sha, run_id, record.stages_run)
+        record.pushed_data = push_data_task(repo)  # the data first: the branch must never name missing data
+        if committed:
+            record.results_branch, record.results_sha = committed
+            push_branch_task(repo, record.results_branch)
+    create_markdown_artifact(markdown(record), key="facediff-worker-run",
+                             description=f"worker run at {sha[:12]}")
+    if not keep_checkout:
+        cleanup_task(repo)
+    return asdict(record)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo-url", required=True)
-    parser.add_argument("--revision", default="main")
+    parser.add_argument("--revision", required=True, help="branch, tag or commit SHA (resolved after a fetch)")
+    parser.add_argument("--workdir", required=True, help="a new or empty folder (the worker marks it as its own)")
     parser.add_argument("--target", action="append", dest="targets", help="stage to repro (repeatable)")
     parser.add_argument("--profile", help="configs/X.yaml merged into params.yaml first")
     parser.add_argument("--set-param", action="append", dest="set_params", help="key=value (with --experiment)")
-    parser.add_argument("--experiment", action="store_true", help="dvc exp run instead of dvc repro")
-    parser.add_argument("--workdir", default="~/facediff-runs")
+    parser.add_argument("--experiment", action="store_true", help="dvc exp run + dvc exp push instead of a branch")
+    parser.add_argument("--keep-checkout", action="store_true", help="leave workdir/runs/<run> in place")
     args = parser.parse_args()
     print(json.dumps(repro_on_worker(**vars(args)), indent=2))
 

@@ -1,47 +1,280 @@
-"""The GPU worker's steps on a local 'remote' repo: checkout, repro, push to a DVC remote, pull elsewhere."""
+"""The GPU worker's steps on a tiny DVC project made here: a bare git origin, a folder DVC remote.
+
+The project has one trivial stage (a cached output, a metrics file, a PNG grid), so every git/dvc
+step of the worker runs for real in seconds. The end-to-end run through a Prefect deployment is in
+test_worker_e2e.py.
+"""
+from __future__ import annotations
+
+import json
 import subprocess
+import sys
+import textwrap
+import threading
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 
-from flows.worker import metrics_markdown
-from tasks.worker import CommandFailed, checkout, collect_metrics, pull, push, reproduce, run
-from tests.e2e import copy_repo
+from tasks.worker import checkout, environment, results
+from tasks.worker.commands import CommandFailed, TransientError, run
 
-pytestmark = pytest.mark.slow
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+BIN = Path(sys.executable).parent
 
+STAGE = textwrap.dedent("""\
+    import json, pathlib, sys, yaml
+    from PIL import Image
+    n = yaml.safe_load(open("params.yaml"))["make"]["n"]
+    pathlib.Path("data").mkdir(exist_ok=True)
+    pathlib.Path("data/out.txt").write_text("x" * n)
+    pathlib.Path("metrics").mkdir(exist_ok=True)
+    json.dump({"size": n, "nested": {"half": n / 2}}, open("metrics/make.json", "w"))
+    pathlib.Path("eval/grids").mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (n * 20 % 256, 0, 0)).save("eval/grids/grid.png")
+""")
 
-def test_worker_steps_share_results_through_the_dvc_remote(tmp_path, monkeypatch):
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
-    origin = copy_repo(tmp_path / "origin", {"fetch_cartoons": {"num_images": 3, "workers": 1}})
-    storage = tmp_path / "dvc-storage"
-    run(["dvc", "remote", "add", "-d", "store", str(storage)], origin)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "remote"],
-                   cwd=origin, check=True)
-    revision = run(["git", "rev-parse", "HEAD"], origin).strip()
-
-    first = checkout.fn(str(origin), revision, str(tmp_path / "worker1"))
-    assert pull.fn(first)  # remote configured, nothing there yet: allowed
-    reproduce.fn(first, ["fetch_cartoons"], None, [], False)
-    assert len(list((tmp_path / "worker1/origin/data/cartoons/raw").glob("cs*.png"))) == 3
-    assert push.fn(first) and any(storage.rglob("*"))
-    assert isinstance(collect_metrics.fn(first), dict)
-
-    second = checkout.fn(str(origin), revision, str(tmp_path / "worker2"))
-    # dvc.lock is not committed in origin; the worker that ran it has it: copy it as a commit would.
-    (tmp_path / "worker2/origin/dvc.lock").write_text((tmp_path / "worker1/origin/dvc.lock").read_text())
-    pull.fn(second)
-    assert len(list((tmp_path / "worker2/origin/data/cartoons/raw").glob("cs*.png"))) == 3
-    assert "didn't change" in reproduce.fn(second, ["fetch_cartoons"], None, [], False)
-
-
-def test_failures_name_the_command(tmp_path):
-    with pytest.raises(CommandFailed, match="git clone --quiet .*nope"):
-        checkout.fn(str(tmp_path / "nope"), "main", str(tmp_path / "w"))
-    with pytest.raises(ValueError, match="needs experiment=True"):
-        reproduce.fn(str(tmp_path), [], None, ["a.b=1"], False)
+DVC_YAML = textwrap.dedent("""\
+    stages:
+      make:
+        cmd: python make.py
+        deps: [make.py]
+        params: [make]
+        outs: [data/out.txt]
+        metrics:
+          - metrics/make.json:
+              cache: false
+        plots:
+          - eval/grids:
+              cache: false
+""")
 
 
-def test_metrics_markdown_lists_every_value():
-    md = metrics_markdown("abc123", {"metrics/eval.json": {"acc": 0.9, "per": {"hair": 0.8}}})
-    assert "| metrics/eval.json | acc | 0.9 |" in md and '{"hair": 0.8}' in md and "`abc123`" in md
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run([*GIT, *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def dvc(cwd: Path, *args: str) -> str:
+    proc = subprocess.run([str(BIN / "dvc"), *args], cwd=cwd, capture_output=True, text=True,
+                          env={**results_env(), "PATH": f"{BIN}:/usr/bin:/bin"})
+    assert proc.returncode == 0, f"dvc {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def results_env() -> dict:
+    import os
+    return {k: v for k, v in os.environ.items() if not k.startswith("PREFECT__")}
+
+
+def make_origin(root: Path, name: str = "proj", n: int = 3) -> tuple[Path, Path]:
+    """(bare origin, DVC storage folder) of a tiny DVC project whose main branch has one commit."""
+    origin, seed, storage = root / f"{name}.git", root / f"{name}-seed", root / f"{name}-storage"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
+    seed.mkdir(parents=True)
+    git(seed, "init", "-q", "-b", "main")
+    (seed / "make.py").write_text(STAGE)
+    (seed / "dvc.yaml").write_text(DVC_YAML)
+    (seed / "params.yaml").write_text(f"make:\n  n: {n}\n")
+    (seed / "requirements.lock").write_text(f"pyyaml=={metadata.version('pyyaml')}\n")
+    dvc(seed, "init", "-q")
+    dvc(seed, "remote", "add", "-d", "store", str(storage))
+    git(seed, "add", "-A")
+    git(seed, "commit", "-qm", "tiny project")
+    git(seed, "remote", "add", "origin", str(origin))
+    git(seed, "push", "-q", "origin", "main")
+    return origin, storage
+
+
+def push_commit(origin: Path, message: str, n: int) -> str:
+    """A new commit on origin's main (params changed), as another user's push; returns its SHA."""
+    clone = origin.parent / f"push-{message}"
+    subprocess.run(["git", "clone", "-q", str(origin), str(clone)], check=True)
+    (clone / "params.yaml").write_text(f"make:\n  n: {n}\n")
+    git(clone, "commit", "-qam", message)
+    git(clone, "push", "-q", "origin", "main")
+    return git(clone, "rev-parse", "HEAD")
+
+
+def worker_checkout(workdir: Path, origin: Path, revision: str, run_id: str) -> tuple[Path, str]:
+    mirror, sha = checkout.fetch_revision(workdir, str(origin), revision)
+    return checkout.isolated_checkout(workdir, mirror, str(origin), sha, run_id), sha
+
+
+# --- validation and markers ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("url", ["", "   ", " x", "-uhoh", "a b", None])
+def test_bad_repo_urls_are_rejected(url):
+    with pytest.raises(checkout.InvalidInput):
+        checkout.validate_repo_url(url)
+
+
+@pytest.mark.parametrize("revision", [1234567, "", "-x", "a..b", "main.lock", "a b", "x/", None])
+def test_bad_revisions_are_rejected(revision):
+    with pytest.raises(checkout.InvalidInput):
+        checkout.validate_revision(revision)
+
+
+def test_an_all_digit_sha_parsed_as_a_number_says_how_to_quote():
+    with pytest.raises(checkout.InvalidInput, match="quote it"):
+        checkout.validate_revision(1234567)
+    assert checkout.validate_revision("1234567") == "1234567"
+
+
+def test_a_folder_without_the_marker_is_never_used_or_deleted(tmp_path):
+    home = tmp_path / "home"
+    (home / "project").mkdir(parents=True)
+    (home / "project" / "keep.txt").write_text("mine")
+    with pytest.raises(checkout.NotOwned):
+        checkout.claim_folder(home)
+    with pytest.raises(checkout.NotOwned):
+        checkout.remove_owned(home / "project")
+    with pytest.raises(checkout.NotOwned):  # the old defect: an empty URL made workdir the checkout
+        checkout.fetch_revision(home, "/nonexistent/repo.git", "main")
+    assert (home / "project" / "keep.txt").read_text() == "mine"
+    assert not (home / checkout.MARKER).exists()
+
+
+def test_marked_folders_are_reused_and_deleted(tmp_path):
+    work = checkout.claim_folder(tmp_path / "w")
+    assert checkout.claim_folder(work) == work  # a second claim of its own folder is fine
+    (work / "runs" / "r1").mkdir(parents=True)
+    (work / "runs" / "r1" / checkout.MARKER).write_text("")
+    checkout.remove_owned(work / "runs" / "r1")
+    assert not (work / "runs" / "r1").exists()
+
+
+# --- revisions, mirrors, isolation ----------------------------------------------------------------
+
+def test_main_is_resolved_again_after_a_new_commit_is_pushed(tmp_path):
+    origin, _ = make_origin(tmp_path)
+    _, first = checkout.fetch_revision(tmp_path / "w", str(origin), "main")
+    assert first == git(origin, "rev-parse", "main")
+    second = push_commit(origin, "newer", n=5)
+    _, resolved = checkout.fetch_revision(tmp_path / "w", str(origin), "main")
+    assert resolved == second != first
+    _, short = checkout.fetch_revision(tmp_path / "w", str(origin), first[:7])  # a short SHA works too
+    assert short == first
+
+
+def test_a_missing_revision_fails_as_not_found_not_as_a_network_error(tmp_path):
+    origin, _ = make_origin(tmp_path)
+    with pytest.raises(checkout.RevisionNotFound, match="nope"):
+        checkout.fetch_revision(tmp_path / "w", str(origin), "nope")
+
+
+def test_network_failures_are_transient_and_others_are_not(tmp_path):
+    with pytest.raises(TransientError):
+        run(["sh", "-c", "echo 'fatal: unable to access x: Could not resolve host: git.example' >&2; exit 128"])
+    with pytest.raises(CommandFailed) as err:
+        run(["sh", "-c", "echo 'ERROR: failed to reproduce stage' >&2; exit 1"])
+    assert not isinstance(err.value, TransientError) and "failed to reproduce" in str(err.value)
+
+
+def test_two_repos_with_one_name_never_share_a_mirror(tmp_path):
+    a, _ = make_origin(tmp_path / "a", n=1)
+    b, _ = make_origin(tmp_path / "b", n=2)
+    assert a.name == b.name
+    mirror_a, sha_a = checkout.fetch_revision(tmp_path / "w", str(a), "main")
+    mirror_b, sha_b = checkout.fetch_revision(tmp_path / "w", str(b), "main")
+    assert mirror_a != mirror_b and sha_a == git(a, "rev-parse", "main") and sha_b == git(b, "rev-parse", "main")
+
+
+def test_concurrent_runs_get_their_own_checkouts(tmp_path):
+    origin, _ = make_origin(tmp_path)
+    work = tmp_path / "w"
+    outcomes = {}
+
+    def one(run_id, n):
+        repo, _ = worker_checkout(work, origin, "main", run_id)
+        (repo / "params.yaml").write_text(f"make:\n  n: {n}\n")  # what a profile does
+        outcomes[run_id] = repo
+
+    threads = [threading.Thread(target=one, args=(f"run{i}", 10 + i)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({str(p) for p in outcomes.values()}) == 3
+    for i in range(3):  # nobody reset anybody's params
+        assert outcomes[f"run{i}"].joinpath("params.yaml").read_text() == f"make:\n  n: {10 + i}\n"
+
+
+# --- environment -----------------------------------------------------------------------------------
+
+def test_the_lock_check_names_every_mismatch_and_accepts_a_cuda_build(tmp_path):
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("# comment\ntorch==2.13.0\nPyYAML==6.0\nmissing-pkg==1.0\n--index-url x\n")
+    pins = environment.read_lock(lock)
+    assert pins == {"torch": "2.13.0", "pyyaml": "6.0", "missing-pkg": "1.0"}
+    installed = {"torch": "2.13.0+cu128", "pyyaml": "6.0.2"}.get
+    assert environment.mismatches(pins, installed) == ["missing-pkg: locked 1.0, not installed",
+                                                       "pyyaml: locked 6.0, installed 6.0.2"]
+    with pytest.raises(environment.EnvironmentMismatch, match="missing-pkg"):
+        environment.check_lock(tmp_path)
+
+
+# --- results -----------------------------------------------------------------------------------------
+
+def test_a_plain_run_returns_its_results_on_a_branch_the_user_can_pull(tmp_path):
+    origin, storage = make_origin(tmp_path)
+    repo, sha = worker_checkout(tmp_path / "w", origin, "main", "run-plain")
+    assert environment.check_lock(repo) == 1
+    assert results.reproduce(repo, [], [], None) == ["make"]
+    record = results.describe(repo, results.RunRecord(str(origin), "main", sha, "run-plain", stages_run=["make"]))
+    assert record.metrics == {"metrics/make.json": {"size": 3, "nested": {"half": 1.5}}}
+    assert record.grids == ["eval/grids/grid.png"]
+    branch, _ = results.commit_results(repo, sha, "run-plain", record.stages_run)
+    assert results.push_data(repo) and any(storage.rglob("*"))
+    results.push_branch(repo, branch)
+
+    user = tmp_path / "user"
+    subprocess.run(["git", "clone", "-q", str(origin), str(user)], check=True)
+    git(user, "fetch", "-q", "origin", branch)
+    git(user, "checkout", "-q", "FETCH_HEAD")
+    dvc(user, "pull")
+    assert (user / "data/out.txt").read_text() == "xxx"
+    assert json.loads((user / "metrics/make.json").read_text())["size"] == 3
+    assert (user / "eval/grids/grid.png").is_file()
+    assert "didn't change" in dvc(user, "repro")  # dvc.lock came back with the branch
+
+
+def test_an_experiment_run_is_pushed_and_pulled_with_dvc_exp(tmp_path):
+    origin, _ = make_origin(tmp_path)
+    repo, sha = worker_checkout(tmp_path / "w", origin, "main", "run-exp")
+    assert results.reproduce(repo, ["make"], ["make.n=7"], "exp-seven") == ["make"]
+    record = results.describe(repo, results.RunRecord(str(origin), "main", sha, "run-exp", experiment="exp-seven",
+                                                      stages_run=["make"]))
+    assert record.params_changed["params.yaml"]["make.n"]["new"] == 7
+    assert record.metrics_diff["metrics/make.json"]["size"]["new"] == 7  # nothing committed at the base
+    results.push_experiment(repo, "exp-seven")
+
+    user = tmp_path / "user"
+    subprocess.run(["git", "clone", "-q", str(origin), str(user)], check=True)
+    assert "exp-seven" in dvc(user, "exp", "list", "origin")
+    dvc(user, "exp", "pull", "origin", "exp-seven")
+    shown = json.loads(dvc(user, "exp", "show", "--json"))
+    exps = [e for base in shown for e in (base.get("experiments") or [])]
+    data = [r["data"] for e in exps for r in e.get("revs", []) if r.get("name") == "exp-seven"]
+    assert data and data[0]["metrics"]["metrics/make.json"]["data"]["size"] == 7
+    dvc(user, "exp", "apply", "exp-seven")
+    dvc(user, "pull")
+    assert (user / "data/out.txt").read_text() == "x" * 7
+
+
+def test_set_params_need_an_experiment(tmp_path):
+    with pytest.raises(ValueError, match="experiment run"):
+        results.reproduce(tmp_path, [], ["a.b=1"], None)
+
+
+def test_the_artifact_describes_this_run():
+    record = results.RunRecord(
+        "git@x:p.git", "main", "a" * 40, "run-1", experiment="exp-1", stages_run=["make"],
+        params_changed={"params.yaml": {"make.n": {"old": 3, "new": 7}}},
+        metrics={"metrics/make.json": {"size": 7, "nested": {"half": 3.5}}},
+        metrics_diff={"metrics/make.json": {"size": {"old": 3, "new": 7, "diff": 4}}},
+        grids=["eval/grids/grid.png"], pushed_data=True)
+    md = results.markdown(record)
+    for expected in ["`" + "a" * 40 + "`", "experiment `exp-1`", "`make`", "| params.yaml | make.n | 3 | 7 |",
+                     "| metrics/make.json | size | 7 | 3 | 4 |", "| metrics/make.json | nested.half | 3.5 | - | - |",
+                     "- `eval/grids/grid.png`", "data pushed"]:
+        assert expected in md, expected

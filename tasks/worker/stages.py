@@ -1,0 +1,83 @@
+"""The worker run's steps as Prefect tasks (step X is `X_task`, named "X").
+
+Retries only where a retry can help: the tasks that talk to the git host or the DVC remote retry
+a TransientError (network/remote output), with the reason in the log; a revision that does not
+exist, a failing stage or bad input fails at once.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.common.log import get_logger
+from tasks.worker import checkout, environment, results
+from tasks.worker.commands import retry_if_transient, run
+
+NETWORK = dict(retries=2, retry_delay_seconds=15, retry_condition_fn=retry_if_transient)
+
+
+@task(name="fetch_revision", cache_policy=NO_CACHE, **NETWORK)
+def fetch_revision_task(workdir: str, repo_url: str, revision: str) -> tuple[str, str]:
+    """(mirror path, full SHA) of `revision` as the remote has it now."""
+    mirror, sha = checkout.fetch_revision(workdir, repo_url, revision)
+    return str(mirror), sha
+
+
+@task(name="checkout", cache_policy=NO_CACHE)
+def checkout_task(workdir: str, mirror: str, repo_url: str, sha: str, run_id: str) -> str:
+    repo = checkout.isolated_checkout(workdir, Path(mirror), repo_url, sha, run_id)
+    pins = environment.check_lock(repo)
+    get_logger().info("environment matches requirements.lock (%d pins)", pins)
+    return str(repo)
+
+
+@task(name="pull", cache_policy=NO_CACHE, **NETWORK)
+def pull_task(repo: str) -> bool:
+    """Outputs the DVC remote already has; missing ones are rebuilt by the run."""
+    if not results.has_dvc_remote(Path(repo)):
+        get_logger().warning("no DVC remote configured: every stage runs from scratch, nothing is pushed")
+        return False
+    run(["dvc", "pull", "--allow-missing"], repo)
+    return True
+
+
+@task(name="reproduce", cache_policy=NO_CACHE)
+def reproduce_task(repo: str, targets: list[str], profile: str | None, set_params: list[str],
+                   experiment: str | None) -> list[str]:
+    results.apply_profile(Path(repo), profile)
+    stages = results.reproduce(Path(repo), targets, set_params, experiment)
+    get_logger().info("stages run: %s", ", ".join(stages) or "none (all up to date)")
+    return stages
+
+
+@task(name="describe", cache_policy=NO_CACHE)
+def describe_task(repo: str, record: results.RunRecord) -> results.RunRecord:
+    return results.describe(Path(repo), record)
+
+
+@task(name="commit_results", cache_policy=NO_CACHE)
+def commit_results_task(repo: str, sha: str, run_id: str, stages: list[str]) -> tuple[str, str] | None:
+    return results.commit_results(Path(repo), sha, run_id, stages)
+
+
+@task(name="push_data", cache_policy=NO_CACHE, **NETWORK)
+def push_data_task(repo: str) -> bool:
+    return results.push_data(Path(repo))
+
+
+@task(name="push_branch", cache_policy=NO_CACHE, **NETWORK)
+def push_branch_task(repo: str, branch: str) -> None:
+    results.push_branch(Path(repo), branch)
+
+
+@task(name="push_experiment", cache_policy=NO_CACHE, **NETWORK)
+def push_experiment_task(repo: str, name: str) -> None:
+    results.push_experiment(Path(repo), name)
+
+
+@task(name="cleanup", cache_policy=NO_CACHE)
+def cleanup_task(repo: str) -> None:
+    """Delete the run's checkout (results are pushed); refuses a folder the worker did not create."""
+    checkout.remove_owned(Path(repo))
