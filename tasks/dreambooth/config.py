@@ -1,0 +1,85 @@
+"""Typed params of the DreamBooth stages (values and their comments live in params.yaml)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tasks.common.config import ConfigError, StageConfig
+
+METHODS = ("full", "lora")
+SAMPLERS = ("ddpm", "ddim", "dpm")
+
+
+@dataclass(frozen=True)
+class EncodeSubjectConfig(StageConfig):
+    flip: bool
+    batch_size: int
+    device: str
+    precision: str
+
+
+@dataclass(frozen=True)
+class SampleClassConfig(StageConfig):
+    num_class_samples: int
+    seed: int
+    scheduler: str
+    num_inference_steps: int
+    batch_size: int
+    shard_size: int
+    grid_images: int
+    device: str
+
+    def __post_init__(self):
+        if self.num_class_samples < 1 or self.batch_size < 1 or self.shard_size < 1 or self.num_inference_steps < 1:
+            raise ConfigError("sample_class: num_class_samples, batch_size, shard_size and num_inference_steps must be >= 1")
+        if self.scheduler not in SAMPLERS:
+            raise ConfigError(f"sample_class.scheduler must be one of {SAMPLERS}, got {self.scheduler!r}")
+        if not 0 <= self.grid_images <= self.num_class_samples:
+            raise ConfigError("sample_class.grid_images must be in [0, num_class_samples]")
+
+
+@dataclass(frozen=True)
+class LoraParams(StageConfig):
+    rank: int
+    alpha: float
+    target_modules: list
+
+
+@dataclass(frozen=True)
+class SampleGridParams(StageConfig):
+    num_images: int
+    scheduler: str
+    num_inference_steps: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class TrainDreamboothConfig(StageConfig):
+    method: str
+    identifier: bool
+    prior_preservation: bool
+    prior_loss_weight: float
+    instance_batch_size: int
+    class_batch_size: int
+    flip_prob: float
+    num_processes: int
+    lora: LoraParams
+    samples: SampleGridParams
+    training: dict  # the shared engine's TrainConfig (tasks/training/config.py)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ConfigError(f"train_dreambooth.method must be one of {METHODS}, got {self.method!r}")
+        if self.instance_batch_size < 1:
+            raise ConfigError("train_dreambooth.instance_batch_size must be >= 1")
+        if self.prior_preservation and (self.class_batch_size < 1 or self.prior_loss_weight <= 0):
+            raise ConfigError("train_dreambooth: prior_preservation needs class_batch_size >= 1 and "
+                              "prior_loss_weight > 0")
+        if self.identifier and not self.prior_preservation:
+            raise ConfigError("train_dreambooth: identifier: true needs prior_preservation (label 0 is learnt "
+                              "from the class samples)")
+        if not 0 <= self.flip_prob <= 1:
+            raise ConfigError("train_dreambooth.flip_prob must be in [0, 1]")
+        if self.lora.rank < 1:
+            raise ConfigError("train_dreambooth.lora.rank must be >= 1")
+        if self.samples.scheduler not in SAMPLERS:
+            raise ConfigError(f"train_dreambooth.samples.scheduler must be one of {SAMPLERS}")

@@ -1,0 +1,285 @@
+"""Stage train_dreambooth: fine-tune the base UNet on the subject's latents, with prior preservation
+from the class samples, on the shared training engine (tasks/training).
+
+Batches. Every micro-batch is [instance_batch_size subject latents; class_batch_size class latents]
+in that order (the grouping the prior loss splits on). Every process draws from all subject photos
+(there may be only 5: sharding them across ranks would starve some), in its own order, seeded by
+(seed, epoch, rank); class latents likewise. An epoch is one pass over the subject photos. z = mean +
+std * eps with eps seeded by (seed, epoch, rank, batch), so a resumed run sees the batches an
+uninterrupted one would (the engine's exact-resume contract).
+
+Loss. instance MSE + prior_loss_weight * class MSE, each the mean over its own half of the batch
+(`prior_loss`); both are logged as dvclive curves (train/instance_loss, train/prior_loss).
+
+Identifier. `identifier: true` gives the UNet a zero-initialised 2-row class embedding
+(pipelines/dreambooth.py `with_identifier`): label 1 for subject latents, 0 for class latents, and at
+step 0 the model computes exactly what the base computes.
+
+LoRA. `method: lora` injects peft LoRA layers (`inject_adapter_in_model`) into the modules named by
+`lora.target_modules`, trains only those (and the identifier's embedding), and saves only them.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DModel
+from diffusers.utils import make_image_grid
+
+from pipelines import make_scheduler
+from pipelines.outputs import to_output
+from pipelines.portable import save_portable
+from pipelines.dreambooth import (ADAPTER_CONFIG, ADAPTER_FILE, CLASS_LABEL, RECORD, SUBJECT_LABEL,
+                                  SubjectDiffusionPipeline, module_identity, with_identifier)
+from tasks.common.shards import MANIFEST, read_manifest, write_json_atomic
+from tasks.dreambooth.base import base_identity, check_compatible, load_base
+from tasks.dreambooth.config import TrainDreamboothConfig
+from tasks.latent.encode import iter_latents
+from tasks.training import TrainConfig, TrainSpec, fingerprint, train
+
+
+# ---------------------------------------------------------------------------------------- data
+
+class LatentSet:
+    """Every latent of a latent dataset, in memory (subject photos and class samples are few)."""
+
+    def __init__(self, shard_dir: str | Path):
+        manifest = read_manifest(shard_dir)
+        mean, std, mean_f, std_f, keys = [], [], [], [], []
+        for name in manifest["splits"]["train"]["shards"]:
+            for s in iter_latents(Path(shard_dir) / name):
+                keys.append(s["__key__"])
+                mean.append(s["mean.npy"])
+                std.append(s["std.npy"])
+                if "mean_flip.npy" in s:
+                    mean_f.append(s["mean_flip.npy"])
+                    std_f.append(s["std_flip.npy"])
+        if not keys:
+            raise ValueError(f"{shard_dir} holds no latents")
+        self.keys = keys
+        self.mean, self.std = np.stack(mean).astype(np.float32), np.stack(std).astype(np.float32)
+        self.has_flip = len(mean_f) == len(keys)
+        if self.has_flip:
+            self.mean_f, self.std_f = np.stack(mean_f).astype(np.float32), np.stack(std_f).astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def draw(self, idx: np.ndarray, rng: np.random.Generator, flip_prob: float) -> np.ndarray:
+        """z = mean + std * eps for the rows `idx` (each flipped with `flip_prob` when flips are stored)."""
+        mean, std = self.mean[idx].copy(), self.std[idx].copy()
+        if self.has_flip:
+            flip = rng.random(len(idx)) < flip_prob
+            mean[flip], std[flip] = self.mean_f[idx[flip]], self.std_f[idx[flip]]
+        return mean + std * rng.standard_normal(mean.shape, dtype=np.float32)
+
+
+def _rng(*parts) -> np.random.Generator:
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little"))
+
+
+def _cycled(perm: np.ndarray, start: int, n: int) -> np.ndarray:
+    return perm[np.arange(start, start + n) % len(perm)]
+
+
+def epoch_batches(subject: LatentSet, klass: LatentSet | None, cfg: TrainDreamboothConfig, seed: int, epoch: int,
+                  rank: int) -> list[dict]:
+    """The micro-batches of one epoch on one process: dicts with `latent` (B, C, h, w) [instance; class],
+    `labels` (B,) (1 subject, 0 class) and `n_instance`."""
+    ib = cfg.instance_batch_size
+    cb = cfg.class_batch_size if cfg.prior_preservation else 0
+    order = _rng(seed, epoch, rank, "subject").permutation(len(subject))
+    class_order = _rng(seed, epoch, rank, "class").permutation(len(klass)) if cb else None
+    out = []
+    for b in range(batches_per_epoch(len(subject), ib)):
+        rng = _rng(seed, epoch, rank, "eps", b)
+        parts = [subject.draw(_cycled(order, b * ib, ib), rng, cfg.flip_prob)]
+        if cb:
+            parts.append(klass.draw(_cycled(class_order, b * cb, cb), rng, 0.0))
+        labels = np.array([SUBJECT_LABEL] * ib + [CLASS_LABEL] * cb)
+        out.append({"latent": torch.from_numpy(np.concatenate(parts)), "labels": torch.from_numpy(labels),
+                    "n_instance": ib})
+    return out
+
+
+def batches_per_epoch(num_subject: int, instance_batch_size: int) -> int:
+    """One epoch = one pass over the subject photos (at least one batch, cycling when they are fewer)."""
+    return max(1, num_subject // instance_batch_size)
+
+
+def prior_loss(pred: torch.Tensor, target: torch.Tensor, n_instance: int, weight: float | None):
+    """(instance MSE + weight * class MSE, {instance_loss, prior_loss}); rows [:n_instance] are the subject,
+    the rest class samples. weight None: no prior preservation (the batch must hold instances only)."""
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    instance = F.mse_loss(pred[:n_instance], target[:n_instance])
+    if weight is None:
+        if pred.shape[0] != n_instance:
+            raise ValueError("class rows in a batch without prior preservation")
+        return instance, {"instance_loss": instance.detach()}
+    prior = F.mse_loss(pred[n_instance:], target[n_instance:])
+    return instance + weight * prior, {"instance_loss": instance.detach(), "prior_loss": prior.detach()}
+
+
+# ---------------------------------------------------------------------------------------- model
+
+def build_unet(base_unet: UNet2DModel, cfg: TrainDreamboothConfig) -> UNet2DModel:
+    """A trainable copy of the base UNet: with the identifier's zero embedding, and LoRA layers when
+    method is lora (then only those and the embedding train)."""
+    unet = UNet2DModel.from_config(base_unet.config)
+    unet.load_state_dict(base_unet.state_dict())
+    if cfg.identifier:
+        unet = with_identifier(unet)
+    if cfg.method == "lora":
+        from peft import inject_adapter_in_model
+
+        unet.requires_grad_(False)
+        unet = inject_adapter_in_model(lora_config(cfg), unet)
+        for name, p in unet.named_parameters():
+            p.requires_grad_("lora_" in name or name.startswith("class_embedding."))
+    return unet.train()
+
+
+def lora_settings(cfg: TrainDreamboothConfig) -> dict:
+    return {"r": cfg.lora.rank, "lora_alpha": cfg.lora.alpha, "target_modules": list(cfg.lora.target_modules),
+            "lora_dropout": 0.0, "init_lora_weights": True}
+
+
+def lora_config(cfg: TrainDreamboothConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(**lora_settings(cfg))
+
+
+def save_adapter(unet: UNet2DModel, cfg: TrainDreamboothConfig, base_dir: str, base_unet_id: str, out_dir: str) -> None:
+    """Only what training changed: the LoRA weights (and the identifier's embedding), with a record of the base."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+    if cfg.identifier:
+        state.update({f"identifier.{k}": v.detach().cpu().contiguous()
+                      for k, v in unet.class_embedding.state_dict().items()})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out / ADAPTER_FILE))
+    write_json_atomic(out / ADAPTER_CONFIG, lora_settings(cfg))
+    write_json_atomic(out / RECORD, {"base_dir": str(base_dir), "base_unet_identity": base_unet_id,
+                                     "identifier": cfg.identifier, "method": "lora"})
+
+
+# ---------------------------------------------------------------------------------------- spec
+
+def check_schedule(train_cfg: TrainConfig, base_scheduler) -> None:
+    """Fine-tuning must add noise the way the base model was trained to remove it."""
+    ours = train_cfg.noise_scheduler().config
+    keys = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")
+    diff = {k: (ours[k], base_scheduler.config[k]) for k in keys if ours[k] != base_scheduler.config[k]}
+    if diff:
+        raise ValueError(f"train_dreambooth.training's noise schedule differs from the base model's "
+                         f"(ours, base): {diff}; set them as in train_ldm.training")
+
+
+def dreambooth_spec(subject_dir: str, class_dir: str | None, base_dir: str, cfg: TrainDreamboothConfig,
+                    train_cfg: TrainConfig) -> tuple[TrainSpec, dict]:
+    base = load_base(base_dir)
+    ident = base_identity(base)
+    check_compatible(ident, base_dir, subject_dir, class_dir if cfg.prior_preservation else None)
+    check_schedule(train_cfg, base.scheduler)
+    subject = LatentSet(subject_dir)
+    klass = LatentSet(class_dir) if cfg.prior_preservation else None
+    scale = float(base.vae.config.scaling_factor)
+    weight = cfg.prior_loss_weight if cfg.prior_preservation else None
+    vae = base.vae
+
+    def prepare(batch, device):
+        labels = batch["labels"].to(device) if cfg.identifier else None
+        return batch["latent"].to(device) * scale, {"labels": labels, "n_instance": batch["n_instance"]}
+
+    def predict(model, x, t, cond):
+        return model(x, t, class_labels=cond["labels"]).sample
+
+    def sample_grid(unet, noise_scheduler, epoch: int):
+        """Top row: subject (label 1); bottom row: class (label 0), or without an identifier the
+        first class samples as they were drawn from the base; same seeds across epochs."""
+        pipe = SubjectDiffusionPipeline(unet=unet, vae=vae.to(unet.device),
+                                        scheduler=make_scheduler(cfg.samples.scheduler, noise_scheduler.config))
+        pipe.set_progress_bar_config(disable=True)
+        n, steps = cfg.samples.num_images, cfg.samples.num_inference_steps
+        rows = [pipe(batch_size=n, num_inference_steps=steps, output_type="pil",
+                     generator=torch.Generator(device=unet.device).manual_seed(cfg.samples.seed)).images]
+        if cfg.identifier:
+            rows.append(pipe(batch_size=n, subject=False, num_inference_steps=steps, output_type="pil",
+                             generator=torch.Generator(device=unet.device).manual_seed(cfg.samples.seed)).images)
+        elif klass is not None:
+            z = torch.from_numpy(klass.mean[:n]).to(unet.device) * scale
+            with torch.no_grad():
+                rows.append(to_output(pipe.decode_latents(z), "pil", True).images)
+        return make_image_grid([im for row in rows for im in row], rows=len(rows), cols=n)
+
+    def save(unet, noise_scheduler, out_dir: str):
+        if cfg.method == "lora":
+            save_adapter(unet, cfg, base_dir, ident["unet"], out_dir)
+        else:
+            save_portable(SubjectDiffusionPipeline(unet=unet, vae=vae.to("cpu"), scheduler=base.scheduler), out_dir)
+
+    spec = TrainSpec(
+        build_model=lambda: build_unet(base.unet, cfg),
+        make_loader=lambda epoch, rank, world: epoch_batches(subject, klass, cfg, train_cfg.seed, epoch, rank),
+        batches_per_epoch=batches_per_epoch(len(subject), cfg.instance_batch_size),
+        prepare_batch=prepare, predict=predict, save=save,
+        sample_grid=sample_grid if cfg.samples.num_images > 0 else None,
+        loss=lambda pred, target, cond: prior_loss(pred, target, cond["n_instance"], weight))
+    info = {"base": ident, "subject_photos": len(subject), "class_samples": len(klass) if klass else 0}
+    return spec, info
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_training(subject_dir: str, class_dir: str, base_dir: str, model_dir: str, checkpoint_dir: str,
+                 live_dir: str, metrics_path: str, params: dict, step_callback=None,
+                 show_progress: bool = True) -> dict:
+    """Fine-tune in this process (one of possibly several under `accelerate launch`)."""
+    cfg = TrainDreamboothConfig.from_params(params, "train_dreambooth")
+    train_cfg = TrainConfig.from_params(cfg.training)
+    t0 = time.perf_counter()
+    spec, info = dreambooth_spec(subject_dir, class_dir, base_dir, cfg, train_cfg)
+    data_ids = [_file_hash(Path(subject_dir) / MANIFEST)]
+    if cfg.prior_preservation:
+        data_ids.append(_file_hash(Path(class_dir) / MANIFEST))
+    run_id = fingerprint(cfg.to_dict(), info["base"], data_ids)
+    summary = train(spec, cfg=train_cfg, model_dir=model_dir, checkpoint_dir=checkpoint_dir, live_dir=live_dir,
+                    run_id=run_id, step_callback=step_callback, show_progress=show_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        metrics = {"method": cfg.method, "identifier": cfg.identifier, "prior_preservation": cfg.prior_preservation,
+                   "prior_loss_weight": cfg.prior_loss_weight, "base_identity": info["base"]["identity"],
+                   "subject_photos": info["subject_photos"], "class_samples": info["class_samples"],
+                   **_last_losses(Path(live_dir)), "seconds": time.perf_counter() - t0, **summary}
+        Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(metrics_path, metrics)
+    return summary
+
+
+def _last_losses(live_dir: Path) -> dict:
+    """The last logged instance and prior losses (dvclive TSVs)."""
+    out = {}
+    for name in ("instance_loss", "prior_loss"):
+        tsv = live_dir / "plots" / "metrics" / "train" / f"{name}.tsv"
+        if tsv.is_file():
+            rows = tsv.read_text().splitlines()[1:]
+            out[f"final_{name}"] = float(rows[-1].split("\t")[-1]) if rows else None
+    return out
+
+
+if __name__ == "__main__":  # one process of `accelerate launch -m tasks.dreambooth.train --job job.json`
+    from tasks.common.launch import job_main
+
+    job_main(run_training, "one DreamBooth training process (see train_dreambooth)")
+

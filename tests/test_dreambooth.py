@@ -1,0 +1,274 @@
+"""DreamBooth (issue 11): prior loss, identifier, class-sample cache, resume, LoRA round trip, bad input.
+
+Everything runs on tiny models built here (a 1-level VAE, a 2-level UNet on 4x8x8 latents)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
+
+from pipelines import LatentDiffusionPipeline
+from pipelines.dreambooth import SubjectDiffusionPipeline, load_subject_pipeline, module_identity, with_identifier
+from tasks.common.config import ConfigError
+from tasks.common.shards import AtomicShardWriter, shard_name, write_manifest
+from tasks.dreambooth.base import base_identity
+from tasks.dreambooth.class_samples import sample_class
+from tasks.dreambooth.config import SampleClassConfig, TrainDreamboothConfig
+from tasks.dreambooth.train import LatentSet, epoch_batches, prior_loss, run_training
+from tasks.latent.vae import vae_identity
+from tasks.training import StopTraining
+
+SCHEDULE = dict(num_train_timesteps=100, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                prediction_type="epsilon")
+
+
+def make_base(path: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,),
+                        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+                        norm_num_groups=8, sample_size=8, scaling_factor=0.5)
+    unet = UNet2DModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8, attention_head_dim=8)
+    LatentDiffusionPipeline(unet=unet, vae=vae, scheduler=DDPMScheduler(**SCHEDULE, clip_sample=False)) \
+        .save_pretrained(path)
+    return path
+
+
+def make_latents(path: Path, vae_id: str, n: int, seed: int, extra: dict | None = None) -> Path:
+    """A latent dataset in encode_latents' format, `n` samples of 4x8x8."""
+    rng = np.random.default_rng(seed)
+    with AtomicShardWriter(path, "train", max_count=n) as w:
+        for i in range(n):
+            w.write({"__key__": f"s{i:03d}", "mean.npy": rng.standard_normal((4, 8, 8)).astype(np.float16),
+                     "std.npy": np.full((4, 8, 8), 0.1, np.float16), "json": {"key": f"s{i:03d}"}})
+    write_manifest(path, {"kind": "faces_latents", "vae": {"identity": vae_id, "scaling_factor": 0.5},
+                          "latent_shape": [4, 8, 8], "counts": {"images": n, "train": n},
+                          "splits": {"train": {"count": n, "shards": [shard_name("train", 0)], "shard_counts": [n]}},
+                          "all_shards": [shard_name("train", 0)], **(extra or {})})
+    return path
+
+
+def training_params(**over) -> dict:
+    return {"seed": 0, "num_epochs": 3, "max_train_steps": None, "gradient_accumulation_steps": 1,
+            "mixed_precision": "no", "learning_rate": 1e-3, "adam_beta1": 0.9, "adam_beta2": 0.999,
+            "adam_weight_decay": 0.0, "adam_epsilon": 1e-8, "lr_warmup_steps": 0, "max_grad_norm": 1.0,
+            **SCHEDULE, "use_ema": True, "ema_decay": 0.9, "cond_drop_prob": 0.0, "checkpointing_steps": 2,
+            "checkpoints_total_limit": 3, "samples_every_epochs": 0, **over}
+
+
+def db_params(**over) -> dict:
+    training = over.pop("training", {})
+    return {"method": "full", "identifier": True, "prior_preservation": True, "prior_loss_weight": 1.0,
+            "instance_batch_size": 2, "class_batch_size": 2, "flip_prob": 0.5, "num_processes": 1,
+            "lora": {"rank": 2, "alpha": 2, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]},
+            "samples": {"num_images": 0, "scheduler": "ddim", "num_inference_steps": 2, "seed": 0},
+            "training": training_params(**training), **over}
+
+
+def class_cfg(**over) -> SampleClassConfig:
+    return SampleClassConfig(**{"num_class_samples": 5, "seed": 0, "scheduler": "ddim", "num_inference_steps": 2,
+                                "batch_size": 2, "shard_size": 2, "grid_images": 4, "device": "cpu", **over})
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A base model, subject latents by its VAE, and class samples from it."""
+    root = tmp_path_factory.mktemp("db")
+    base_dir = make_base(root / "base")
+    ident = base_identity(LatentDiffusionPipeline.from_pretrained(str(base_dir)))
+    make_latents(root / "subject", ident["vae"], 4, seed=1)
+    sample_class(str(base_dir), str(root / "class"), str(root / "grid.png"), class_cfg(), log=lambda *_: None)
+    return root
+
+
+def _train(world, out: Path, params: dict, **kw) -> dict:
+    return run_training(str(world / "subject"), str(world / "class"), str(world / "base"), str(out / "model"),
+                        str(out / "ckpt"), str(out / "live"), str(out / "metrics.json"), params,
+                        show_progress=False, **kw)
+
+
+# ------------------------------------------------------------------------------------------ loss
+
+def test_prior_loss_arithmetic_on_a_fixed_batch():
+    pred = torch.zeros(5, 1, 2, 2)
+    target = torch.cat([torch.full((2, 1, 2, 2), 1.0), torch.full((3, 1, 2, 2), 2.0)])  # 2 instances, 3 class
+    loss, parts = prior_loss(pred, target, n_instance=2, weight=0.5)
+    assert parts["instance_loss"].item() == pytest.approx(1.0)      # mean over the instance half only
+    assert parts["prior_loss"].item() == pytest.approx(4.0)         # mean over the class half only
+    assert loss.item() == pytest.approx(1.0 + 0.5 * 4.0)
+    # Not the plain batch mean (that would weight the halves by their sizes: (2*1 + 3*4) / 5).
+    assert loss.item() != pytest.approx((2 * 1 + 3 * 4) / 5)
+    alone, parts = prior_loss(pred[:2], target[:2], n_instance=2, weight=None)
+    assert alone.item() == pytest.approx(1.0) and "prior_loss" not in parts
+    with pytest.raises(ValueError, match="class rows"):
+        prior_loss(pred, target, n_instance=2, weight=None)
+
+
+def test_batches_are_grouped_and_every_rank_sees_every_subject_photo(world):
+    cfg = TrainDreamboothConfig.from_params(db_params())
+    subject, klass = LatentSet(world / "subject"), LatentSet(world / "class")
+    for rank in (0, 1):
+        batches = epoch_batches(subject, klass, cfg, seed=0, epoch=0, rank=rank)
+        assert len(batches) == 2  # 4 photos / 2 per batch
+        for b in batches:
+            assert b["labels"].tolist() == [1, 1, 0, 0] and b["n_instance"] == 2
+            assert b["latent"].shape == (4, 4, 8, 8)
+        # Each instance row is one of the subject photos' posteriors (mean + std*eps, std 0.1); over the
+        # epoch every photo appears once on every rank.
+        inst = torch.cat([b["latent"][:2] for b in batches]).numpy()
+        nearest = {int(np.argmin(((subject.mean - z) ** 2).sum(axis=(1, 2, 3)))) for z in inst}
+        assert nearest == {0, 1, 2, 3}
+    again = epoch_batches(subject, klass, cfg, seed=0, epoch=0, rank=0)
+    assert torch.equal(again[1]["latent"], epoch_batches(subject, klass, cfg, 0, 0, 0)[1]["latent"])
+
+
+# ------------------------------------------------------------------------------------------ identifier
+
+def test_zero_initialised_identifier_computes_what_the_base_computes(world):
+    base = UNet2DModel.from_pretrained(str(world / "base" / "unet"))
+    unet = with_identifier(base)
+    x, t = torch.randn(3, 4, 8, 8), torch.tensor([1, 50, 99])
+    with torch.no_grad():
+        ref = base(x, t).sample
+        for label in (0, 1):
+            assert torch.equal(unet(x, t, class_labels=torch.full((3,), label)).sample, ref)
+    assert unet.config.num_class_embeds == 2 and torch.count_nonzero(unet.class_embedding.weight) == 0
+    with pytest.raises(ValueError, match="already has a class embedding"):
+        with_identifier(unet)
+
+
+# ------------------------------------------------------------------------------------------ class samples
+
+def test_class_samples_are_keyed_by_the_base_model(world, tmp_path):
+    made = []
+    manifest = sample_class(str(world / "base"), str(world / "class"), str(world / "grid.png"), class_cfg(),
+                            log=lambda *_: None, shard_callback=made.append)
+    assert made == []  # same base, same sampler: nothing sampled again
+    assert manifest["counts"]["images"] == 5 and manifest["splits"]["train"]["shard_counts"] == [2, 2, 1]
+    assert (world / "grid.png").is_file()
+    base = LatentDiffusionPipeline.from_pretrained(str(world / "base"))
+    assert manifest["base"]["identity"] == base_identity(base)["identity"]
+    assert manifest["vae"]["identity"] == vae_identity(base.vae)
+
+    # A new base model in the same place: every shard is sampled again, under the new identity.
+    out = tmp_path / "class"
+    import shutil
+
+    shutil.copytree(world / "class", out)
+    new_base = make_base(tmp_path / "base2", seed=1)
+    made = []
+    new = sample_class(str(new_base), str(out), str(tmp_path / "grid.png"), class_cfg(), log=lambda *_: None,
+                       shard_callback=made.append)
+    assert len(made) == 3 and new["base"]["identity"] != manifest["base"]["identity"]
+
+
+def test_class_sampling_resumes_per_shard_after_a_kill(world, tmp_path):
+    class Kill(Exception):
+        pass
+
+    def kill_after_first(name):
+        raise Kill(name)
+
+    out = tmp_path / "class"
+    with pytest.raises(Kill):
+        sample_class(str(world / "base"), str(out), str(tmp_path / "g.png"), class_cfg(), log=lambda *_: None,
+                     shard_callback=kill_after_first)
+    made = []
+    sample_class(str(world / "base"), str(out), str(tmp_path / "g.png"), class_cfg(), log=lambda *_: None,
+                 shard_callback=made.append)
+    assert made == [shard_name("train", 1), shard_name("train", 2)]  # the finished shard was kept
+    for name in (shard_name("train", i) for i in range(3)):  # same bytes as an uninterrupted run
+        assert (out / name).read_bytes() == (world / "class" / name).read_bytes()
+
+
+# ------------------------------------------------------------------------------------------ training
+
+def test_mismatched_identities_are_a_clear_error(world, tmp_path):
+    make_latents(tmp_path / "subject", "0123456789abcdef01234567", 4, seed=1)
+    with pytest.raises(ValueError, match="encoded by VAE 0123456789abcdef01234567.*decodes with VAE"):
+        run_training(str(tmp_path / "subject"), str(world / "class"), str(world / "base"), str(tmp_path / "m"),
+                     str(tmp_path / "c"), str(tmp_path / "l"), str(tmp_path / "x.json"), db_params())
+    other = LatentDiffusionPipeline.from_pretrained(str(world / "base"))  # same VAE, another UNet
+    with torch.no_grad():
+        next(other.unet.parameters()).add_(0.01)
+    other.save_pretrained(tmp_path / "other")
+    other = tmp_path / "other"
+    with pytest.raises(ValueError, match="sampled from base model .* re-run sample_class"):
+        run_training(str(world / "subject"), str(world / "class"), str(other), str(tmp_path / "m"),
+                     str(tmp_path / "c"), str(tmp_path / "l"), str(tmp_path / "x.json"), db_params())
+
+
+def test_bad_params_are_config_errors():
+    with pytest.raises(ConfigError, match="method"):
+        TrainDreamboothConfig.from_params(db_params(method="dora"))
+    with pytest.raises(ConfigError, match="identifier: true needs prior_preservation"):
+        TrainDreamboothConfig.from_params(db_params(prior_preservation=False))
+    with pytest.raises(ConfigError, match="unknown key"):
+        TrainDreamboothConfig.from_params({**db_params(), "steps": 3})
+
+
+def test_training_logs_both_losses_and_resumes_exactly(world, tmp_path):
+    params = db_params()
+    ref = _train(world, tmp_path / "ref", params)
+    assert ref["steps"] == 6
+    metrics = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    assert metrics["final_instance_loss"] > 0 and metrics["final_prior_loss"] > 0
+    rows = (tmp_path / "ref/live/plots/metrics/train/prior_loss.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 6
+
+    def kill_at_3(step):
+        if step == 3:
+            raise StopTraining
+
+    with pytest.raises(StopTraining):
+        _train(world, tmp_path / "cut", params, step_callback=kill_at_3)
+    resumed = _train(world, tmp_path / "cut", params)
+    assert (resumed.get("run") or resumed)["resumed_from_step"] == 2  # the engine nests run facts under "run"
+    a = SubjectDiffusionPipeline.from_pretrained(str(tmp_path / "ref" / "model")).unet.state_dict()
+    b = SubjectDiffusionPipeline.from_pretrained(str(tmp_path / "cut" / "model")).unet.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.count_nonzero(a["class_embedding.weight"]) > 0  # the identifier learnt something
+
+
+def test_lora_saves_only_the_adapter_and_loads_onto_its_base(world, tmp_path):
+    params = db_params(method="lora", training={"num_epochs": 2, "learning_rate": 1e-2})
+    _train(world, tmp_path, params)
+    model = tmp_path / "model"
+    assert not (model / "model_index.json").exists() and (model / "adapter_model.safetensors").is_file()
+    base_size = sum(p.stat().st_size for p in (world / "base" / "unet").iterdir())
+    assert (model / "adapter_model.safetensors").stat().st_size < base_size / 2
+    pipe = load_subject_pipeline(model, base_dir=world / "base")
+    assert pipe.has_identifier
+    base = LatentDiffusionPipeline.from_pretrained(str(world / "base"))
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 60])
+    with torch.no_grad():
+        tuned = pipe.unet(x, t, class_labels=torch.tensor([1, 1])).sample
+        assert not torch.allclose(tuned, base.unet(x, t).sample)  # the adapter changed the model
+    # Loaded twice: identical outputs; sampling works for both labels.
+    again = load_subject_pipeline(model, base_dir=world / "base")
+    with torch.no_grad():
+        assert torch.equal(again.unet(x, t, class_labels=torch.tensor([1, 1])).sample, tuned)
+    out = pipe(batch_size=1, subject=False, num_inference_steps=2, output_type="np",
+               generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == (1, 8, 8, 3)
+    # An adapter refuses a base whose weights changed.
+    with pytest.raises(ValueError, match="adapter for base UNet"):
+        load_subject_pipeline(model, base_dir=make_base(tmp_path / "other", seed=3))
+
+
+def test_full_finetune_pipeline_round_trip_and_subject_choice(world, tmp_path):
+    _train(world, tmp_path, db_params(identifier=False, training={"num_epochs": 1}))
+    pipe = load_subject_pipeline(tmp_path / "model")
+    assert isinstance(pipe, SubjectDiffusionPipeline) and not pipe.has_identifier
+    with pytest.raises(ValueError, match="subject=False needs"):
+        pipe(batch_size=1, subject=False, num_inference_steps=1)
+    from diffusers import DDIMScheduler
+
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.save_pretrained(tmp_path / "again")
+    back = load_subject_pipeline(tmp_path / "again")
+    assert type(back.scheduler).__name__ == "DDIMScheduler"
+    assert module_identity(back.unet) == module_identity(pipe.unet)
