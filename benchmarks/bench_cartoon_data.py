@@ -19,6 +19,7 @@ from PIL import Image
 
 from tasks.cartoon.fetch import render_synthetic
 from tasks.cartoon.preprocess import preprocess_cartoons
+from tasks.common.params import stage_params
 
 
 def plain_loop(raw: Path) -> int:
@@ -52,8 +53,9 @@ def main() -> None:
         _, t_draw = timed(lambda: render_synthetic(str(raw), args.images, 0, args.workers))
         plain_loop(raw)  # warm the page cache so both sides read from memory
         n, t_plain = timed(lambda: plain_loop(raw))
-        _, t_stage = timed(lambda: preprocess_cartoons.fn(str(raw), str(shards), workers=args.workers,
-                                                          val_fraction=0.0, shard_size=250))
+        params = {**stage_params("preprocess_cartoons"), "workers": args.workers, "val_fraction": 0.0,
+                  "shard_size": 250}
+        _, t_stage = timed(lambda: preprocess_cartoons(str(raw), str(shards), **params))
         print(f"cores: {os.cpu_count()}  images: {n}")
         print(f"synthetic drawing      {args.images / t_draw:8.1f} images/s")
         print(f"plain Pillow loop      {n / t_plain:8.1f} images/s")

@@ -31,10 +31,10 @@ def _dir_bytes(folder: Path, names: list[str]) -> int:
 
 
 def _tiny_vae(tmp: Path, params: dict) -> Path:
-    from tasks.latent.vae import MODEL_DEFAULTS, build_vae
+    from tasks.latent.vae import build_vae
 
     torch.manual_seed(0)
-    vae = build_vae({**MODEL_DEFAULTS, **params["train_vae"].get("model", {})}, params["train_vae"]["resolution"])
+    vae = build_vae(params["train_vae"]["model"], params["train_vae"]["resolution"])
     vae.save_pretrained(tmp / "vae")
     return tmp / "vae"
 
@@ -78,7 +78,8 @@ def main() -> None:
     from tasks.latent.images import decode_png, iter_shard, to_model_input
     from tasks.latent.loader import latent_loader
     from tasks.latent.vae import load_vae, posterior_moments
-    from tasks.latent.train import MODEL_DEFAULTS, build_unet
+    from tasks.latent.config import LdmModelConfig
+    from tasks.latent.train import build_unet
     from tasks.common.params import load_params
     from tasks.common.shards import read_manifest, shard_paths
 
@@ -118,7 +119,7 @@ def main() -> None:
     vae = load_vae(vae_dir)
     scale = float(vae.config.scaling_factor)
     bs = args.batch_size or params["train_ldm"]["data"]["batch_size"]
-    model = {**MODEL_DEFAULTS, **params["train_ldm"].get("model", {})}
+    model = LdmModelConfig.from_params(params["train_ldm"]["model"], "train_ldm.model")
     res = manifest["image_resolution"]
 
     def cached():

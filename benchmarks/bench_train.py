@@ -87,6 +87,7 @@ def plain_loop(data: torch.Tensor, steps: int, batch_size: int, warmup: int) -> 
 
 def engine_loop(data: torch.Tensor, steps: int, batch_size: int, warmup: int) -> float:
     """samples/s of tasks.training.train on the same model and batches."""
+    from tasks.common.params import stage_params
     from tasks.training import TrainConfig, TrainSpec, train
 
     n_batches = len(data) // batch_size
@@ -98,8 +99,10 @@ def engine_loop(data: torch.Tensor, steps: int, batch_size: int, warmup: int) ->
     spec = TrainSpec(build_model=lambda: make_model(data.shape[-1]), make_loader=make_loader,
                      batches_per_epoch=n_batches, prepare_batch=lambda b, d: (b.to(d), None),
                      predict=lambda m, x, t, c: m(x, t).sample, save=lambda net, sched, out: None)
-    cfg = TrainConfig(seed=0, num_epochs=steps // n_batches + 1, max_train_steps=steps, learning_rate=1e-3,
-                      lr_warmup_steps=5, ema_decay=0.995, checkpointing_steps=10_000, samples_every_epochs=0)
+    cfg = TrainConfig.from_params({**stage_params("train_ldm")["training"], "seed": 0,
+                                   "num_epochs": steps // n_batches + 1, "max_train_steps": steps,
+                                   "learning_rate": 1e-3, "lr_warmup_steps": 5, "ema_decay": 0.995,
+                                   "checkpointing_steps": 10_000, "samples_every_epochs": 0})
     stamps = {}
     with tempfile.TemporaryDirectory() as tmp:
         train(spec, cfg, model_dir=f"{tmp}/model", checkpoint_dir=f"{tmp}/ckpt", live_dir=f"{tmp}/live",

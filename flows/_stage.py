@@ -12,6 +12,7 @@ from typing import Callable
 
 from prefect import tags
 
+from flows.local_server import stage_server
 from tasks.common.params import stage_params
 
 
@@ -32,7 +33,9 @@ def run_stage(flow: Callable, stage: str, argv: list[str] | None = None) -> None
     # A stage started by the GPU worker's `dvc repro` is tagged with the worker's flow run id, so the
     # UI lists a worker run's stage runs (filter by tag); tasks/worker/commands.py sets the variable.
     worker_run = os.environ.get("FACEDIFF_WORKER_RUN_ID")
-    with tags(*([f"worker-run:{worker_run}"] if worker_run else [])):
+    # No PREFECT_API_URL: a server that dies with this process, not Prefect's own temporary one,
+    # which would outlive a `kill -9` of the stage (flows/local_server.py).
+    with stage_server(), tags(*([f"worker-run:{worker_run}"] if worker_run else [])):
         state = flow(**paths, params=stage_params(stage), return_state=True)
     if not state.is_completed():
         try:

@@ -5,15 +5,13 @@ from __future__ import annotations
 from prefect import flow
 
 from flows._stage import run_stage
+from tasks.latent.config import EncodeLatentsConfig
 from tasks.latent.stages import encode_latents_task
 
 
 @flow(name="encode_latents")
-def encode_latents(aligned_dir: str, vae_dir: str, out_dir: str, resolution: int | None = None, flip: bool = False,
-                   batch_size: int = 32, device: str = "auto", precision: str = "bf16", num_processes: int = 1) -> dict:
-    return encode_latents_task(aligned_dir, vae_dir, out_dir, resolution=resolution, flip=flip,
-                               batch_size=batch_size, device=device, precision=precision,
-                               num_processes=num_processes)
+def encode_latents(aligned_dir: str, vae_dir: str, out_dir: str, params: dict) -> dict:
+    return encode_latents_task(aligned_dir, vae_dir, out_dir, EncodeLatentsConfig.from_params(params, "encode_latents"))
 
 
 if __name__ == "__main__":

@@ -2,13 +2,13 @@
 from prefect import flow
 
 from flows._stage import run_stage
-from tasks.cartoon.fetch import fetch_cartoons as fetch
+from tasks.cartoon.config import FetchCartoonsConfig
+from tasks.cartoon.stages import fetch_cartoons_task
 
 
 @flow(name="fetch_cartoons")
-def fetch_cartoons(out_dir: str, source: str = "synthetic", num_images: int = 3000, seed: int = 0,
-                   workers: int = 0, urls: dict | None = None, sha256: dict | None = None) -> dict:
-    return fetch(out_dir, source, num_images, seed, workers, urls, sha256)
+def fetch_cartoons(out_dir: str, params: dict) -> dict:
+    return fetch_cartoons_task(out_dir, FetchCartoonsConfig.from_params(params, "fetch_cartoons"))
 
 
 if __name__ == "__main__":

@@ -4,20 +4,16 @@ source: synthetic (drawn offline, exact landmarks) | ffhq (NVlabs' files, verifi
 """
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
 from flows._stage import run_stage
+from tasks.faces.config import FetchFacesConfig
 from tasks.faces.stages import fetch_faces_task
 
 
 @flow(name="fetch_faces")
-def fetch_faces(out_dir: str, source: str = "synthetic", val_fraction: float = 0.1, workers: int = 0,
-                synthetic: dict[str, Any] | None = None, ffhq: dict[str, Any] | None = None) -> str:
-    params = {"source": source, "val_fraction": val_fraction, "workers": workers,
-              "synthetic": synthetic, "ffhq": ffhq}
-    return fetch_faces_task(out_dir, source, val_fraction, workers, synthetic or {}, ffhq or {}, params)
+def fetch_faces(out_dir: str, params: dict) -> str:
+    return fetch_faces_task(out_dir, FetchFacesConfig.from_params(params, "fetch_faces"))
 
 
 if __name__ == "__main__":

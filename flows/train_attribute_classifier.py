@@ -2,17 +2,14 @@
 from prefect import flow
 
 from flows._stage import run_stage
-from tasks.cartoon.classifier import train_attribute_classifier as train
+from tasks.cartoon.config import ClassifierConfig
+from tasks.cartoon.stages import train_attribute_classifier_task
 
 
 @flow(name="train_attribute_classifier")
-def train_attribute_classifier(shard_dir: str, model_dir: str, metrics_path: str, resolution: int = 32,
-                               channels: list[int] = (16, 32, 64), hidden_dim: int = 256, epochs: int = 4,
-                               batch_size: int = 64, learning_rate: float = 2e-3, weight_decay: float = 1e-4,
-                               seed: int = 0) -> str:
-    return train(shard_dir, model_dir, metrics_path, resolution=resolution, channels=list(channels),
-                 hidden_dim=hidden_dim, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                 weight_decay=weight_decay, seed=seed)
+def train_attribute_classifier(shard_dir: str, model_dir: str, metrics_path: str, params: dict) -> str:
+    return train_attribute_classifier_task(shard_dir, model_dir, metrics_path,
+                                           ClassifierConfig.from_params(params, "train_attribute_classifier"))
 
 
 if __name__ == "__main__":

@@ -2,15 +2,15 @@
 from prefect import flow
 
 from flows._stage import run_stage
-from tasks.cartoon.train import train_cartoon as train
+from tasks.cartoon.config import TrainCartoonConfig
+from tasks.cartoon.stages import train_cartoon_task
 
 
 @flow(name="train_cartoon")
 def train_cartoon(shard_dir: str, model_dir: str, checkpoint_dir: str, live_dir: str, metrics_path: str,
-                  data: dict | None = None, model: dict | None = None, training: dict | None = None,
-                  samples: dict | None = None, num_processes: int = 1) -> str:
-    return train(shard_dir, model_dir, checkpoint_dir, live_dir, metrics_path, data=data, model=model,
-                 training=training, samples=samples, num_processes=num_processes)
+                  params: dict) -> str:
+    return train_cartoon_task(shard_dir, model_dir, checkpoint_dir, live_dir, metrics_path,
+                              TrainCartoonConfig.from_params(params, "train_cartoon"))
 
 
 if __name__ == "__main__":

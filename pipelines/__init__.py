@@ -1,23 +1,23 @@
-"""Diffusers models and pipelines of this project: inference only, importable alone."""
-from pipelines.cartoon import (
-    SCHEDULERS,
-    AttributeProjection,
-    AttributeTau,
-    CartoonDiffusionPipeline,
-    denoise,
-    make_scheduler,
-)
-from pipelines.latent import LatentDiffusionPipeline
-from pipelines.outputs import register_with_diffusers
+"""Diffusers models and pipelines of this project: inference only, importable alone.
 
-register_with_diffusers(CartoonDiffusionPipeline, LatentDiffusionPipeline)
+Load a trained model through its class: `CartoonDiffusionPipeline.from_pretrained("models/cartoon")`,
+`LatentDiffusionPipeline.from_pretrained("models/ldm")`. Nothing is patched into diffusers.
+"""
+from pipelines.attribute_classifier import AttributeClassifier
+from pipelines.cartoon import AttributeProjection, AttributeTau, CartoonDenoiser, CartoonDiffusionPipeline, denoise
+from pipelines.latent import LatentDiffusionPipeline
+from pipelines.portable import save_portable
+from pipelines.schedulers import SCHEDULERS, make_scheduler
 
 __all__ = [
     "SCHEDULERS",
+    "AttributeClassifier",
     "AttributeProjection",
     "AttributeTau",
+    "CartoonDenoiser",
     "CartoonDiffusionPipeline",
     "LatentDiffusionPipeline",
     "denoise",
     "make_scheduler",
+    "save_portable",
 ]

@@ -14,32 +14,18 @@ Inference only, importable alone: nothing here imports `tasks` or `flows`.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DiffusionPipeline,
-    DPMSolverMultistepScheduler,
-    UNet2DConditionModel,
-    UNet2DModel,
-)
+from diffusers import DiffusionPipeline, UNet2DConditionModel, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from pipelines.outputs import check_output_type, to_output
-
-SCHEDULERS = {
-    "ddpm": DDPMScheduler,  # ancestral, as trained: needs ~all training steps
-    "ddim": DDIMScheduler,  # deterministic (eta=0), good at 20-50 steps
-    "dpm": DPMSolverMultistepScheduler,  # DPM-Solver++ (2M), good at 15-25 steps
-}
-
 
 class _AttributeLayout:
     """Attribute names and variant counts, stored in the module's config (so a saved model carries
@@ -131,11 +117,16 @@ def denoise(unet: nn.Module, tau: nn.Module, sample: torch.Tensor, timestep, one
     raise TypeError(f"unknown conditioning module {type(tau).__name__}")
 
 
-def make_scheduler(name: str, config: Mapping[str, Any]):
-    """A sampling scheduler of kind `name` (ddpm | ddim | dpm) with the training noise schedule."""
-    if name not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
-    return SCHEDULERS[name].from_config(config)
+class CartoonDenoiser(nn.Module):
+    """UNet + conditioning module as one trainable module (one optimizer, one EMA); the pipeline
+    holds the two parts separately, so only they are saved."""
+
+    def __init__(self, unet: nn.Module, tau: nn.Module):
+        super().__init__()
+        self.unet, self.tau = unet, tau
+
+    def forward(self, sample, timestep, onehot):
+        return denoise(self.unet, self.tau, sample, timestep, onehot)
 
 
 class CartoonDiffusionPipeline(DiffusionPipeline):

@@ -5,8 +5,9 @@ denoises it with the scheduler, divides by the VAE's `scaling_factor` (the numbe
 multiplied by for training) and decodes. The VAE is a diffusers `AutoencoderKL` or `VQModel`.
 
 The scheduler is swappable: `pipe.scheduler = make_scheduler("dpm", pipe.scheduler.config)`.
-`save_pretrained(dir)` / `DiffusionPipeline.from_pretrained(dir)` round-trip (importing `pipelines`
-makes the class name resolvable by diffusers).
+Every component is a diffusers class, so train_ldm saves the folder with this module's code
+(`pipelines.portable.save_portable`): `LatentDiffusionPipeline.from_pretrained(dir)` loads it here,
+`DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)` anywhere diffusers is installed.
 
 Inference only, importable alone: nothing here imports `tasks` or `flows`.
 """
@@ -17,10 +18,10 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from pipelines.outputs import check_output_type, to_output
+from pipelines.outputs import LoadsAsItself, check_output_type, to_output
 
 
-class LatentDiffusionPipeline(DiffusionPipeline):
+class LatentDiffusionPipeline(LoadsAsItself, DiffusionPipeline):
     """Sample face images from an unconditional latent diffusion model."""
 
     model_cpu_offload_seq = "unet->vae"

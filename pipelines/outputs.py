@@ -1,5 +1,5 @@
 """What every pipeline of this project does the same way: turning samples into outputs, and
-making its class name resolvable by `diffusers.DiffusionPipeline.from_pretrained`."""
+loading a folder saved with its code (pipelines/portable.py) as the project's own class."""
 from __future__ import annotations
 
 import torch
@@ -23,11 +23,17 @@ def to_output(images: torch.Tensor, output_type: str, return_dict: bool):
     return ImagePipelineOutput(images=images) if return_dict else (images,)
 
 
-def register_with_diffusers(*classes: type) -> None:
-    """A saved model_index.json names its pipeline class and diffusers looks that name up in its
-    own namespace, so a project pipeline must be made visible there (importing `pipelines` does)."""
-    import diffusers
+class LoadsAsItself:
+    """Mixin for project pipelines saved with `pipelines.portable.save_portable`: such a folder names
+    its bundled code as `_class_name: [module_file, ClassName]`, which diffusers would import from
+    the folder (and refuse without `trust_remote_code`). Loading it through the class it names
+    gives that class itself, with no code run from the folder."""
 
-    for cls in classes:
-        if getattr(diffusers, cls.__name__, None) is not cls:
-            setattr(diffusers, cls.__name__, cls)
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        result = super().load_config(*args, **kwargs)
+        config = result[0] if isinstance(result, tuple) else result
+        name = config.get("_class_name")
+        if isinstance(name, (list, tuple)) and len(name) == 2 and name[1] == cls.__name__:
+            config["_class_name"] = cls.__name__
+        return result

@@ -12,7 +12,9 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tasks.cartoon.schema import AttributeSchema  # noqa: E402
+from tasks.cartoon.config import ClassifierConfig, TrainCartoonConfig  # noqa: E402
 from tasks.common.shards import AtomicShardWriter, write_manifest  # noqa: E402
+from tests.configs import stage_config  # noqa: E402
 
 SCHEMA = AttributeSchema(("hair_color", "face_color", "glasses"), (3, 2, 2))
 COLOURS = [(220, 40, 40), (40, 200, 40), (40, 40, 220)]
@@ -47,29 +49,34 @@ def shard_dir(tmp_path_factory):
     return str(out)
 
 
+def train_config(**overrides) -> TrainCartoonConfig:
+    """params.yaml's train_cartoon with the test's tiny overrides; checkpoints every 2 steps,
+    EMA and so on as the stage has them, one process unless asked."""
+    return stage_config(TrainCartoonConfig, "train_cartoon", **{"num_processes": 1, **overrides})
+
+
 TINY_MODEL = {"block_out_channels": [8, 16], "norm_num_groups": 4, "cross_attention_dim": 8, "attention_head_dim": 4,
               "tau_hidden_dim": 16}
 
 
 @pytest.mark.parametrize("mode", ["class_embedding", "cross_attention"])
 def test_train_classifier_evaluate_stages(tmp_path, shard_dir, mode):
-    from diffusers import DiffusionPipeline
-
     from pipelines import CartoonDiffusionPipeline
-    from tasks.cartoon.classifier import train_attribute_classifier
     from tasks.cartoon.evaluate import EvaluateCartoonConfig, evaluate_cartoon_task
-    from tasks.cartoon.train import train_cartoon
+    from tasks.cartoon.stages import train_attribute_classifier_task, train_cartoon_task
 
     model_dir = str(tmp_path / "model")
-    train_cartoon.fn(shard_dir, model_dir, str(tmp_path / "ckpt"), str(tmp_path / "live"), str(tmp_path / "train.json"),
-                     data={"resolution": 16, "batch_size": 8},
-                     model={**TINY_MODEL, "conditioning": mode},
-                     training={"num_epochs": 1, "max_train_steps": 3, "checkpointing_steps": 2, "cond_drop_prob": 0.2},
-                     samples={"num_images": 4, "num_inference_steps": 2})
+    train_cartoon_task.fn(shard_dir, model_dir, str(tmp_path / "ckpt"), str(tmp_path / "live"),
+                          str(tmp_path / "train.json"),
+                          train_config(data={"resolution": 16, "batch_size": 8},
+                                       model={**TINY_MODEL, "conditioning": mode},
+                                       training={"num_epochs": 1, "max_train_steps": 3, "checkpointing_steps": 2,
+                                                 "cond_drop_prob": 0.2, "samples_every_epochs": 1},
+                                       samples={"num_images": 4, "num_inference_steps": 2}))
     metrics = json.loads((tmp_path / "train.json").read_text())
     assert metrics["steps"] == 3 and metrics["conditioning"] == mode
     anatomy = metrics["memory_anatomy"]
-    pipe = DiffusionPipeline.from_pretrained(model_dir)
+    pipe = CartoonDiffusionPipeline.from_pretrained(model_dir)
     n_params = sum(p.numel() for p in pipe.unet.parameters()) + sum(p.numel() for p in pipe.tau.parameters())
     assert isinstance(pipe, CartoonDiffusionPipeline) and anatomy["trainable_parameters"] == n_params
     assert (tmp_path / "live" / "plots" / "images" / "samples" / "epoch-001.png").is_file()
@@ -77,8 +84,9 @@ def test_train_classifier_evaluate_stages(tmp_path, shard_dir, mode):
 
     if mode == "cross_attention":
         return  # the classifier and evaluation do not depend on the mode: run them once
-    train_attribute_classifier.fn(shard_dir, str(tmp_path / "clf"), str(tmp_path / "clf.json"), resolution=16,
-                                  channels=[8, 16], hidden_dim=32, epochs=1, batch_size=8)
+    train_attribute_classifier_task.fn(shard_dir, str(tmp_path / "clf"), str(tmp_path / "clf.json"),
+                                       stage_config(ClassifierConfig, "train_attribute_classifier", resolution=16,
+                                                    channels=[8, 16], hidden_dim=32, epochs=1, batch_size=8))
     clf = json.loads((tmp_path / "clf.json").read_text())
     assert set(clf["val_accuracy"]) == set(SCHEMA.names)
     # a 1-epoch judge reads nothing reliably: count every attribute (the rule itself: test_cartoon_evaluate.py)
@@ -101,8 +109,10 @@ def test_classifier_learns_colours(tmp_path, shard_dir):
     """The judge must read colours: on this fixture hair and face colour are the whole image."""
     from tasks.cartoon.classifier import run_classifier_training
 
-    m = run_classifier_training(shard_dir, str(tmp_path / "clf"), str(tmp_path / "m.json"), resolution=16,
-                                channels=[8, 16], hidden_dim=32, epochs=8, batch_size=8, learning_rate=5e-3,
+    m = run_classifier_training(shard_dir, str(tmp_path / "clf"), str(tmp_path / "m.json"),
+                                stage_config(ClassifierConfig, "train_attribute_classifier", resolution=16,
+                                             channels=[8, 16], hidden_dim=32, epochs=8, batch_size=8,
+                                             learning_rate=5e-3, weight_decay=1e-4, seed=0),
                                 show_progress=False)
     assert m["val_accuracy"]["hair_color"] >= 0.75 and m["val_accuracy"]["face_color"] >= 0.75, m["val_accuracy"]
 
@@ -110,12 +120,13 @@ def test_classifier_learns_colours(tmp_path, shard_dir):
 @pytest.mark.slow
 def test_two_processes_train_on_their_own_shards(tmp_path, shard_dir):
     """`num_processes: 2` re-launches the stage under `accelerate launch` (CPU processes, gloo)."""
-    from tasks.cartoon.train import train_cartoon
+    from tasks.cartoon.stages import train_cartoon_task
 
-    train_cartoon.fn(shard_dir, str(tmp_path / "model"), str(tmp_path / "ckpt"), str(tmp_path / "live"),
-                     str(tmp_path / "train.json"), data={"resolution": 16, "batch_size": 4},
-                     model=TINY_MODEL, training={"num_epochs": 1, "checkpointing_steps": 100},
-                     samples={"num_images": 2, "num_inference_steps": 2}, num_processes=2)
+    train_cartoon_task.fn(shard_dir, str(tmp_path / "model"), str(tmp_path / "ckpt"), str(tmp_path / "live"),
+                          str(tmp_path / "train.json"),
+                          train_config(data={"resolution": 16, "batch_size": 4}, model=TINY_MODEL,
+                                       training={"num_epochs": 1, "checkpointing_steps": 100},
+                                       samples={"num_images": 2, "num_inference_steps": 2}, num_processes=2))
     metrics = json.loads((tmp_path / "train.json").read_text())
     # 32 training samples in 2 shards of 16: each process reads one shard, 4 batches of 4 each.
     assert metrics["processes"] == 2 and metrics["steps"] == 4

@@ -12,8 +12,13 @@ from tasks.cartoon.loader import cartoon_loader
 from tasks.common.shard_loader import count_batches
 from tasks.cartoon.preprocess import TooManyRejections, preprocess_cartoons
 from tasks.common.shards import read_manifest
+from tests.configs import section
 
-preprocess = preprocess_cartoons.fn  # the task's function, without a Prefect run
+
+
+def preprocess(raw, out, **kw):
+    """The stage's work with params.yaml's values and the test's overrides."""
+    return preprocess_cartoons(raw, out, **section("preprocess_cartoons", **kw))
 
 
 def run(raw, out, **kw):

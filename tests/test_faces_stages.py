@@ -12,9 +12,11 @@ import pytest
 from tasks.common.download import DownloadError
 from tasks.faces import synthetic
 from tasks.faces.fetch import METADATA, fetch_ffhq, fetch_folder, fetch_synthetic, items_from_raw
+from tasks.faces.config import AlignFacesConfig, PrepareSubjectConfig
 from tasks.faces.stages import align_faces_task, fetch_subject_task, subject_report_task
 from tasks.faces.work import AlignConfig, align_to_shards
 from tasks.common.shards import read_manifest
+from tests.configs import stage_config
 
 ALIGN = dict(output_size=64, transform_size=256, enable_padding=True, min_face_size=20, shard_size=4,
              workers=1, device="cpu", batch_size=4, dlib_upsample=1)
@@ -63,7 +65,8 @@ def test_ffhq_metadata_path_end_to_end_with_a_bad_file(tmp_path):
     bad.write_bytes(good_bytes)  # the mirror is fixed: the rerun fetches only what is missing
     m = fetch_ffhq(raw, **kw)
     assert m["counts"]["images"] == 3 and sorted(json.loads((raw / METADATA).read_text())) == ["00000", "00001", "00002"]
-    manifest = align_faces_task.fn(str(raw), str(tmp_path / "aligned"), landmarks="metadata", params={}, **ALIGN)
+    manifest = align_faces_task.fn(str(raw), str(tmp_path / "aligned"), AlignFacesConfig(landmarks="metadata", **ALIGN),
+                                   record={})
     assert manifest["counts"]["written"] == 3 and manifest["rejected"] == []
     assert shard_keys(tmp_path / "aligned") == ["00000", "00001", "00002"]
 
@@ -84,7 +87,7 @@ def test_rejections_no_face_tiny_face_non_image_truncated(tmp_path):
     raw = tmp_path / "raw"
     fetch_folder(src, raw, val_fraction=0.0, log=lambda s: None)
     align = {**ALIGN, "min_face_size": 80, "output_size": 128, "transform_size": 512}
-    m = align_faces_task.fn(str(raw), str(tmp_path / "aligned"), landmarks="dlib", params={}, **align)
+    m = align_faces_task.fn(str(raw), str(tmp_path / "aligned"), AlignFacesConfig(landmarks="dlib", **align), record={})
     reasons = {r.get("file") or r["key"]: r["reason"] for r in m["rejected"]}
     assert "not an image" in reasons["notes.jpg"]
     assert "truncated" in reasons["cut.jpg"]
@@ -159,11 +162,12 @@ def test_synthetic_is_deterministic_and_the_subject_is_held_out(tmp_path):
 
 def test_subject_report_warns_below_min_photos(tmp_path):
     syn = {"num_photos": 2, "seed": 0, "image_size": 160, "face_scale": [20, 30], "max_rotation": 20}
-    fetch_subject_task.fn(str(tmp_path / "raw"), "synthetic", syn, {}, workers=1)
+    fetch_subject_task.fn(str(tmp_path / "raw"), stage_config(PrepareSubjectConfig, "prepare_subject",
+                                                             source="synthetic", synthetic=syn, workers=1), {})
     meta = json.loads((tmp_path / "raw" / METADATA).read_text())
     assert {e["metadata"]["identity"] for e in meta.values()} == {"subject"}
-    align_faces_task.fn(str(tmp_path / "raw"), str(tmp_path / "out"), landmarks="metadata", params={},
-                        list_used=True, **ALIGN)
+    align_faces_task.fn(str(tmp_path / "raw"), str(tmp_path / "out"), AlignFacesConfig(landmarks="metadata", **ALIGN),
+                        record={}, list_used=True)
     report = subject_report_task.fn(str(tmp_path / "out"), min_photos=3)
     assert len(report["used"]) == 2 and report["rejected"] == []
     assert "fewer than 3" in report["warning"]

@@ -12,8 +12,8 @@ import tasks.latent.encode as enc
 from tasks.latent.encode import encode_latents, iter_latents
 from tasks.latent.images import load_split, to_model_input
 from tasks.latent.loader import latent_loader
+from tasks.latent.config import EncodeLatentsConfig, TrainVaeConfig
 from tasks.latent.vae import (
-    TRAIN_DEFAULTS,
     VAESourceError,
     load_pretrained,
     load_vae,
@@ -22,7 +22,12 @@ from tasks.latent.vae import (
     vae_identity,
 )
 from tasks.common.shards import PROGRESS, read_manifest
+from tests.configs import stage_config
 from tests.test_latents_helpers import TINY_VAE, make_aligned, save_tiny_vae
+
+
+def vae_config(**overrides) -> TrainVaeConfig:
+    return stage_config(TrainVaeConfig, "train_vae", **{"device": "cpu", **overrides})
 
 torch.set_num_threads(1)
 
@@ -169,10 +174,9 @@ def test_trained_tiny_vae_beats_the_psnr_floor(tmp_path):
     after 400 steps; an untrained VAE scores ~10 dB, and 100 steps ~17.8 dB, so the floor fails
     whenever training does not really work."""
     aligned = make_aligned(tmp_path / "aligned", n=96, size=16, shard_size=16)
-    training = {**TRAIN_DEFAULTS, "max_steps": 400, "batch_size": 16, "learning_rate": 3e-3, "lr_warmup_steps": 5,
-                "log_every": 100}
+    training = {"max_steps": 400, "batch_size": 16, "learning_rate": 3e-3, "lr_warmup_steps": 5, "log_every": 100}
     metrics = prepare_vae(str(aligned), str(tmp_path / "vae"), str(tmp_path / "m.json"), str(tmp_path / "live"),
-                          resolution=16, model=TINY_VAE, training=training, eval_batch_size=32, device="cpu",
+                          vae_config(resolution=16, model=TINY_VAE, training=training, eval_batch_size=32),
                           progress=False, log=lambda *_: None)
     assert metrics["downsample_factor"] == 2
     assert metrics["psnr_val_db"] > metrics["psnr_val_bilinear_db"] + 1.5, metrics
@@ -187,8 +191,8 @@ def test_trained_tiny_vae_beats_the_psnr_floor(tmp_path):
 
 
 def test_pretrained_config_scaling_factor_is_kept(aligned, vae_dir, tmp_path):
-    metrics = prepare_vae(str(aligned), str(tmp_path / "vae"), str(tmp_path / "m.json"), None, source=str(vae_dir),
-                          resolution=32, device="cpu", progress=False, log=lambda *_: None)
+    metrics = prepare_vae(str(aligned), str(tmp_path / "vae"), str(tmp_path / "m.json"), None,
+                          vae_config(source=str(vae_dir), resolution=32), progress=False, log=lambda *_: None)
     assert metrics["scaling_factor"] == 0.5 and metrics["scaling_factor_source"] == "config"
     assert metrics["scaling_factor_measured"] > 0
     assert vae_identity(load_vae(tmp_path / "vae")) == vae_identity(load_vae(vae_dir))
@@ -237,11 +241,12 @@ def test_latent_loader_is_deterministic_and_draws_fresh_noise(aligned, vae_dir, 
 def test_stage_tasks_run_without_a_prefect_server(aligned, vae_dir, tmp_path):
     from tasks.latent.stages import encode_latents_task, train_vae_task
 
-    m = train_vae_task.fn(str(aligned), str(tmp_path / "vae"), str(tmp_path / "vae.json"), None, source=str(vae_dir),
-                          resolution=32, device="cpu", progress=False)
+    m = train_vae_task.fn(str(aligned), str(tmp_path / "vae"), str(tmp_path / "vae.json"), None,
+                          vae_config(source=str(vae_dir), resolution=32))
     assert m["vae_identity"] == vae_identity(load_vae(vae_dir))
-    out = encode_latents_task.fn(str(aligned), str(tmp_path / "vae"), str(tmp_path / "latents"), batch_size=8,
-                                 flip=False, progress=False)
+    out = encode_latents_task.fn(str(aligned), str(tmp_path / "vae"), str(tmp_path / "latents"),
+                                 stage_config(EncodeLatentsConfig, "encode_latents", batch_size=8, flip=False,
+                                              device="cpu"))
     assert out["vae_identity"] == m["vae_identity"] and out["latent_shape"] == [4, 16, 16]  # resolution from the VAE
     assert out["counts"]["images"] == 24
 
@@ -254,7 +259,7 @@ def test_a_vq_model_source_encodes_deterministic_latents(aligned, tmp_path):
             up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=3, num_vq_embeddings=16, norm_num_groups=4,
             sample_size=32, scaling_factor=1.0).save_pretrained(tmp_path / "pipe" / "vqvae")
     metrics = prepare_vae(str(aligned), str(tmp_path / "vae"), str(tmp_path / "m.json"), None,
-                          source=str(tmp_path / "pipe"), resolution=32, device="cpu", progress=False,
+                          vae_config(source=str(tmp_path / "pipe"), resolution=32), progress=False,
                           log=lambda *_: None)  # a pipeline folder: its vqvae/ is found
     assert metrics["scaling_factor"] == 1.0 and metrics["scaling_factor_source"] == "config"
     m = encode_latents(str(aligned), str(tmp_path / "vae"), str(tmp_path / "latents"), batch_size=8, progress=False)

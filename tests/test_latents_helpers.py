@@ -56,10 +56,10 @@ def make_aligned(out_dir: Path, n: int = 24, size: int = 32, shard_size: int = 6
 
 
 def save_tiny_vae(out_dir: Path, seed: int = 0, resolution: int = 32, scaling_factor: float = 0.5) -> Path:
-    from tasks.latent.vae import MODEL_DEFAULTS, build_vae
+    from tasks.latent.vae import build_vae
 
     torch.manual_seed(seed)
-    vae = build_vae({**MODEL_DEFAULTS, **TINY_VAE}, resolution)
+    vae = build_vae(TINY_VAE, resolution)
     vae.register_to_config(scaling_factor=scaling_factor)
     vae.save_pretrained(out_dir)
     return out_dir

@@ -5,11 +5,13 @@ import json
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, UNet2DModel
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from pipelines import LatentDiffusionPipeline, make_scheduler
+from tasks.latent.config import TrainLdmConfig
 from tasks.latent.encode import encode_latents
 from tasks.latent.vae import load_vae
+from tests.configs import stage_config
 from tests.test_latents_helpers import make_aligned, save_tiny_vae
 
 torch.set_num_threads(1)
@@ -45,7 +47,7 @@ def test_pipeline_samples_deterministically_and_round_trips(tmp_path):
     index = json.loads((tmp_path / "saved" / "model_index.json").read_text())
     assert index["_class_name"] == "LatentDiffusionPipeline"
     assert index["vae"] == ["diffusers", "AutoencoderKL"] and index["unet"] == ["diffusers", "UNet2DModel"]
-    loaded = DiffusionPipeline.from_pretrained(tmp_path / "saved")
+    loaded = LatentDiffusionPipeline.from_pretrained(tmp_path / "saved")
     loaded.set_progress_bar_config(disable=True)
     assert isinstance(loaded, LatentDiffusionPipeline)
     assert loaded.vae.config.scaling_factor == pytest.approx(0.5)
@@ -85,12 +87,12 @@ def _train(root, name, **training):
     from tasks.latent.train import run_training
 
     cfg = {"seed": 0, "num_epochs": 2, "learning_rate": 1e-3, "lr_warmup_steps": 1, "checkpointing_steps": 2,
-           "ema_decay": 0.9, "num_train_timesteps": 100, **training}
+           "ema_decay": 0.9, "num_train_timesteps": 100, "samples_every_epochs": 1, **training}
+    config = stage_config(TrainLdmConfig, "train_ldm", num_processes=1, data={"batch_size": 4}, model=TINY_UNET,
+                          training=cfg, samples={"num_images": 4, "num_inference_steps": 2})
     out = root / name
     summary = run_training(str(root / "latents"), str(root / "vae"), str(out / "model"), str(out / "ckpt"),
-                           str(out / "live"), str(out / "metrics.json"), data={"batch_size": 4}, model=TINY_UNET,
-                           training=cfg, samples={"num_images": 4, "num_inference_steps": 2},
-                           show_progress=False)
+                           str(out / "live"), str(out / "metrics.json"), config, show_progress=False)
     return summary, out
 
 
@@ -105,7 +107,7 @@ def test_train_ldm_on_cached_latents_saves_a_sampling_pipeline(latents):
     assert metrics["memory_anatomy"]["total_mb"] > 0 and metrics["final_loss"] > 0
     assert sorted(p.name for p in (out / "live" / "plots" / "images" / "samples").iterdir()) == \
         ["epoch-001.png", "epoch-002.png"]
-    pipe = DiffusionPipeline.from_pretrained(out / "model")
+    pipe = LatentDiffusionPipeline.from_pretrained(out / "model")
     pipe.set_progress_bar_config(disable=True)
     assert isinstance(pipe, LatentDiffusionPipeline)
     images = pipe(batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
@@ -113,8 +115,8 @@ def test_train_ldm_on_cached_latents_saves_a_sampling_pipeline(latents):
 
     # Same seed, same run: identical weights (the loader's eps and flips are seeded per sample).
     _, again = _train(latents, "again")
-    a = DiffusionPipeline.from_pretrained(out / "model").unet.state_dict()
-    b = DiffusionPipeline.from_pretrained(again / "model").unet.state_dict()
+    a = LatentDiffusionPipeline.from_pretrained(out / "model").unet.state_dict()
+    b = LatentDiffusionPipeline.from_pretrained(again / "model").unet.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

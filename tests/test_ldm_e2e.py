@@ -41,11 +41,9 @@ def test_latent_track_repro_and_cache_rules(tmp_path):
     assert latents["counts"]["images"] == 24
     ldm = json.loads((repo / "metrics/train_ldm.json").read_text())
     assert ldm["vae_identity"] == vae_metrics["vae_identity"] and ldm["steps"] >= 1
-    from diffusers import DiffusionPipeline
+    from pipelines import LatentDiffusionPipeline
 
-    import pipelines  # noqa: F401  (registers LatentDiffusionPipeline)
-
-    pipe = DiffusionPipeline.from_pretrained(repo / "models/ldm")
+    pipe = LatentDiffusionPipeline.from_pretrained(repo / "models/ldm")
     pipe.set_progress_bar_config(disable=True)
     assert pipe(batch_size=1, num_inference_steps=2, output_type="np",
                 generator=torch.Generator().manual_seed(0)).images.shape == (1, 32, 32, 3)

@@ -12,12 +12,11 @@ import shutil
 import urllib.parse
 from pathlib import Path
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
+from tasks.cartoon.config import FetchCartoonsConfig
 from tasks.cartoon.render import render_to_files
-from tasks.common.download import DownloadError, copy_or_link, download_file, file_digest, safe_extract
+from tasks.common.download import copy_or_link, download_file, file_digest, safe_extract
 from tasks.common.log import get_logger
 from tasks.common.pool import imap, process_pool
 from tasks.common.shards import write_json_atomic
@@ -61,30 +60,18 @@ def import_local(path: str, out_dir: str) -> int:
     return len(files)
 
 
-def _is_download_error(task, task_run, state) -> bool:
-    """Retry the stage only for network trouble; a bad checksum or a bad param is final."""
-    try:
-        state.result()
-    except DownloadError as exc:
-        return "could not download" in str(exc)
-    except Exception:
-        return False
-    return False
-
-
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30, retry_condition_fn=_is_download_error)
-def fetch_cartoons(out_dir: str, source: str = "synthetic", num_images: int = 3000, seed: int = 0,
-          workers: int = 0, urls: dict | None = None, sha256: dict | None = None,
-          download_dir: str = "data/downloads") -> dict:
+def fetch_cartoons(out_dir: str, config: FetchCartoonsConfig, download_dir: str) -> dict:
     """Write the Cartoon Set folder `out_dir`; returns what it records in `out_dir/fetch.json`."""
     log = get_logger()
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    source, urls, sha256 = config.source, config.urls, config.sha256
     record: dict = {"source": source}
     if source == "synthetic":
-        record.update(num_images=render_synthetic(out_dir, num_images, seed, workers), seed=seed)
+        record.update(num_images=render_synthetic(out_dir, config.num_images, config.seed, config.workers),
+                      seed=config.seed)
     elif source in OFFICIAL:
         url = (urls or {}).get(source)
         if not url:

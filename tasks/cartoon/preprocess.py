@@ -6,8 +6,6 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
 from tasks.cartoon.images import prepare_image, read_attributes
@@ -44,11 +42,9 @@ def check_rejections(rejected: list[dict], total: int, max_fraction: float, stag
         )
 
 
-@task(cache_policy=NO_CACHE)
-def preprocess_cartoons(raw_dir: str, out_dir: str, *, background=(255, 255, 255), crop: int = 360,
-                        resolution: int = 64, resample: str = "lanczos", image_size: int | None = 500,
-                        val_fraction: float = 0.1, shard_size: int = 1000,
-                        max_reject_fraction: float = 0.01, workers: int = 0) -> str:
+def preprocess_cartoons(raw_dir: str, out_dir: str, *, background: list[int], crop: int, resolution: int,
+                        resample: str, image_size: int | None, val_fraction: float, shard_size: int,
+                        max_reject_fraction: float, workers: int) -> str:
     """Validate every (csX.png, csX.csv) pair and write train/val shards; returns the manifest path."""
     log = get_logger()
     raw, out = Path(raw_dir), Path(out_dir)

@@ -11,86 +11,47 @@ import hashlib
 import os
 from pathlib import Path
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from torch import nn
 
-from pipelines import AttributeProjection, AttributeTau, CartoonDiffusionPipeline, denoise, make_scheduler
+from pipelines import AttributeProjection, AttributeTau, CartoonDenoiser, CartoonDiffusionPipeline, make_scheduler
+from tasks.cartoon.config import CartoonModelConfig, TrainCartoonConfig
 from tasks.cartoon.loader import cartoon_loader, load_schema
 from tasks.cartoon.schema import AttributeSchema
+from tasks.common.grid import square_grid
 from tasks.common.launch import job_main, launch
-from tasks.common.log import get_logger
-from tasks.common.shards import MANIFEST, write_json_atomic
-from tasks.training import TrainConfig, TrainSpec, fingerprint, train
-
-DATA_DEFAULTS = {"resolution": 32, "batch_size": 64, "shuffle_buffer": 1000, "workers": 0}
-MODEL_DEFAULTS = {
-    "conditioning": "class_embedding",  # class_embedding (UNet2DModel) | cross_attention (UNet2DConditionModel)
-    "block_out_channels": [32, 64, 64],
-    "layers_per_block": 1,
-    "down_block_types": None,            # null: DownBlock2D (class) / CrossAttnDownBlock2D (cross) per level
-    "up_block_types": None,
-    "norm_num_groups": 8,
-    "attention_head_dim": 8,             # cross_attention only
-    "cross_attention_dim": 64,
-    "only_cross_attention": False,
-    "tau_tokens": 4,                     # cross-attention tokens the Tau module emits
-    "tau_depth": 2,                      # linear layers in the Tau MLP
-    "tau_hidden_dim": 256,
-}
-SAMPLE_DEFAULTS = {"num_images": 16, "scheduler": "dpm", "num_inference_steps": 20, "guidance_scale": 2.0, "seed": 0}
+from tasks.common.shards import MANIFEST
+from tasks.common.timings import write_metrics
+from tasks.training import TrainSpec, fingerprint, train
 
 
-def _merged(defaults: dict, given: dict | None, what: str) -> dict:
-    given = dict(given or {})
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise KeyError(f"unknown {what} params {unknown}; known: {sorted(defaults)}")
-    return {**defaults, **given}
-
-
-def build_unet_and_tau(model: dict, schema: AttributeSchema, resolution: int) -> tuple[nn.Module, nn.Module]:
+def build_unet_and_tau(model: CartoonModelConfig, schema: AttributeSchema,
+                       resolution: int) -> tuple[nn.Module, nn.Module]:
     """The denoising UNet and its conditioning module for the chosen mode."""
     from diffusers import UNet2DConditionModel, UNet2DModel
 
-    levels = len(model["block_out_channels"])
+    levels = len(model.block_out_channels)
     layout = {"attribute_names": list(schema.names), "attribute_counts": list(schema.counts)}
     common = dict(sample_size=resolution, in_channels=3, out_channels=3,
-                  block_out_channels=tuple(model["block_out_channels"]),
-                  layers_per_block=model["layers_per_block"], norm_num_groups=model["norm_num_groups"])
-    if model["conditioning"] == "class_embedding":
+                  block_out_channels=tuple(model.block_out_channels),
+                  layers_per_block=model.layers_per_block, norm_num_groups=model.norm_num_groups)
+    if model.conditioning == "class_embedding":
         unet = UNet2DModel(
-            down_block_types=tuple(model["down_block_types"] or ["DownBlock2D"] * levels),
-            up_block_types=tuple(model["up_block_types"] or ["UpBlock2D"] * levels),
+            down_block_types=tuple(model.down_block_types or ["DownBlock2D"] * levels),
+            up_block_types=tuple(model.up_block_types or ["UpBlock2D"] * levels),
             class_embed_type="identity", **common)
         tau = AttributeProjection(**layout, embedding_dim=unet.time_embedding.linear_2.out_features)
-    elif model["conditioning"] == "cross_attention":
+    else:  # cross_attention (CartoonModelConfig admits no other)
         unet = UNet2DConditionModel(
-            down_block_types=tuple(model["down_block_types"] or ["CrossAttnDownBlock2D"] * levels),
-            up_block_types=tuple(model["up_block_types"] or ["CrossAttnUpBlock2D"] * levels),
-            cross_attention_dim=model["cross_attention_dim"], attention_head_dim=model["attention_head_dim"],
-            only_cross_attention=model["only_cross_attention"], **common)
-        tau = AttributeTau(**layout, num_tokens=model["tau_tokens"], cross_attention_dim=model["cross_attention_dim"],
-                           depth=model["tau_depth"], hidden_dim=model["tau_hidden_dim"])
-    else:
-        raise ValueError(f"model.conditioning must be class_embedding or cross_attention, got {model['conditioning']!r}")
+            down_block_types=tuple(model.down_block_types or ["CrossAttnDownBlock2D"] * levels),
+            up_block_types=tuple(model.up_block_types or ["CrossAttnUpBlock2D"] * levels),
+            cross_attention_dim=model.cross_attention_dim, attention_head_dim=model.attention_head_dim,
+            only_cross_attention=model.only_cross_attention, **common)
+        tau = AttributeTau(**layout, num_tokens=model.tau_tokens, cross_attention_dim=model.cross_attention_dim,
+                           depth=model.tau_depth, hidden_dim=model.tau_hidden_dim)
     return unet, tau
-
-
-class CartoonDenoiser(nn.Module):
-    """UNet + conditioning module as one trainable module (one optimizer, one EMA)."""
-
-    def __init__(self, unet: nn.Module, tau: nn.Module):
-        super().__init__()
-        self.unet, self.tau = unet, tau
-
-    def forward(self, sample, timestep, onehot):
-        return denoise(self.unet, self.tau, sample, timestep, onehot)
 
 
 def resize_batch(images: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -98,15 +59,6 @@ def resize_batch(images: torch.Tensor, resolution: int) -> torch.Tensor:
     if images.shape[-1] == resolution and images.shape[-2] == resolution:
         return images
     return F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
-
-
-def image_grid(images: list[Image.Image], cols: int, scale: int = 2) -> Image.Image:
-    w, h = images[0].size
-    rows = -(-len(images) // cols)
-    grid = Image.new("RGB", (cols * w, rows * h), (255, 255, 255))
-    for i, im in enumerate(images):
-        grid.paste(im, ((i % cols) * w, (i // cols) * h))
-    return grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST) if scale > 1 else grid
 
 
 def fixed_attributes(shard_dir: str, n: int) -> np.ndarray:
@@ -125,15 +77,16 @@ def make_pipeline(net: CartoonDenoiser, noise_scheduler) -> CartoonDiffusionPipe
     return CartoonDiffusionPipeline(unet=net.unet, tau=net.tau, scheduler=noise_scheduler)
 
 
-def cartoon_spec(shard_dir: str, data: dict, model: dict, samples: dict, cfg: TrainConfig) -> TrainSpec:
+def cartoon_spec(shard_dir: str, config: TrainCartoonConfig) -> TrainSpec:
+    data, model, samples, cfg = config.data, config.model, config.samples, config.training
     schema = load_schema(shard_dir)
-    res = int(data["resolution"])
-    loader_kw = dict(batch_size=data["batch_size"], shuffle_buffer=data["shuffle_buffer"], workers=data["workers"],
+    res = data.resolution
+    loader_kw = dict(batch_size=data.batch_size, shuffle_buffer=data.shuffle_buffer, workers=data.workers,
                      seed=cfg.seed)
     # Batches per epoch for this run's world size (every rank gets the same number).
     world = int(os.environ.get("WORLD_SIZE", "1"))
     batches = len(cartoon_loader(shard_dir, "train", epoch=0, rank=0, world_size=world, **loader_kw))
-    sample_attrs = fixed_attributes(shard_dir, samples["num_images"]) if samples["num_images"] > 0 else None
+    sample_attrs = fixed_attributes(shard_dir, samples.num_images) if samples.num_images > 0 else None
 
     def build() -> nn.Module:
         return CartoonDenoiser(*build_unet_and_tau(model, schema, res))
@@ -148,12 +101,12 @@ def cartoon_spec(shard_dir: str, data: dict, model: dict, samples: dict, cfg: Tr
         return cond * (~drop).to(cond.dtype)[:, None]  # the all-zero vector is the null condition
 
     def sample_grid(net, noise_scheduler, epoch: int):
-        pipe = make_pipeline(net, make_scheduler(samples["scheduler"], noise_scheduler.config))
+        pipe = make_pipeline(net, make_scheduler(samples.scheduler, noise_scheduler.config))
         pipe.set_progress_bar_config(disable=True)
-        gen = torch.Generator(device=pipe.device).manual_seed(samples["seed"])
-        images = pipe(sample_attrs, guidance_scale=samples["guidance_scale"], generator=gen,
-                      num_inference_steps=samples["num_inference_steps"]).images
-        return image_grid(images, cols=int(np.ceil(np.sqrt(len(images)))))
+        gen = torch.Generator(device=pipe.device).manual_seed(samples.seed)
+        images = pipe(sample_attrs, guidance_scale=samples.guidance_scale, generator=gen,
+                      num_inference_steps=samples.num_inference_steps).images
+        return square_grid(images, scale=2)
 
     def save(net, noise_scheduler, out_dir: str):
         make_pipeline(net, noise_scheduler).save_pretrained(out_dir)
@@ -168,42 +121,36 @@ def _data_identity(shard_dir: str) -> str:
 
 
 def run_training(shard_dir: str, model_dir: str, checkpoint_dir: str, live_dir: str, metrics_path: str,
-                 data: dict | None = None, model: dict | None = None, training: dict | None = None,
-                 samples: dict | None = None, step_callback=None, show_progress: bool = True) -> dict:
+                 config: TrainCartoonConfig, step_callback=None, show_progress: bool = True) -> dict:
     """Train in this process (one of possibly several under `accelerate launch`)."""
-    data = _merged(DATA_DEFAULTS, data, "data")
-    model = _merged(MODEL_DEFAULTS, model, "model")
-    samples = _merged(SAMPLE_DEFAULTS, samples, "samples")
-    cfg = TrainConfig.from_params(training or {})
-    spec = cartoon_spec(shard_dir, data, model, samples, cfg)
-    run_id = fingerprint(data, model, cfg.to_dict(), _data_identity(shard_dir))
+    data, model, cfg = config.data, config.model, config.training
+    spec = cartoon_spec(shard_dir, config)
+    run_id = fingerprint(data.to_dict(), model.to_dict(), cfg.to_dict(), _data_identity(shard_dir))
     summary = train(spec, cfg, model_dir=model_dir, checkpoint_dir=checkpoint_dir, live_dir=live_dir,
                     run_id=run_id, step_callback=step_callback, show_progress=show_progress)
     if int(os.environ.get("RANK", "0")) == 0:
-        metrics = {"conditioning": model["conditioning"], "resolution": data["resolution"], **summary}
-        Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(metrics_path, metrics)
+        quality = {k: v for k, v in summary.items() if k != "run"}  # wall-clock etc. go to timings
+        write_metrics(metrics_path, {"conditioning": model.conditioning, "resolution": data.resolution, **quality},
+                      summary["run"])
     return summary
 
 
-@task(cache_policy=NO_CACHE)
 def train_cartoon(shard_dir: str, model_dir: str, checkpoint_dir: str, live_dir: str, metrics_path: str,
-                  data: dict | None = None, model: dict | None = None, training: dict | None = None,
-                  samples: dict | None = None, num_processes: int = 1) -> str:
-    """Train the cartoon model; returns the model folder (diffusers format)."""
-    log = get_logger()
-    if num_processes > 1:
+                  config: TrainCartoonConfig) -> dict | None:
+    """Train here, or in `num_processes` processes under `accelerate launch`; returns this process's
+    summary (None when launched: the processes write the metrics)."""
+    paths = dict(shard_dir=shard_dir, model_dir=model_dir, checkpoint_dir=checkpoint_dir, live_dir=live_dir,
+                 metrics_path=metrics_path)
+    if config.num_processes > 1:
         launch("tasks.cartoon.train", Path(checkpoint_dir).with_suffix(".job.json"),
-               dict(shard_dir=shard_dir, model_dir=model_dir, checkpoint_dir=checkpoint_dir, live_dir=live_dir,
-                    metrics_path=metrics_path, data=data, model=model, training=training, samples=samples),
-               num_processes, (training or {}).get("mixed_precision", "no"))
-    else:
-        summary = run_training(shard_dir, model_dir, checkpoint_dir, live_dir, metrics_path, data=data,
-                               model=model, training=training, samples=samples)
-        log.info(f"trained {summary['steps']} steps; final loss {summary['final_loss']}; "
-                 f"{summary['samples_per_second']:.1f} samples/s" if summary["samples_per_second"] else "trained")
-    return model_dir
+               {**paths, "config": config.to_dict()}, config.num_processes, config.training.mixed_precision)
+        return None
+    return run_training(**paths, config=config)
+
+
+def _run_job(config: dict, **paths) -> dict:
+    return run_training(**paths, config=TrainCartoonConfig.from_params(config, "train_cartoon"))
 
 
 if __name__ == "__main__":  # one process of `accelerate launch -m tasks.cartoon.train --job job.json`
-    job_main(run_training, "one training process (see train_cartoon)")
+    job_main(_run_job, "one training process (see train_cartoon)")

@@ -30,33 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tasks.latent.config import TrainVaeConfig
+
 VAE_CLASSES = ("AutoencoderKL", "VQModel")
-
-# A small AutoencoderKL for 64x64 faces: three levels = f=4 (64x64x3 -> 16x16x4).
-MODEL_DEFAULTS: dict[str, Any] = {
-    "block_out_channels": [32, 64, 64],  # one encoder/decoder level each; f = 2 ** (levels - 1)
-    "layers_per_block": 1,               # ResNet blocks per level
-    "latent_channels": 4,                # as Stable Diffusion's VAE
-    "norm_num_groups": 16,               # GroupNorm groups (must divide every width)
-    "mid_block_add_attention": True,     # self-attention at the bottleneck (as SD's VAE)
-}
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "seed": 0,                # init, batch order and posterior samples
-    "batch_size": 16,
-    "max_steps": 300,         # optimizer steps
-    "max_seconds": None,      # stop earlier when the wall clock says so (null: never); reported
-    "learning_rate": 3e-3,    # AdamW, linear warmup then constant (a short run needs all of it)
-    "lr_warmup_steps": 10,
-    "max_grad_norm": None,    # gradient clipping (null: none)
-    "kl_weight": 1.0e-6,      # LDM's KL-reg weight: latents stay close to deterministic
-    "l1_weight": 1.0,         # reconstruction = l1_weight * L1 + mse_weight * MSE (pixels in [-1, 1])
-    "mse_weight": 1.0,
-    "hflip": True,            # random horizontal flips of the training faces
-    "log_every": 10,          # dvclive rows every N steps
-    "logvar_init": -6.0,      # initial posterior log-variance (bias of quant_conv): start nearly deterministic,
-                              # as trained KL-f VAEs end up; diffusers' init (~0, std 1) costs hundreds of steps
-}
-
 
 # --------------------------------------------------------------------------- loading
 
@@ -237,14 +213,6 @@ def build_vae(model: dict[str, Any], resolution: int) -> torch.nn.Module:
         mid_block_add_attention=model["mid_block_add_attention"])
 
 
-def merged(defaults: dict, given: dict | None, what: str) -> dict:
-    given = dict(given or {})
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise KeyError(f"unknown {what} params {unknown}; known: {sorted(defaults)}")
-    return {**defaults, **given}
-
-
 def fit_vae(train_images: np.ndarray, model: dict, training: dict, resolution: int, device: torch.device,
             live=None, progress: bool = True, log=print) -> tuple[torch.nn.Module, dict]:
     """Train a small AutoencoderKL on uint8 (N, H, W, 3) faces; returns (vae in eval mode, summary)."""
@@ -313,24 +281,24 @@ def fit_vae(train_images: np.ndarray, model: dict, training: dict, resolution: i
                  "images_per_second": step * bs / seconds}
 
 
-def prepare_vae(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str | None, *, source: str = "train",
-                subfolder: str | None = None, resolution: int = 64, model: dict | None = None,
-                training: dict | None = None, eval_batch_size: int = 16, eval_images: int | None = 2000,
-                device: str = "auto", progress: bool = True, log=print) -> dict:
+def prepare_vae(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str | None, config: TrainVaeConfig, *,
+                progress: bool = True, log=print) -> dict:
     """The train_vae stage's work: obtain the VAE, fix its scaling factor, save it, report PSNR.
 
     `eval_images` caps the faces used for the validation PSNR and, with a pretrained VAE, for measuring
     the scaling factor (the first N in shard order; FFHQ's 70000 would not fit in memory)."""
     from tasks.latent.images import load_split
-    from tasks.common.shards import write_json_atomic
+    from tasks.common.timings import write_metrics
 
+    source, subfolder, resolution = config.source, config.subfolder, config.resolution
+    eval_images, eval_batch_size, device = config.eval_images, config.eval_batch_size, config.device
+    model, training = config.model.to_dict(), config.training.to_dict()
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    model = merged(MODEL_DEFAULTS, model, "train_vae.model")
-    training = merged(TRAIN_DEFAULTS, training, "train_vae.training")
     _, train_images = load_split(shard_dir, "train", resolution, limit=None if source == "train" else eval_images)
     _, val_images = load_split(shard_dir, "val", resolution, limit=eval_images)
     summary: dict[str, Any] = {"source": source}
+    timings: dict[str, Any] = {}
     live = None
     if source == "train":
         if live_dir:
@@ -341,6 +309,7 @@ def prepare_vae(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str |
             shutil.rmtree(live_dir, ignore_errors=True)
             live = Live(dir=live_dir, save_dvc_exp=False, dvcyaml=None)
         vae, fit = fit_vae(train_images, model, training, resolution, dev, live=live, progress=progress, log=log)
+        timings = {k: fit.pop(k) for k in ("seconds", "images_per_second")}  # not quality metrics
         summary["training"] = fit
         config_scale = None
     else:
@@ -373,8 +342,7 @@ def prepare_vae(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str |
     if live is not None:
         live.summary = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         live.end()
-    Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(metrics_path, metrics)
+    write_metrics(metrics_path, metrics, timings)
     log(f"train_vae: PSNR on {len(val_images)} validation faces {psnr['vae']:.2f} dB (flat {psnr['flat']:.2f}, "
         f"bilinear f={downsample_factor(vae)} {psnr['bilinear']:.2f}); scaling factor {scale:.4f} "
         f"({summary['scaling_factor_source']}) -> {out_dir}")

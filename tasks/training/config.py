@@ -1,38 +1,42 @@
-"""The training engine's parameters: one `training:` mapping in a stage's params section."""
+"""The training engine's parameters: one `training:` mapping in a stage's params section.
+
+Every key is required (params.yaml lists all of them for each training section): the values live in
+params.yaml only, and an unknown key is an error naming it (tasks/common/config.py).
+"""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 from diffusers import DDPMScheduler
 
+from tasks.common.config import StageConfig
+
 
 @dataclass(frozen=True)
-class TrainConfig:
-    seed: int = 0                        # model init, noise, timesteps and condition dropout
-    num_epochs: int = 1                  # passes over the (per-process) training shards
-    max_train_steps: int | None = None   # stop after this many optimizer steps (null: num_epochs decides)
-    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
-    mixed_precision: str = "no"          # no | fp16 | bf16 (accelerate autocast)
-    learning_rate: float = 1e-4          # AdamW peak learning rate
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
-    lr_warmup_steps: int = 0             # linear warmup, then cosine decay to 0 at the last step
-    max_grad_norm: float | None = 1.0    # gradient clipping (null: none)
-    num_train_timesteps: int = 1000      # noise schedule
-    beta_schedule: str = "linear"        # linear | squaredcos_cap_v2
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    prediction_type: str = "epsilon"     # epsilon | v_prediction
-    use_ema: bool = True                 # the saved model gets the EMA weights
-    ema_decay: float = 0.999             # max decay; warms up as (1 + step) / (10 + step)
-    cond_drop_prob: float = 0.0          # fraction of conditions replaced by the null condition (CFG)
-    checkpointing_steps: int = 100       # save a resumable checkpoint every N optimizer steps
-    checkpoints_total_limit: int | None = 2  # keep only the newest N checkpoints
-    samples_every_epochs: int = 1        # sample grid every N epochs (0: never)
+class TrainConfig(StageConfig):
+    seed: int  # model init, noise, timesteps and condition dropout
+    num_epochs: int  # passes over the (per-process) training shards
+    max_train_steps: int | None  # stop after this many optimizer steps (null: num_epochs decides)
+    gradient_accumulation_steps: int  # micro-batches per optimizer step
+    mixed_precision: str  # no | fp16 | bf16 (accelerate autocast)
+    learning_rate: float  # AdamW peak learning rate
+    adam_beta1: float
+    adam_beta2: float
+    adam_weight_decay: float
+    adam_epsilon: float
+    lr_warmup_steps: int  # linear warmup, then cosine decay to 0 at the last step
+    max_grad_norm: float | None  # gradient clipping (null: none)
+    num_train_timesteps: int  # noise schedule
+    beta_schedule: str  # linear | squaredcos_cap_v2
+    beta_start: float
+    beta_end: float
+    prediction_type: str  # epsilon | v_prediction
+    use_ema: bool  # the saved model gets the EMA weights
+    ema_decay: float  # max decay; warms up as (1 + step) / (10 + step)
+    cond_drop_prob: float  # fraction of conditions replaced by the null condition (CFG)
+    checkpointing_steps: int  # save a resumable checkpoint every N optimizer steps
+    checkpoints_total_limit: int | None  # keep only the newest N checkpoints
+    samples_every_epochs: int  # sample grid every N epochs (0: never)
 
     def __post_init__(self):
         checks = [
@@ -55,17 +59,6 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"training params: {message}")
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - names)
-        if unknown:
-            raise KeyError(f"unknown training params {unknown}; known: {sorted(names)}")
-        return cls(**params)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def noise_scheduler(self) -> DDPMScheduler:
         """The training noise schedule (also the default sampling scheduler of a saved model)."""

@@ -1,0 +1,90 @@
+"""Typed configs of the latent stages (train_vae, encode_latents, train_ldm); values in params.yaml."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tasks.common.config import StageConfig
+from tasks.training.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class VaeModelConfig(StageConfig):
+    block_out_channels: list[int]  # one encoder/decoder level each; f = 2 ** (levels - 1)
+    layers_per_block: int
+    latent_channels: int
+    norm_num_groups: int
+    mid_block_add_attention: bool
+
+
+@dataclass(frozen=True)
+class VaeTrainingConfig(StageConfig):
+    seed: int
+    batch_size: int
+    max_steps: int
+    max_seconds: float | None
+    learning_rate: float
+    lr_warmup_steps: int
+    max_grad_norm: float | None
+    kl_weight: float
+    l1_weight: float
+    mse_weight: float
+    hflip: bool
+    logvar_init: float | None
+    log_every: int
+
+
+@dataclass(frozen=True)
+class TrainVaeConfig(StageConfig):
+    source: str                    # train | a hub id | a local diffusers folder
+    subfolder: str | None
+    resolution: int
+    eval_batch_size: int
+    eval_images: int | None
+    device: str
+    model: VaeModelConfig          # source train only
+    training: VaeTrainingConfig    # source train only
+
+
+@dataclass(frozen=True)
+class EncodeLatentsConfig(StageConfig):
+    resolution: int | None
+    flip: bool
+    batch_size: int
+    device: str
+    precision: str
+    num_processes: int
+
+
+@dataclass(frozen=True)
+class LdmDataConfig(StageConfig):
+    batch_size: int
+    shuffle_buffer: int
+    workers: int
+    flip_prob: float
+
+
+@dataclass(frozen=True)
+class LdmModelConfig(StageConfig):
+    block_out_channels: list[int]
+    layers_per_block: int
+    down_block_types: list[str]
+    up_block_types: list[str]
+    attention_head_dim: int
+    norm_num_groups: int
+
+
+@dataclass(frozen=True)
+class LdmSamplesConfig(StageConfig):
+    num_images: int
+    scheduler: str
+    num_inference_steps: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class TrainLdmConfig(StageConfig):
+    num_processes: int
+    data: LdmDataConfig
+    model: LdmModelConfig
+    training: TrainConfig
+    samples: LdmSamplesConfig

@@ -1,0 +1,26 @@
+"""Stage configs for tests: params.yaml's section with a test's overrides merged in (nested
+sections merge key by key), read into the stage's typed config exactly as its flow does."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tasks.common.params import load_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def section(stage: str, **overrides: Any) -> dict:
+    return merge(load_params(REPO / "params.yaml")[stage], overrides)
+
+
+def stage_config(cls, stage: str, **overrides: Any):
+    """`cls.from_params(params.yaml[stage] + overrides, stage)`."""
+    return cls.from_params(section(stage, **overrides), stage)

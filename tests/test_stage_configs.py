@@ -1,0 +1,69 @@
+"""params.yaml is the one source of configuration: every section reads into its stage's typed
+config, and a key a stage does not know, or one it lacks, is an error that names it."""
+import inspect
+
+import pytest
+
+from tasks.cartoon.config import ClassifierConfig, FetchCartoonsConfig, PreprocessCartoonsConfig, TrainCartoonConfig
+from tasks.common.config import ConfigError
+from tasks.common.params import apply_profile, load_params
+from tasks.faces.config import AlignFacesConfig, FetchFacesConfig, PrepareSubjectConfig
+from tasks.latent.config import EncodeLatentsConfig, TrainLdmConfig, TrainVaeConfig
+from tasks.training import TrainConfig
+from tests.configs import REPO, section
+
+CONFIGS = {
+    "fetch_cartoons": FetchCartoonsConfig,
+    "preprocess_cartoons": PreprocessCartoonsConfig,
+    "train_cartoon": TrainCartoonConfig,
+    "train_attribute_classifier": ClassifierConfig,
+    "fetch_faces": FetchFacesConfig,
+    "align_faces": AlignFacesConfig,
+    "prepare_subject": PrepareSubjectConfig,
+    "train_vae": TrainVaeConfig,
+    "encode_latents": EncodeLatentsConfig,
+    "train_ldm": TrainLdmConfig,
+}
+FLOWS = {stage: f"flows.{stage}" for stage in CONFIGS}
+
+
+@pytest.mark.parametrize("stage", sorted(CONFIGS))
+def test_every_section_parses_into_its_config(stage):
+    cfg = CONFIGS[stage].from_params(load_params(REPO / "params.yaml")[stage], stage)
+    assert cfg.to_dict() == section(stage)  # nothing added, nothing lost
+
+
+@pytest.mark.parametrize("profile", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_profile_parses(tmp_path, profile):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    params = apply_profile(REPO / "configs" / profile, tmp_path / "params.yaml")
+    for stage, cls in CONFIGS.items():
+        cls.from_params(params[stage], stage)
+
+
+def test_an_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"align_faces: unknown key\(s\) \['shard_sise'\]"):
+        AlignFacesConfig.from_params(section("align_faces", shard_sise=10), "align_faces")
+    training = section("train_ldm")
+    training["training"]["learning_rte"] = 1.0
+    with pytest.raises(ConfigError, match=r"train_ldm.training: unknown key\(s\) \['learning_rte'\]"):
+        TrainLdmConfig.from_params(training, "train_ldm")
+
+
+def test_a_missing_key_is_named():
+    params = section("train_cartoon")
+    del params["samples"]["guidance_scale"]
+    with pytest.raises(ConfigError, match=r"train_cartoon.samples: missing key\(s\) \['guidance_scale'\]"):
+        TrainCartoonConfig.from_params(params, "train_cartoon")
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        TrainConfig.from_params({k: v for k, v in section("train_ldm")["training"].items() if k != "mixed_precision"})
+
+
+def test_flows_take_paths_and_params_without_defaults():
+    import importlib
+
+    for stage, module in FLOWS.items():
+        fn = getattr(importlib.import_module(module), stage).fn
+        sig = inspect.signature(fn)
+        assert list(sig.parameters)[-1] == "params", stage
+        assert all(p.default is inspect.Parameter.empty for p in sig.parameters.values()), stage
