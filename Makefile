@@ -11,7 +11,7 @@ export PYTHONUNBUFFERED := 1
 # Stage commands run `python -m flows.<stage>`: the venv must come first on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test clean-venv
+.PHONY: setup repro test clean-venv plots-template
 
 setup: $(STAMP)
 
@@ -31,3 +31,11 @@ test: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Offline page template for `dvc plots diff --html-template` (vega from npm, inlined; README
+# "Comparing runs"). About 15 s the first time.
+plots-template: plots_template/offline.html
+
+plots_template/offline.html: plots_template/package-lock.json plots_template/build.py
+	cd plots_template && npm ci --no-audit --no-fund --loglevel=error
+	$(PY) plots_template/build.py
