@@ -272,3 +272,15 @@ def test_full_finetune_pipeline_round_trip_and_subject_choice(world, tmp_path):
     back = load_subject_pipeline(tmp_path / "again")
     assert type(back.scheduler).__name__ == "DDIMScheduler"
     assert module_identity(back.unet) == module_identity(pipe.unet)
+
+
+def test_too_few_subject_photos_is_an_error_naming_the_rejected_ones():
+    from tasks.dreambooth.subject import check_enough_photos
+
+    manifest = {"counts": {"written": 2}, "params": {"min_photos": 3},
+                "rejected": [{"file": "me_03.jpg", "reason": "no face found"},
+                             {"file": "me_07.jpg", "reason": "face smaller than min_face_size (31 px < 40)"}]}
+    with pytest.raises(ValueError, match=r"only 2 subject photo\(s\).*min_photos=3.*me_03.jpg: no face found.*"
+                                         r"me_07.jpg: face smaller"):
+        check_enough_photos(manifest, "data/faces/subject")
+    check_enough_photos({**manifest, "counts": {"written": 3}}, "data/faces/subject")  # enough: no error
