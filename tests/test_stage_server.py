@@ -1,0 +1,48 @@
+"""A stage killed with SIGKILL leaves no Prefect server behind (flows/local_server.stage_server)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.e2e import REPO, _env
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+
+SCRIPT = """
+import sys, time
+from flows.local_server import stage_server
+with stage_server() as server:
+    print(server.pid, flush=True)
+    time.sleep(300)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie is dead
+    except FileNotFoundError:
+        return False
+
+
+def test_kill_9_of_a_stage_takes_its_server_along(tmp_path):
+    env = {k: v for k, v in _env().items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    stage = subprocess.Popen([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(stage.stdout.readline())
+        assert _alive(server_pid)
+        os.kill(stage.pid, signal.SIGKILL)
+        stage.wait()
+        deadline = time.monotonic() + 15
+        while _alive(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(server_pid), f"prefect server {server_pid} outlived its stage"
+    finally:
+        if stage.poll() is None:
+            stage.kill()
