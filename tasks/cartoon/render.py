@@ -236,7 +236,7 @@ def render_to_files(out_dir, index: int, seed: int) -> str:
     tmp_suffix = f".tmp-{os.getpid()}"
 
     png, png_tmp = out_dir / f"{key}.png", out_dir / f"{key}.png{tmp_suffix}"
-    image.save(png_tmp, format="PNG")
+    image.save(png_tmp, format="PNG", compress_level=1)  # same pixels; half the time of level 6
     os.replace(png_tmp, png)
 
     rows = [(name, attrs[name], count) for name, count in CARTOONSET_ATTRIBUTES]
@@ -310,10 +310,16 @@ def _clip_convex(subject: np.ndarray, clip: np.ndarray) -> np.ndarray:
     # orientation of clip polygon
     area = np.sum(clip[:, 0] * np.roll(clip[:, 1], -1) - np.roll(clip[:, 0], -1) * clip[:, 1])
     sgn = 1.0 if area > 0 else -1.0
-    n = len(clip)
-    for i in range(n):
-        ax, ay = clip[i]
-        bx, by = clip[(i + 1) % n]
+    a, b = clip, np.roll(clip, -1, axis=0)
+    # Only the clip edges with a subject vertex outside can change the polygon: points made by
+    # clipping lie on the subject's edges, so inside every half-plane that holds all its vertices.
+    # One array operation finds them; the per-vertex loop below (the renderer's hottest code) then
+    # runs on those few edges instead of all of the face outline's.
+    p = np.asarray(subject, dtype=np.float64).reshape(-1, 2)
+    sides = sgn * ((b[:, None, 0] - a[:, None, 0]) * (p[None, :, 1] - a[:, None, 1])
+                   - (b[:, None, 1] - a[:, None, 1]) * (p[None, :, 0] - a[:, None, 0]))
+    for i in np.flatnonzero((sides < 0).any(axis=1)):
+        (ax, ay), (bx, by) = a[i], b[i]
         inp, out = out, []
         if not inp:
             break
