@@ -1,0 +1,128 @@
+"""The DreamBooth comparison table of docs/dreambooth.md: base model; fine-tuned without prior
+preservation; prior preservation without identifier (the seed's method); prior + identifier (the
+default); LoRA (+ identifier). Each variant is trained by train_dreambooth's own code from params.yaml's
+section with the variant's overrides, and measured by the face evaluation's `evaluate_subject_model`.
+
+    .venv/bin/python -m benchmarks.dreambooth_table [--repo .] [--out /tmp/dreambooth_table] [--num-samples 128]
+
+Needs the repo's outputs up to train_dreambooth's inputs (`dvc repro sample_class encode_subject`).
+A model without an identifier has one distribution: its "class samples" are its ordinary samples
+(`subject` is dropped for it), which is what a user of that model gets when asking for a face.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+VARIANTS = {
+    "finetune, no prior": {"prior_preservation": False, "identifier": False},
+    "prior, no identifier": {"prior_preservation": True, "identifier": False},
+    "prior + identifier": {},
+    "LoRA, prior + identifier": {"method": "lora"},
+}
+
+
+def eval_config(num_samples: int):
+    from tasks.evaluation.faces import EvaluateFacesConfig
+
+    return EvaluateFacesConfig.from_params({
+        "real_split": "train", "num_samples": num_samples, "batch_size": 32, "scheduler": "ddim",
+        "num_inference_steps": 25, "seed": 1000, "subject": "required", "grid_images": 8, "k_nearest": 3,
+        "min_detect_ratio": 0.5,
+        "features": {"upscale_to": 256, "upsample": 1, "chip_size": 150, "chip_padding": 0.25, "num_jitters": 0},
+        "kid": {"num_subsets": 20, "subset_size": 50, "seed": 0}}, "evaluate_faces")
+
+
+class _OneDistribution:
+    """A model without an identifier, asked for `subject=False`, draws what it always draws."""
+
+    def __init__(self, pipe):
+        self._pipe = pipe
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._pipe, name, value) if name != "_pipe" else object.__setattr__(self, name, value)
+
+    def __call__(self, *args, subject: bool = True, **kwargs):
+        return self._pipe(*args, **kwargs)
+
+
+def _loader(model_dir):
+    from pipelines.dreambooth import load_subject_pipeline
+
+    pipe = load_subject_pipeline(str(model_dir))
+    return pipe if pipe.has_identifier else _OneDistribution(pipe)
+
+
+def photo_ceiling(photo_d: np.ndarray, real_d: np.ndarray) -> float:
+    """The subject photos' own leave-one-out id_top1: each photo's nearest neighbour among the other
+    photos + the real faces is a subject photo."""
+    from tasks.evaluation.metrics import pairwise_distances
+
+    d_self = pairwise_distances(photo_d, photo_d)
+    np.fill_diagonal(d_self, np.inf)
+    return float((d_self.min(axis=1) < pairwise_distances(photo_d, real_d).min(axis=1)).mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repo", default=".")
+    ap.add_argument("--out", default="/tmp/dreambooth_table")
+    ap.add_argument("--num-samples", type=int, default=128)
+    ap.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
+    args = ap.parse_args()
+    import os
+
+    import yaml
+
+    import tasks.evaluation.faces as EF
+    from tasks.dreambooth.train import run_training
+    from tasks.evaluation.faces import evaluate_base, evaluate_subject_model, load_faces
+    from tasks.evaluation.features import DlibFaceExtractor
+
+    repo, out = Path(args.repo).resolve(), Path(args.out)
+    os.chdir(repo)
+    params = yaml.safe_load(Path("params.yaml").read_text())["train_dreambooth"]
+    cfg = eval_config(args.num_samples)
+    extractor = DlibFaceExtractor(cfg.features)
+    base = evaluate_base("models/ldm", "data/faces/aligned", cfg, extractor, log=print)
+    EF.load_subject_model = _loader  # see _OneDistribution
+    photos = extractor(load_faces("data/faces/subject", None, base["resolution"]))
+    real_d = base["real"].features.descriptors
+    ceiling = photo_ceiling(photos.descriptors, real_d)
+    rows = []
+    for name, over in VARIANTS.items():
+        if args.only and name not in args.only:
+            continue
+        run = out / name.replace(" ", "_").replace(",", "").replace("+", "and")
+        p = {**params, **over, "samples": {**params["samples"], "num_images": 0}}
+        t0 = time.perf_counter()
+        run_training("data/faces/subject_latents", "data/faces/class_latents", "models/ldm", str(run / "model"),
+                     str(run / "ckpt"), str(run / "live"), str(run / "metrics.json"), p, show_progress=False)
+        seconds = time.perf_counter() - t0
+        m = evaluate_subject_model(run / "model", "models/ldm", "data/faces/subject", "data/faces/aligned", cfg,
+                                   extractor=extractor, base=base, log=print)["metrics"]
+        rows.append({"variant": name, "seconds": seconds, **{k: m[k] for k in (
+            "id_top1", "id_top1_class", "id_top1_base", "diversity", "diversity_photos", "nearest_photo_distance",
+            "nearest_photo_distance_photos", "face_detect_rate_subject", "face_detect_rate_class")},
+            "kid_prior": (m["prior"] or {}).get("kid_dlib"), "fd_prior": (m["prior"] or {}).get("fd_dlib")})
+        print(json.dumps(rows[-1]))
+    n_det = lambda rate: max(1, round(rate * args.num_samples))  # noqa: E731
+    result = {"num_samples": args.num_samples, "photo_ceiling_id_top1": ceiling,
+              "real_faces": len(real_d), "subject_photos_detected": len(photos.descriptors),
+              "base_face_detect_rate": base["metrics"]["base"]["face_detect_rate"], "rows": rows,
+              "standard_error_at_0.5": 0.5 / math.sqrt(n_det(base["metrics"]["base"]["face_detect_rate"]))}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
