@@ -35,9 +35,12 @@ def _repo(tmp_path: Path) -> Path:
         "flows/__init__.py": "",
         "flows/stage_a.py": "from tasks.a import work\n",
         "tasks/__init__.py": "",
-        "tasks/a.py": "def work():\n    from tasks.sub import b  # a lazy import counts\n    return b\n",
+        "tasks/a.py": ("def work():\n    from tasks.sub import b  # a lazy import counts\n    return helper(b)\n\n\n"
+                       "def helper(x):  # a module named by a string (accelerate launch -m ...)\n    return ('tasks.launched', x)\n\n\n"
+                       "def other():  # never used by the stage: its lazy import does not count\n"
+                       "    from tasks import unused\n    return unused\n"),
         "tasks/sub/__init__.py": "",
-        "tasks/sub/b.py": "from . import c\nLAUNCH = 'tasks.launched'\n",
+        "tasks/sub/b.py": "from . import c\n",
         "tasks/sub/c.py": "",
         "tasks/launched.py": "",
         "tasks/unused.py": "",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import sys
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -51,50 +52,125 @@ def _module_name(path: Path, repo: Path) -> str:
     return ".".join(parts)
 
 
+Target = tuple[str, "str | None"]  # (module, the name taken from it, or None for the whole module)
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    top: tuple[Target, ...]           # imports run when the module is imported
+    top_refs: frozenset[str]          # names module-level code uses (decorators, __main__ blocks, ...)
+    defs: dict                        # top-level function/class -> (its own imports, names it uses)
+
+
+def _targets(node: ast.AST, package: str) -> list[Target]:
+    """What one import statement (or a string naming a module) brings in."""
+    if isinstance(node, ast.Import):
+        return [(a.name, None) for a in node.names]
+    if isinstance(node, ast.ImportFrom):
+        if node.level:
+            parts = package.split(".") if package else []
+            parts = parts[:len(parts) - (node.level - 1)]
+            base = ".".join(parts + ([node.module] if node.module else []))
+        else:
+            base = node.module or ""
+        return [(base, None if a.name == "*" else a.name) for a in node.names]
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith(PACKAGES):
+        return [(node.value, None)]  # e.g. `launch("tasks.latent.train", ...)`
+    return []
+
+
+def _scan(nodes: list[ast.AST], package: str) -> tuple[list[Target], set[str]]:
+    targets, names = [], set()
+    for root in nodes:
+        for node in ast.walk(root):
+            targets.extend(_targets(node, package))
+            if isinstance(node, ast.Name):
+                names.add(node.id)
+    return targets, names
+
+
 @lru_cache(maxsize=None)
-def _imported_names(path: Path, mtime_ns: int, repo: Path) -> tuple[str, ...]:
-    """Every module name `path` may import: import statements anywhere in the file (absolute and
-    relative, `from a import b` as both `a` and `a.b`) and string constants that name a module."""
+def _parse(path: Path, mtime_ns: int, repo: Path) -> _Parsed:
+    """A module's imports split by where they run: at import time, or inside one top-level
+    function or class (a lazy import counts only where that function is used)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     package = _module_name(path, repo)
     if path.name != "__init__.py":
         package = package.rpartition(".")[0]
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base_parts = package.split(".") if package else []
-                base_parts = base_parts[:len(base_parts) - (node.level - 1)]
-                base = ".".join(base_parts + ([node.module] if node.module else []))
+    top_nodes: list[ast.AST] = []
+    defs = {}
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            # Decorators, defaults and base classes run at import time; the body when used.
+            top_nodes.extend(stmt.decorator_list)
+            if isinstance(stmt, ast.ClassDef):
+                top_nodes.extend(stmt.bases)
             else:
-                base = node.module or ""
-            names.add(base)
-            names.update(f"{base}.{a.name}" for a in node.names if a.name != "*")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith(PACKAGES):
-            names.add(node.value)
-    return tuple(sorted(n for n in names if n))
+                top_nodes.extend(d for d in stmt.args.defaults + stmt.args.kw_defaults if d is not None)
+            targets, names = _scan([stmt], package)
+            defs[stmt.name] = (tuple(targets), frozenset(names))
+        else:
+            top_nodes.append(stmt)
+    targets, names = _scan(top_nodes, package)
+    return _Parsed(tuple(targets), frozenset(names), defs)
+
+
+def _parsed(path: Path, repo: Path) -> _Parsed:
+    return _parse(path, path.stat().st_mtime_ns, repo)
 
 
 def project_files(modules: Iterable[str], repo: Path = REPO) -> list[Path]:
-    """The project files that running `modules` can execute: the static import closure."""
-    seen: set[Path] = set()
-    todo: list[str] = list(modules)
-    done_names: set[str] = set()
-    while todo:
-        name = todo.pop()
-        if name in done_names:
-            continue
-        done_names.add(name)
-        if module_file(name, repo) is None:
-            continue
-        for path in _package_inits(name, repo) + [module_file(name, repo)]:
-            if path in seen:
+    """The project files that running `modules` can execute: the static import closure, where an
+    import inside a function counts only if that function is reachable (so importing one Prefect
+    task from a module of several does not pull in the others' work modules)."""
+    everything = object()
+    needed: dict[Path, "set[str] | object"] = {}
+    todo: list[Target] = [(m, None) for m in modules]
+    pending: list[tuple[Path, str]] = []
+
+    def visit(path: Path) -> bool:
+        """First visit of a module: what its import runs. False if seen before."""
+        if path in needed:
+            return False
+        needed[path] = set()
+        parsed = _parsed(path, repo)
+        todo.extend(parsed.top)
+        pending.extend((path, n) for n in parsed.top_refs if n in parsed.defs)
+        return True
+
+    while todo or pending:
+        while todo:
+            name, symbol = todo.pop()
+            if not name:
                 continue
-            seen.add(path)
-            todo.extend(_imported_names(path, path.stat().st_mtime_ns, repo))
-    return sorted(seen)
+            if symbol is not None and module_file(f"{name}.{symbol}", repo) is not None:
+                name, symbol = f"{name}.{symbol}", None  # `from pkg import module`
+            path = module_file(name, repo)
+            if path is None:
+                continue
+            for init in _package_inits(name, repo):
+                visit(init)
+            visit(path)
+            if symbol is None:
+                if needed[path] is not everything:
+                    pending.extend((path, n) for n in _parsed(path, repo).defs)
+                    needed[path] = everything
+            else:
+                pending.append((path, symbol))
+        while pending:
+            path, symbol = pending.pop()
+            done = needed[path]
+            defs = _parsed(path, repo).defs
+            if symbol not in defs and "__getattr__" in defs:
+                symbol = "__getattr__"  # a name the module makes on demand (PEP 562)
+            if symbol not in defs or (done is not everything and symbol in done):
+                continue
+            if done is not everything:
+                done.add(symbol)
+            targets, names = defs[symbol]
+            todo.extend(targets)
+            pending.extend((path, n) for n in names if n in defs and n != symbol)
+    return sorted(needed)
 
 
 def loaded_project_modules() -> list[str]:
