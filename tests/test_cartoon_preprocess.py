@@ -156,6 +156,24 @@ def test_too_many_rejections_fail_the_stage_clearly(cartoon_dir, tmp_path):
     assert not list((tmp_path / "shards").glob("*.tmp"))
 
 
+def test_rejections_counted_over_all_reasons_and_previous_output_kept(cartoon_dir, tmp_path):
+    """One verdict over every reason (attribute files and images), and a failing run leaves the
+    previous complete output as it was (and says so), with no half-written folder beside it."""
+    out = tmp_path / "shards"
+    run(cartoon_dir, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    corrupt(cartoon_dir, "cs1", "malformed csv")
+    corrupt(cartoon_dir, "cs2", "garbage png")
+    # 2 of 40 = 5%: above 4%, though each pass alone (1 of 40, 2.5%) is below it.
+    with pytest.raises(TooManyRejections, match=r"2 of 40 inputs rejected .*keeps its previous complete output"):
+        run(cartoon_dir, out, max_reject_fraction=0.04)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not list(tmp_path.glob("*.partial"))
+    with pytest.raises(TooManyRejections, match="nothing written to"):
+        run(cartoon_dir, tmp_path / "fresh", max_reject_fraction=0.04)
+    assert not (tmp_path / "fresh").exists()
+
+
 def test_missing_raw_dir_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="run fetch_cartoons first"):
         run(tmp_path / "nope", tmp_path / "shards")

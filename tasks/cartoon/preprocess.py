@@ -46,12 +46,34 @@ def preprocess_cartoons(raw_dir: str, out_dir: str, *, background: list[int], cr
                         resample: str, image_size: int | None, val_fraction: float, shard_size: int,
                         max_reject_fraction: float, workers: int) -> str:
     """Validate every (csX.png, csX.csv) pair and write train/val shards; returns the manifest path."""
-    log = get_logger()
     raw, out = Path(raw_dir), Path(out_dir)
     if not raw.is_dir():
         raise FileNotFoundError(f"{raw} is not a folder: run fetch_cartoons first")
+    # Written beside `out` and swapped in only when complete: a failing run leaves the previous
+    # complete output (or none), never a half state.
+    work = out.with_name(out.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        path = _preprocess_into(raw, work, background=background, crop=crop, resolution=resolution,
+                                resample=resample, image_size=image_size, val_fraction=val_fraction,
+                                shard_size=shard_size, max_reject_fraction=max_reject_fraction, workers=workers)
+    except BaseException as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        if isinstance(exc, TooManyRejections):
+            kept = f"{out} keeps its previous complete output" if (out / "manifest.json").is_file() \
+                else f"nothing written to {out}"
+            raise TooManyRejections(f"{exc} ({kept})") from None
+        raise
     if out.exists():
         shutil.rmtree(out)
+    work.rename(out)
+    return str(out / Path(path).name)
+
+
+def _preprocess_into(raw: Path, out: Path, *, background: list[int], crop: int, resolution: int, resample: str,
+                     image_size: int | None, val_fraction: float, shard_size: int, max_reject_fraction: float,
+                     workers: int) -> str:
+    log = get_logger()
     pairs, rejected = find_pairs(raw)
     keys = list(pairs)
     total = len(keys) + len(rejected)
@@ -73,7 +95,7 @@ def preprocess_cartoons(raw_dir: str, out_dir: str, *, background: list[int], cr
                 indices[key] = schema.indices(rows)
             except AttributeFileError as exc:
                 rejected.append({"key": key, "reason": str(exc)})
-        check_rejections(rejected, total, max_reject_fraction, "preprocess_cartoons")
+        # No decision yet: the images' own rejects count too (all reasons, then one verdict).
 
         # Pass 2: images, in key order, so the shards are the same bytes for the same inputs.
         keys = [k for k in keys if k in indices]
