@@ -135,7 +135,13 @@ class CartoonDiffusionPipeline(DiffusionPipeline):
     Attributes may be given as
       - one-hot vectors: float (B, width) or (width,), tensor, array or nested lists;
       - indices: integers (B, 18) or (18,), one variant index per attribute in schema order;
-      - dicts: `{name: index}` covering every attribute, or a list of them.
+      - dicts: `{name: index}`, or a list of them. Attributes a dict leaves out are drawn uniformly
+        from their variants with the call's `generator` (before the noise), so
+        `pipe([{"hair_color": 3}], generator=g)` means "hair colour 3, everything else at random"
+        and is reproducible for a seed. Uniform is Cartoon Set's own distribution (every variant
+        of an attribute is equally common) and what a caller who names no value expects: any of
+        them. A dict naming every attribute draws nothing, so the noise is the same as for the
+        equivalent index list.
 
     `guidance_scale` w combines the conditional and null predictions as
     `null + w * (cond - null)`: 0 samples unconditionally, 1 is the conditional model alone (the
@@ -158,14 +164,19 @@ class CartoonDiffusionPipeline(DiffusionPipeline):
     def null_condition(self, batch_size: int) -> torch.Tensor:
         return torch.zeros(batch_size, self.tau.width, device=self._execution_device, dtype=torch.float32)
 
-    def encode_attributes(self, attributes) -> torch.Tensor:
-        """Any accepted attribute form -> float32 one-hot (B, width) on the pipeline's device."""
+    def encode_attributes(self, attributes, generator: torch.Generator | list[torch.Generator] | None = None
+                          ) -> torch.Tensor:
+        """Any accepted attribute form -> float32 one-hot (B, width) on the pipeline's device.
+        `generator` draws the attributes a dict leaves out (a list: one generator per dict)."""
         tau = self.tau
         names, counts, width = tau.attribute_names, tau.attribute_counts, tau.width
         if isinstance(attributes, Mapping):
             attributes = [attributes]
         if isinstance(attributes, (list, tuple)) and attributes and isinstance(attributes[0], Mapping):
-            attributes = [self._dict_to_indices(d) for d in attributes]
+            if isinstance(generator, list) and len(generator) != len(attributes):
+                raise ValueError(f"{len(generator)} generators for {len(attributes)} attribute dicts")
+            attributes = [self._dict_to_indices(d, generator[i] if isinstance(generator, list) else generator)
+                          for i, d in enumerate(attributes)]
         if isinstance(attributes, torch.Tensor):
             array = attributes.detach().cpu().numpy()
         else:
@@ -197,15 +208,15 @@ class CartoonDiffusionPipeline(DiffusionPipeline):
                              f"vector or {len(names)} indices")
         return torch.from_numpy(onehot).to(self._execution_device)
 
-    def _dict_to_indices(self, d: Mapping[str, int]) -> list[int]:
-        names = self.tau.attribute_names
+    def _dict_to_indices(self, d: Mapping[str, int], generator: torch.Generator | None) -> list[int]:
+        """Indices in schema order; an attribute `d` leaves out is drawn uniformly with `generator`."""
+        names, counts = self.tau.attribute_names, self.tau.attribute_counts
         unknown = [k for k in d if k not in names]
         if unknown:
             raise ValueError(f"unknown attribute name {unknown[0]!r}; known: {', '.join(names)}")
-        missing = [n for n in names if n not in d]
-        if missing:
-            raise ValueError(f"attribute dict lacks {missing}: give an index for every attribute")
-        return [int(d[n]) for n in names]
+        device = generator.device if generator is not None else "cpu"
+        return [int(d[n]) if n in d else int(torch.randint(c, (1,), generator=generator, device=device))
+                for n, c in zip(names, counts)]
 
     # ------------------------------------------------------------------ sampling
     def predict(self, sample: torch.Tensor, t, cond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -231,7 +242,7 @@ class CartoonDiffusionPipeline(DiffusionPipeline):
         if int(num_inference_steps) < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         check_output_type(output_type)
-        cond = self.encode_attributes(attributes).to(self.unet.dtype)
+        cond = self.encode_attributes(attributes, generator).to(self.unet.dtype)
         size = self.unet.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         shape = (cond.shape[0], self.unet.config.in_channels, *size)

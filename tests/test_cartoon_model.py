@@ -110,7 +110,7 @@ def test_bad_inputs_are_named():
         ([[0, 1, 4]], r"'glasses' index 4 out of range 0..3"),
         ([[0, -1, 0]], r"'face_color' index -1 out of range"),
         ({"hair_color": 0, "face_colour": 1, "glasses": 0}, "unknown attribute name 'face_colour'"),
-        ({"hair_color": 0}, "lacks"),
+        ({"hair_color": 5}, r"'hair_color' index 5 out of range 0..2"),
         ([[0.5, 1, 0]], "integers"),
     ]
     for bad, message in cases:
@@ -122,3 +122,21 @@ def test_bad_inputs_are_named():
         pipe.tau(torch.zeros(2, 5))
     with pytest.raises(ValueError, match="unknown scheduler"):
         make_scheduler("euler-ish", pipe.scheduler.config)
+
+
+def test_a_partial_dict_draws_the_other_attributes_with_the_generator():
+    pipe = tiny_pipeline("class_embedding")
+
+    def onehot(d, seed):
+        return pipe.encode_attributes([d] * 64, torch.Generator().manual_seed(seed))
+
+    a, b, c = onehot({"hair_color": 2}, 0), onehot({"hair_color": 2}, 0), onehot({"hair_color": 2}, 1)
+    assert torch.equal(a, b) and not torch.equal(a, c)             # reproducible for a seed
+    assert (a[:, :3].argmax(1) == 2).all() and (a.sum(1) == 3).all()  # the named one fixed, one variant each
+    drawn = a[:, 3:5].argmax(1), a[:, 5:9].argmax(1)               # face_color (2), glasses (4): all variants
+    assert set(drawn[0].tolist()) == {0, 1} and set(drawn[1].tolist()) == {0, 1, 2, 3}
+    # A complete dict draws nothing: the same images as the index list, for the same seed.
+    full = pipe({"hair_color": 1, "face_color": 0, "glasses": 3}, num_inference_steps=2,
+                generator=torch.Generator().manual_seed(4), output_type="np").images
+    same = pipe([[1, 0, 3]], num_inference_steps=2, generator=torch.Generator().manual_seed(4), output_type="np").images
+    assert np.array_equal(full, same)
