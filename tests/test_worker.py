@@ -6,9 +6,14 @@ test_worker_e2e.py.
 """
 from __future__ import annotations
 
+import atexit
+import functools
 import json
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 from importlib import metadata
@@ -66,18 +71,30 @@ def results_env() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith("PREFECT__")}
 
 
+@functools.lru_cache(maxsize=1)
+def _seed_project() -> Path:
+    """A working copy of the tiny project (dvc init, remote added), made once: dvc calls are slow."""
+    home = tempfile.mkdtemp(prefix="worker-seed-")
+    atexit.register(shutil.rmtree, home, True)
+    seed = Path(home) / "seed"
+    seed.mkdir()
+    git(seed, "init", "-q", "-b", "main")
+    (seed / "make.py").write_text(STAGE)
+    (seed / "dvc.yaml").write_text(DVC_YAML)
+    (seed / "requirements.lock").write_text(f"pyyaml=={metadata.version('pyyaml')}\n")
+    dvc(seed, "init", "-q")
+    dvc(seed, "remote", "add", "-d", "store", "placeholder")
+    return seed
+
+
 def make_origin(root: Path, name: str = "proj", n: int = 3) -> tuple[Path, Path]:
     """(bare origin, DVC storage folder) of a tiny DVC project whose main branch has one commit."""
     origin, seed, storage = root / f"{name}.git", root / f"{name}-seed", root / f"{name}-storage"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
-    seed.mkdir(parents=True)
-    git(seed, "init", "-q", "-b", "main")
-    (seed / "make.py").write_text(STAGE)
-    (seed / "dvc.yaml").write_text(DVC_YAML)
+    shutil.copytree(_seed_project(), seed)
+    config = seed / ".dvc" / "config"
+    config.write_text(re.sub(r"url = .*placeholder", f"url = {storage}", config.read_text()))
     (seed / "params.yaml").write_text(f"make:\n  n: {n}\n")
-    (seed / "requirements.lock").write_text(f"pyyaml=={metadata.version('pyyaml')}\n")
-    dvc(seed, "init", "-q")
-    dvc(seed, "remote", "add", "-d", "store", str(storage))
     git(seed, "add", "-A")
     git(seed, "commit", "-qm", "tiny project")
     git(seed, "remote", "add", "origin", str(origin))
@@ -215,6 +232,7 @@ def test_the_lock_check_names_every_mismatch_and_accepts_a_cuda_build(tmp_path):
 
 # --- results -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_plain_run_returns_its_results_on_a_branch_the_user_can_pull(tmp_path):
     origin, storage = make_origin(tmp_path)
     repo, sha = worker_checkout(tmp_path / "w", origin, "main", "run-plain")
@@ -238,6 +256,7 @@ def test_a_plain_run_returns_its_results_on_a_branch_the_user_can_pull(tmp_path)
     assert "didn't change" in dvc(user, "repro")  # dvc.lock came back with the branch
 
 
+@pytest.mark.slow
 def test_an_experiment_run_is_pushed_and_pulled_with_dvc_exp(tmp_path):
     origin, _ = make_origin(tmp_path)
     repo, sha = worker_checkout(tmp_path / "w", origin, "main", "run-exp")
@@ -278,3 +297,14 @@ def test_the_artifact_describes_this_run():
                      "| metrics/make.json | size | 7 | 3 | 4 |", "| metrics/make.json | nested.half | 3.5 | - | - |",
                      "- `eval/grids/grid.png`", "data pushed"]:
         assert expected in md, expected
+
+
+def test_stage_processes_get_the_worker_run_id_but_not_prefects_own(monkeypatch):
+    """A process work pool sets PREFECT__FLOW_RUN_ID; a stage flow seeing it would pose as the worker run."""
+    from tasks.worker.commands import WORKER_RUN_ENV, child_env
+
+    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "0b6f3c2e-0000-4000-8000-000000000001")
+    env = child_env()
+    assert env[WORKER_RUN_ENV] == "0b6f3c2e-0000-4000-8000-000000000001"
+    assert not any(k.startswith("PREFECT__") for k in env)
+    assert env["PATH"].split(":")[0] == str(BIN)

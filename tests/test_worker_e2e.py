@@ -90,6 +90,9 @@ def test_a_deployment_run_on_a_worker_returns_an_experiment_the_user_pulls(tmp_p
         artifact = json.loads(prefect(env, "artifact", "inspect", "facediff-worker-run", "--limit", "1",
                                              "--output", "json"))
         text = artifact[0]["data"] if isinstance(artifact, list) else artifact["data"]
+        out = prefect(env, "deployment", "run", "repro-on-worker/repro", "--params",
+                      json.dumps({"revision": sha[:9], "targets": ["make"]}), "--watch", "--watch-timeout", "240")
+        assert "Completed" in out, out + (logs / "worker.log").read_text()[-5000:]
     finally:
         for proc in reversed(started):
             stop(proc)
@@ -109,3 +112,12 @@ def test_a_deployment_run_on_a_worker_returns_an_experiment_the_user_pulls(tmp_p
     revs = [r for base in shown for e in (base.get("experiments") or []) for r in e.get("revs", [])]
     metrics = [r["data"]["metrics"]["metrics/make.json"]["data"] for r in revs if r.get("name") == name]
     assert metrics == [{"size": 6, "nested": {"half": 3.0}}]
+
+    # The plain run (a short SHA) came back as a results branch holding dvc.lock; its data is in the remote.
+    branches = git(user, "ls-remote", "origin", "refs/heads/results/*").split()
+    assert len(branches) == 2 and branches[1].startswith(f"refs/heads/results/{sha[:12]}-"), branches
+    git(user, "fetch", "-q", "origin", branches[1])
+    git(user, "checkout", "-q", "FETCH_HEAD")
+    assert git(user, "rev-parse", "HEAD~1") == sha
+    dvc(user, "pull")
+    assert (user / "data/out.txt").read_text() == "xxxx"
