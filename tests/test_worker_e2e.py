@@ -1,45 +1,26 @@
 """The README's GPU-worker path end to end, on loopback: a Prefect server, a process work pool,
-`prefect deploy --all` of prefect.yaml, a worker process, a deployment run of an experiment on a
-tiny project (bare git origin, folder DVC remote), then the user's side: `dvc exp pull` and the
-experiment's metrics. Every process started here is stopped at the end.
+`prefect deploy --all` of prefect.yaml, a worker process, deployment runs (an experiment, then a
+plain run of a short SHA) on a tiny project (bare git origin, folder DVC remote), then the user's
+side: `dvc exp pull` and the experiment's metrics, the results branch and `dvc pull`. Every process
+started here is stopped at the end.
 """
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from flows.local_server import _free_port as free_port, _wait_healthy as wait_healthy
 from tests.test_worker import dvc, git, make_origin, push_commit
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"prefect server exited {proc.returncode}"
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"no Prefect server at {url}")
 
 
 def stop(proc: subprocess.Popen) -> None:
