@@ -6,8 +6,8 @@
 
 Deployed by prefect.yaml; runnable by hand too (docs/worker.md):
 
-    python -m flows.worker --repo-url https://git.example/facediff.git --revision main \
-        --profile configs/cartoon_seed.yaml --experiment
+    python -m flows.worker --repo-url https://git.example/facediff.git --revision main
+        --workdir /scratch/facediff-worker --profile configs/cartoon_seed.yaml --experiment
 """
 from __future__ import annotations
 

@@ -308,3 +308,17 @@ def test_stage_processes_get_the_worker_run_id_but_not_prefects_own(monkeypatch)
     assert env[WORKER_RUN_ENV] == "0b6f3c2e-0000-4000-8000-000000000001"
     assert not any(k.startswith("PREFECT__") for k in env)
     assert env["PATH"].split(":")[0] == str(BIN)
+
+
+def test_only_transient_failures_are_retried():
+    from prefect.states import Failed
+
+    from tasks.worker.commands import retry_if_transient
+
+    class Task:
+        name = "pull"
+
+    transient = TransientError(["dvc", "pull"], 1, "ERROR: Could not resolve host: storage.example")
+    assert retry_if_transient(Task, None, Failed(data=transient)) is True
+    assert retry_if_transient(Task, None, Failed(data=checkout.RevisionNotFound("nope"))) is False
+    assert retry_if_transient(Task, None, Failed(data=CommandFailed(["dvc", "repro"], 1, "stage failed"))) is False

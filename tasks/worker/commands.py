@@ -84,13 +84,11 @@ def run(cmd: list[str], cwd: str | Path | None = None, env: dict[str, str] | Non
 
 def retry_if_transient(task, task_run, state) -> bool:
     """Prefect retry_condition_fn: retry network/remote failures only, saying why."""
-    try:
-        state.result()
-    except TransientError as exc:
+    # Read the exception without raising it: a raise here would add this frame to its traceback.
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, TransientError):
         get_logger().warning("retrying %s: the network or remote failed (%s)", task.name,
                              exc.tail.splitlines()[-1] if exc.tail else exc.returncode)
         return True
-    except Exception as exc:  # deterministic: a bad revision, a failing stage, bad input
-        get_logger().info("not retrying %s: %s is not a network failure", task.name, type(exc).__name__)
-        return False
+    get_logger().info("not retrying %s: %s is not a network failure", task.name, type(exc).__name__)
     return False
