@@ -322,3 +322,14 @@ def test_only_transient_failures_are_retried():
     assert retry_if_transient(Task, None, Failed(data=transient)) is True
     assert retry_if_transient(Task, None, Failed(data=checkout.RevisionNotFound("nope"))) is False
     assert retry_if_transient(Task, None, Failed(data=CommandFailed(["dvc", "repro"], 1, "stage failed"))) is False
+
+
+def test_the_deployment_parameter_revision_is_a_string():
+    """`-p revision=1234567` arrives as a number: Prefect's typed parameter refuses it before the run starts."""
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.worker import repro_on_worker
+
+    with pytest.raises(ParameterTypeError, match="revision"):
+        repro_on_worker.validate_parameters({"repo_url": "x", "revision": 1234567, "workdir": "w"})
+    assert repro_on_worker.validate_parameters({"repo_url": "x", "revision": "1234567", "workdir": "w"})["revision"] == "1234567"
