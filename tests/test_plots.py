@@ -78,12 +78,12 @@ def curve_pixels(img: np.ndarray) -> int:
     return int((saturated & ~grids).sum())
 
 
-def test_the_sample_grids_are_declared_as_plots():
+def test_the_sample_grids_are_declared_as_plots(tmp_path):
     """dvc.yaml's top-level plots name the image folders of the training and evaluation stages."""
     plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
     names = {p if isinstance(p, str) else next(iter(p)) for p in plots}
     assert {"dvclive/train_cartoon/plots/images", "dvclive/train_ldm/plots/images", "eval/cartoon"} <= names
-    shown = json.loads(run(REPO, str(BIN / "dvc"), "plots", "show", "--json", "eval/cartoon"))
+    shown = json.loads(run(REPO, str(BIN / "dvc"), "plots", "show", "--json", "-o", str(tmp_path), "eval/cartoon"))
     images = [k for k in shown.get("data", shown) if k.endswith(".png")] if isinstance(shown, dict) else []
     if (REPO / "eval/cartoon").is_dir():
         assert any("grid_guidance" in k for k in images), shown
