@@ -27,6 +27,16 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from pipelines.outputs import check_output_type, to_output
 
+def one_hot(indices, counts) -> np.ndarray:
+    """(..., n) variant indices of n attributes with `counts` variants -> (..., sum(counts)) float32
+    rows with a 1 in each attribute's block (the layout Cartoon Set's 217-wide vector uses)."""
+    indices = np.asarray(indices)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    out = np.zeros(indices.shape[:-1] + (int(np.sum(counts)),), dtype=np.float32)
+    np.put_along_axis(out, indices + offsets, 1.0, axis=-1)
+    return out
+
+
 class _AttributeLayout:
     """Attribute names and variant counts, stored in the module's config (so a saved model carries
     the one-hot layout it was trained on)."""
@@ -201,8 +211,7 @@ class CartoonDiffusionPipeline(DiffusionPipeline):
                 bad = (array[:, j] < 0) | (array[:, j] >= count)
                 if bad.any():
                     raise ValueError(f"attribute {name!r} index {int(array[bad, j][0])} out of range 0..{count - 1}")
-            onehot = np.zeros((array.shape[0], width), dtype=np.float32)
-            np.put_along_axis(onehot, array + np.asarray(tau.offsets), 1.0, axis=1)
+            onehot = one_hot(array, counts)
         else:
             raise ValueError(f"wrong attribute vector width {array.shape[1]}: expected a {width}-wide one-hot "
                              f"vector or {len(names)} indices")

@@ -93,11 +93,9 @@ class AttributeSchema:
 
     def one_hot(self, indices) -> np.ndarray:
         """(..., 18) integer indices -> (..., width) float32 one-hot rows."""
-        indices = np.asarray(indices)
-        out = np.zeros(indices.shape[:-1] + (self.width,), dtype=np.float32)
-        cols = indices + np.asarray(self.offsets)
-        np.put_along_axis(out, cols, 1.0, axis=-1)
-        return out
+        from pipelines.cartoon import one_hot  # the layout the model reads: defined once, with the model
+
+        return one_hot(indices, self.counts)
 
     def to_json(self) -> dict:
         return {

@@ -7,7 +7,6 @@ Several processes: set `num_processes` > 1 and the task re-launches itself under
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -21,7 +20,8 @@ from tasks.cartoon.config import CartoonModelConfig, TrainCartoonConfig
 from tasks.cartoon.loader import cartoon_loader, load_schema
 from tasks.cartoon.schema import AttributeSchema
 from tasks.common.grid import square_grid
-from tasks.common.launch import job_main, launch
+from tasks.common.hashing import file_digest
+from tasks.common.launch import config_job_main, run_or_launch
 from tasks.common.shards import MANIFEST
 from tasks.common.timings import write_metrics
 from tasks.training import TrainSpec, fingerprint, train
@@ -117,7 +117,7 @@ def cartoon_spec(shard_dir: str, config: TrainCartoonConfig) -> TrainSpec:
 
 
 def _data_identity(shard_dir: str) -> str:
-    return hashlib.sha256((Path(shard_dir) / MANIFEST).read_bytes()).hexdigest()
+    return file_digest(Path(shard_dir) / MANIFEST)
 
 
 def run_training(shard_dir: str, model_dir: str, checkpoint_dir: str, live_dir: str, metrics_path: str,
@@ -141,16 +141,9 @@ def train_cartoon(shard_dir: str, model_dir: str, checkpoint_dir: str, live_dir:
     summary (None when launched: the processes write the metrics)."""
     paths = dict(shard_dir=shard_dir, model_dir=model_dir, checkpoint_dir=checkpoint_dir, live_dir=live_dir,
                  metrics_path=metrics_path)
-    if config.num_processes > 1:
-        launch("tasks.cartoon.train", Path(checkpoint_dir).with_suffix(".job.json"),
-               {**paths, "config": config.to_dict()}, config.num_processes, config.training.mixed_precision)
-        return None
-    return run_training(**paths, config=config)
-
-
-def _run_job(config: dict, **paths) -> dict:
-    return run_training(**paths, config=TrainCartoonConfig.from_params(config, "train_cartoon"))
+    return run_or_launch("tasks.cartoon.train", run_training, paths, config,
+                         Path(checkpoint_dir).with_suffix(".job.json"))
 
 
 if __name__ == "__main__":  # one process of `accelerate launch -m tasks.cartoon.train --job job.json`
-    job_main(_run_job, "one training process (see train_cartoon)")
+    config_job_main(run_training, TrainCartoonConfig, "train_cartoon")

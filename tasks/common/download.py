@@ -5,7 +5,6 @@ local mirrors use them).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tarfile
@@ -18,6 +17,8 @@ from typing import BinaryIO
 
 from tqdm.auto import tqdm
 
+from tasks.common.hashing import file_digest
+
 CHUNK = 1 << 20
 
 
@@ -27,14 +28,6 @@ class DownloadError(RuntimeError):
 
 class UnsafeArchiveError(RuntimeError):
     """An archive member would land outside the target folder or is a link or special file."""
-
-
-def file_digest(path: str | Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_file(path: Path, *, size: int | None = None, md5: str | None = None,

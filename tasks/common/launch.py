@@ -34,6 +34,23 @@ def launch(module: str, job: str | Path, kwargs: dict[str, Any], num_processes: 
         job.unlink(missing_ok=True)
 
 
+def run_or_launch(module: str, run: Callable[..., Any], paths: dict[str, str], config, job: str | Path) -> Any:
+    """`run(**paths, config=config)` here, or in `config.num_processes` processes of `module` under
+    `accelerate launch` (then None: the processes write the outputs). `config` is a stage config
+    with `num_processes` and `training.mixed_precision`; it travels in the job file as a dict."""
+    if config.num_processes > 1:
+        launch(module, job, {**paths, "config": config.to_dict()}, config.num_processes,
+               config.training.mixed_precision)
+        return None
+    return run(**paths, config=config)
+
+
+def config_job_main(run: Callable[..., Any], config_cls, stage: str) -> None:
+    """The `__main__` of a process launched by `run_or_launch`: rebuild the typed config, then run."""
+    job_main(lambda config, **paths: run(**paths, config=config_cls.from_params(config, stage)),
+             f"one process of stage {stage}")
+
+
 def job_main(run: Callable[..., Any], description: str) -> None:
     """The `__main__` of a launched process: call `run` with the job file's keyword arguments."""
     parser = argparse.ArgumentParser(description=description)

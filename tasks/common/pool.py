@@ -1,4 +1,4 @@
-"""A process pool for per-item work that is safe to use inside Prefect runs.
+"""The one process pool for per-item work, safe to use inside Prefect runs.
 
 Prefect keeps threads (event loops, log handlers) alive, and forking such a process can deadlock,
 so workers are spawned. A spawned worker re-imports the caller's `__main__` module (for a stage,
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -18,19 +19,24 @@ def resolve_workers(workers: int) -> int:
     return workers if workers > 0 else (os.cpu_count() or 1)
 
 
+def spawn_executor(workers: int) -> ProcessPoolExecutor:
+    """`workers` spawned processes (<= 0: every core), for callers that submit and wait themselves."""
+    return ProcessPoolExecutor(max_workers=resolve_workers(workers), mp_context=mp.get_context("spawn"))
+
+
 @contextmanager
-def process_pool(workers: int) -> Iterator[mp.pool.Pool | None]:
+def process_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
     """A pool of `workers` processes, or None when one process is asked for (no overhead)."""
     n = resolve_workers(workers)
     if n == 1:
         yield None
         return
-    with mp.get_context("spawn").Pool(n) as pool:
+    with spawn_executor(n) as pool:
         yield pool
 
 
-def imap(pool, fn, items, chunksize: int = 8) -> Iterator:
+def imap(pool: ProcessPoolExecutor | None, fn, items, chunksize: int = 8) -> Iterator:
     """Ordered map over `items`, in `pool` when there is one."""
     if pool is None:
         return map(fn, items)
-    return pool.imap(fn, items, chunksize=chunksize)
+    return pool.map(fn, items, chunksize=chunksize)

@@ -25,13 +25,14 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFilter
 
+from tasks.common.hashing import derive_seed
+
 SUPERSAMPLE = 2  # drawn at 2x and downsampled: smooth edges, landmarks stay exact
 
 
 def _stream(*key) -> np.random.Generator:
     """A random generator for a named stream (stable across runs, machines and Python versions)."""
-    digest = hashlib.sha256(repr(key).encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    return np.random.default_rng(derive_seed(*key))
 
 
 @dataclass(frozen=True)

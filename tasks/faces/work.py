@@ -19,9 +19,8 @@ import hashlib
 import io
 import json
 import os
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +30,8 @@ import PIL.Image
 from tasks.faces.align import align_face
 from tasks.faces.images import BadImage, load_rgb
 from tasks.faces.landmarks import NoFace, face_size, pick_face
+from tasks.common.hashing import file_digest
+from tasks.common.pool import resolve_workers, spawn_executor
 from tasks.common.shards import (MANIFEST, AtomicShardWriter, clean_stale, clear_progress, completed_run, finished_shards,
                           record_shard, run_fingerprint, shard_name, write_manifest)
 
@@ -149,7 +150,7 @@ def shard_fingerprint(base: str, shard_items: list[Item]) -> str:
 
 def _file_md5(path: str) -> str:
     try:
-        return hashlib.md5(Path(path).read_bytes()).hexdigest()
+        return file_digest(path, "md5")
     except OSError:
         return "missing"
 
@@ -165,7 +166,7 @@ def align_to_shards(items: list[Item], out_dir: str | Path, cfg: AlignConfig, *,
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    workers = workers or os.cpu_count() or 1
+    workers = resolve_workers(workers)
     base_fp = json.dumps({"cfg": cfg.__dict__, "code": code_fingerprint(), "shard_size": shard_size},
                          sort_keys=True)
     plan = plan_shards(items, shard_size)
@@ -198,8 +199,7 @@ def align_to_shards(items: list[Item], out_dir: str | Path, cfg: AlignConfig, *,
         done[name] = rec
 
     if pending:
-        ctx = get_context("spawn")  # Prefect runs threads: never fork
-        with ProcessPoolExecutor(max_workers=min(workers, max(1, n_pending)), mp_context=ctx) as pool, \
+        with spawn_executor(min(workers, max(1, n_pending))) as pool, \
                 tqdm(total=n_pending, desc="align", unit="img", disable=not progress) as bar:
             futures: dict = {}
             results: dict[tuple, list] = {}

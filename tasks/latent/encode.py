@@ -33,6 +33,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from tasks.common.hashing import file_digest
 from tasks.common.launch import job_main, launch
 from tasks.latent.images import decode_png, iter_shard, to_model_input
 from tasks.common.shards import (AtomicShardWriter, clean_stale, clear_progress, completed_run, finished_shards,
@@ -41,14 +42,6 @@ from tasks.latent.vae import add_sums, latent_variance, load_vae, moment_sums, p
 
 FORMAT_VERSION = 1  # bump when what a latent shard stores changes
 KIND = "faces_latents"
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def plan(aligned_dir: str | Path) -> list[tuple[str, int, Path]]:
@@ -74,7 +67,7 @@ def plan(aligned_dir: str | Path) -> list[tuple[str, int, Path]]:
 def shard_fingerprints(items: list[tuple[str, int, Path]], vae_id: str, resolution: int, flip: bool) -> dict[str, str]:
     base = json.dumps({"vae": vae_id, "resolution": resolution, "resample": "lanczos", "flip": bool(flip),
                        "format": FORMAT_VERSION}, sort_keys=True)
-    return {p.name: hashlib.sha256((base + p.name + _md5(p)).encode()).hexdigest()[:24] for _, _, p in items}
+    return {p.name: hashlib.sha256((base + p.name + file_digest(p, "md5")).encode()).hexdigest()[:24] for _, _, p in items}
 
 
 def encode_batch(vae, images: np.ndarray, device: torch.device, precision: str) -> tuple[np.ndarray, np.ndarray]:

@@ -7,18 +7,14 @@ The scaling factor is applied by the trainer, not here (the loader yields raw la
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tasks.common.hashing import derive_seed
 from tasks.common.shard_loader import ShardLoader
 from tasks.common.shards import read_manifest
-
-
-def _seed_of(*parts) -> int:
-    return int.from_bytes(hashlib.sha256("-".join(map(str, parts)).encode()).digest()[:8], "little")
 
 
 class _ToTensors:
@@ -29,7 +25,7 @@ class _ToTensors:
         self.seed, self.epoch, self.sample, self.flip_prob = seed, epoch, sample, flip_prob
 
     def __call__(self, s: dict) -> dict:
-        rng = np.random.default_rng(_seed_of(self.seed, self.epoch, s["__key__"]))
+        rng = np.random.default_rng(derive_seed(self.seed, self.epoch, s["__key__"]))
         use_flip = "mean_flip.npy" in s and rng.random() < self.flip_prob
         mean = s["mean_flip.npy" if use_flip else "mean.npy"].astype(np.float32)
         std = s["std_flip.npy" if use_flip else "std.npy"].astype(np.float32)

@@ -12,7 +12,6 @@ launch`; each process reads its own latent shards.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -20,7 +19,8 @@ import torch
 
 from pipelines import LatentDiffusionPipeline, make_scheduler, save_portable
 from tasks.common.grid import square_grid
-from tasks.common.launch import job_main, launch
+from tasks.common.hashing import file_digest
+from tasks.common.launch import config_job_main, run_or_launch
 from tasks.common.shards import MANIFEST, read_manifest
 from tasks.common.timings import write_metrics
 from tasks.latent.config import LdmModelConfig, TrainLdmConfig
@@ -80,7 +80,7 @@ def ldm_spec(latent_dir: str, vae_dir: str, config: TrainLdmConfig) -> TrainSpec
 
 
 def _data_identity(latent_dir: str) -> str:
-    return hashlib.sha256((Path(latent_dir) / MANIFEST).read_bytes()).hexdigest()
+    return file_digest(Path(latent_dir) / MANIFEST)
 
 
 def run_training(latent_dir: str, vae_dir: str, model_dir: str, checkpoint_dir: str, live_dir: str, metrics_path: str,
@@ -106,16 +106,9 @@ def train_ldm(latent_dir: str, vae_dir: str, model_dir: str, checkpoint_dir: str
     summary (None when launched: the processes write the metrics)."""
     paths = dict(latent_dir=latent_dir, vae_dir=vae_dir, model_dir=model_dir, checkpoint_dir=checkpoint_dir,
                  live_dir=live_dir, metrics_path=metrics_path)
-    if config.num_processes > 1:
-        launch("tasks.latent.train", Path(checkpoint_dir).with_suffix(".job.json"),
-               {**paths, "config": config.to_dict()}, config.num_processes, config.training.mixed_precision)
-        return None
-    return run_training(**paths, config=config)
-
-
-def _run_job(config: dict, **paths) -> dict:
-    return run_training(**paths, config=TrainLdmConfig.from_params(config, "train_ldm"))
+    return run_or_launch("tasks.latent.train", run_training, paths, config,
+                         Path(checkpoint_dir).with_suffix(".job.json"))
 
 
 if __name__ == "__main__":  # one process of `accelerate launch -m tasks.latent.train --job job.json`
-    job_main(_run_job, "one training process (see train_ldm)")
+    config_job_main(run_training, TrainLdmConfig, "train_ldm")
