@@ -97,12 +97,11 @@ def sample_images(pipe, cfg: EvaluateFacesConfig, **call_kwargs) -> list[np.ndar
 
 
 def load_base_pipeline(base_dir: str | Path):
-    import pipelines  # noqa: F401  (registers LatentDiffusionPipeline with diffusers)
-    from diffusers import DiffusionPipeline
+    from pipelines import LatentDiffusionPipeline
 
     if not (Path(base_dir) / "model_index.json").is_file():
         raise FileNotFoundError(f"{base_dir} is not a saved pipeline (no model_index.json): run train_ldm first")
-    return DiffusionPipeline.from_pretrained(str(base_dir))
+    return LatentDiffusionPipeline.from_pretrained(str(base_dir))
 
 
 def untrained_pipeline(base_pipe, seed: int):

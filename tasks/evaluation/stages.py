@@ -13,7 +13,9 @@ from tasks.evaluation.faces import EvaluateFacesConfig
 
 
 def _subject_model_present(model_dir: str | None) -> bool:
-    return bool(model_dir) and (Path(model_dir) / "model_index.json").is_file()
+    """A saved pipeline or a LoRA adapter record (pipelines/dreambooth.py loads either)."""
+    return bool(model_dir) and any((Path(model_dir) / name).is_file()
+                                   for name in ("model_index.json", "dreambooth_adapter.json"))
 
 
 @task(name="evaluate_faces", cache_policy=NO_CACHE)
@@ -29,7 +31,7 @@ def evaluate_faces_task(aligned_dir: str, base_dir: str, subject_dir: str, subje
     present = _subject_model_present(subject_model_dir)
     if cfg.subject == "required" and not present:
         raise FileNotFoundError(f"evaluate_faces.subject is 'required' but {subject_model_dir} holds no saved "
-                                "pipeline (model_index.json): run the DreamBooth stage first")
+                                "pipeline or adapter: run the DreamBooth stage first")
     extractor = DlibFaceExtractor(cfg.features)
     base = evaluate_base(base_dir, aligned_dir, cfg, extractor, log=log.info)
     subject = None

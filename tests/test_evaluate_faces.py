@@ -1,0 +1,152 @@
+"""evaluate_faces end to end on tiny models: real faces from package photos, a random base model,
+a subject model with an identifier; metrics, grids, determinism and the subject switch."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from PIL import Image
+
+from tasks.common.config import ConfigError
+from tasks.common.shards import AtomicShardWriter, write_manifest
+from tasks.evaluation.faces import EvaluateFacesConfig, evaluate_subject_model, targets
+from tasks.evaluation.stages import evaluate_faces_task
+from tests.test_latents_helpers import save_tiny_vae
+
+torch.set_num_threads(1)
+
+PARAMS = {
+    "real_split": "val", "num_samples": 4, "batch_size": 2, "scheduler": "ddim", "num_inference_steps": 2,
+    "seed": 0, "subject": "auto", "grid_images": 4, "k_nearest": 1, "min_detect_ratio": 0.7,
+    "features": {"upscale_to": 256, "upsample": 1, "chip_size": 150, "chip_padding": 0.25, "num_jitters": 0},
+    "kid": {"num_subsets": 3, "subset_size": 4, "seed": 0},
+}
+
+
+def _photos(size: int = 64) -> list[np.ndarray]:
+    """12 faces from the photos packages ship: astronaut and Grace Hopper, three crops, mirrored."""
+    import matplotlib.cbook
+    import skimage.data
+
+    out = []
+    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")) as hopper:
+        for im in (Image.fromarray(skimage.data.astronaut()), hopper.convert("RGB")):
+            w, h = im.size
+            for box in [(0, 0, w, h), (40, 0, w - 40, h - 80), (20, 20, w - 60, h - 60)]:
+                crop = im.crop(box)
+                for mirrored in (crop, crop.transpose(Image.FLIP_LEFT_RIGHT)):
+                    out.append(np.asarray(mirrored.resize((size, size), Image.LANCZOS)))
+    return out
+
+
+def _write_faces(out_dir, splits: dict[str, list[np.ndarray]]):
+    manifest = {}
+    for split, images in splits.items():
+        with AtomicShardWriter(out_dir, split, max_count=len(images)) as w:
+            for i, im in enumerate(images):
+                buf = io.BytesIO()
+                Image.fromarray(im).save(buf, format="PNG")
+                w.write({"__key__": f"{split}{i:04d}", "png": buf.getvalue(), "json": {}})
+        manifest[split] = {"count": len(images), "shards": w.shards}
+    write_manifest(out_dir, {"kind": "faces_aligned", "counts": {s: v["count"] for s, v in manifest.items()},
+                             "splits": manifest})
+    return str(out_dir)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from pipelines import LatentDiffusionPipeline
+    from pipelines.dreambooth import SubjectDiffusionPipeline, with_identifier
+    from tasks.latent.vae import load_vae
+
+    root = tmp_path_factory.mktemp("evaluate_faces")
+    photos = _photos()
+    aligned = _write_faces(root / "aligned", {"train": photos[:2], "val": photos})
+    subject = _write_faces(root / "subject", {"train": photos[:6]})  # the astronaut
+    vae = load_vae(save_tiny_vae(root / "vae", seed=0, resolution=64))  # f=2: 32x32 latents -> 64 px
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=32, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4)
+    scheduler = DDPMScheduler(num_train_timesteps=100)
+    LatentDiffusionPipeline(unet=unet, vae=vae, scheduler=scheduler).save_pretrained(root / "ldm")
+    # the identifier model starts from the saved base, as train_dreambooth's does
+    saved = UNet2DModel.from_pretrained(root / "ldm", subfolder="unet")
+    SubjectDiffusionPipeline(unet=with_identifier(saved), vae=vae, scheduler=scheduler).save_pretrained(root / "db")
+    return {"root": root, "aligned": aligned, "subject": subject, "ldm": str(root / "ldm"), "db": str(root / "db")}
+
+
+def _run(setup, out: str, subject_model: str, **over):
+    cfg = EvaluateFacesConfig.from_params({**PARAMS, **over}, "evaluate_faces")
+    root = setup["root"]
+    head = evaluate_faces_task.fn(setup["aligned"], setup["ldm"], setup["subject"], subject_model,
+                                  str(root / out / "metrics.json"), str(root / out / "eval"), cfg)
+    return head, root / out
+
+
+def test_stage_end_to_end(setup):
+    head, out = _run(setup, "a", setup["db"])
+    assert json.loads((out / "metrics.json").read_text()) == head
+    # real faces: the package photos are found; an untrained tiny model draws no faces
+    assert head["face_detect_rate_real"] == 1.0
+    assert head["face_detect_rate"] == 0.0 and head["face_detect_rate_untrained"] == 0.0
+    assert head["kid_dlib"] is None and head["target_met"] is False
+    # the real-vs-real floor: 6 reference vs 6 held-out faces of two people
+    assert head["kid_dlib_floor"] is not None and head["fd_dlib_floor"] > 0
+    assert 0 <= head["precision_dlib_floor"] <= 1
+    # subject part ran on the identifier model
+    assert "id_top1" in head and head["face_detect_rate_subject"] == 0.0
+    details = json.loads((out / "eval" / "details.json").read_text())
+    assert details["counts"]["real"] == 12 and details["counts"]["reference"] == 6
+    assert details["subject"]["has_identifier"] is True and details["subject"]["num_subject_photos"] == 6
+    assert details["subject"]["face_detect_rate_photos"] == 1.0
+    # photos of one person are closer to each other than to Grace Hopper
+    assert details["subject"]["diversity_photos"] < 0.6
+    names = sorted(p.name for p in (out / "eval").glob("*.png"))
+    assert names == ["base.png", "class.png", "comparison.png", "real.png", "subject.png", "untrained.png"]
+    with Image.open(out / "eval" / "comparison.png") as grid:
+        assert grid.size == (80 + 4 * 64, 5 * 64)
+
+    # the same models give the same figures
+    again, _ = _run(setup, "b", setup["db"])
+    assert again == head
+
+
+def test_subject_switch(setup):
+    head, out = _run(setup, "c", str(setup["root"] / "missing"))  # auto: no model -> base metrics only
+    assert "id_top1" not in head and not (out / "eval" / "subject.png").exists()
+    with pytest.raises(FileNotFoundError, match="required"):
+        _run(setup, "d", str(setup["root"] / "missing"), subject="required")
+    head, _ = _run(setup, "e", setup["db"], subject="off")
+    assert "id_top1" not in head
+
+
+def test_evaluate_subject_model_for_variants(setup):
+    cfg = EvaluateFacesConfig.from_params(PARAMS, "evaluate_faces")
+    result = evaluate_subject_model(setup["db"], setup["ldm"], setup["subject"], setup["aligned"], cfg)
+    assert len(result["images"]["subject"]) == 4 and len(result["images"]["class"]) == 4
+    assert result["metrics"]["identity_distance_photos"] > 0
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="unknown"):
+        EvaluateFacesConfig.from_params({**PARAMS, "nmu_samples": 3}, "evaluate_faces")
+    with pytest.raises(ConfigError, match="missing"):
+        EvaluateFacesConfig.from_params({k: v for k, v in PARAMS.items() if k != "seed"}, "evaluate_faces")
+    with pytest.raises(ValueError, match="subject"):
+        EvaluateFacesConfig.from_params({**PARAMS, "subject": "maybe"}, "evaluate_faces")
+
+
+def test_targets_rule():
+    floor = {"kid_dlib": 0.0}
+    assert targets({"face_detect_rate": 0.4, "kid_dlib": 0.01}, {"kid_dlib": 0.05}, floor, 0.5, 0.7)["target_met"]
+    # detection below 70% of the real rate
+    assert not targets({"face_detect_rate": 0.3, "kid_dlib": 0.01}, {"kid_dlib": 0.05}, floor, 0.5, 0.7)["target_met"]
+    # KID nearer the untrained model than the floor
+    assert not targets({"face_detect_rate": 0.4, "kid_dlib": 0.04}, {"kid_dlib": 0.05}, floor, 0.5, 0.7)["kid_ok"]
+    # an untrained model with no faces at all is infinitely far
+    assert targets({"face_detect_rate": 0.4, "kid_dlib": 0.04}, {"kid_dlib": None}, floor, 0.5, 0.7)["kid_ok"]
