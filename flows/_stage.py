@@ -6,8 +6,11 @@ params.yaml (the one place values live); the flow reads that section into its ty
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import traceback
+from pathlib import Path
 from typing import Callable
 
 from prefect import tags
@@ -23,6 +26,34 @@ def parse_path_args(argv: list[str]) -> dict[str, str]:
     return {k[2:].replace("-", "_"): v for k, v in zip(argv[::2], argv[1::2])}
 
 
+class _NoConsoleTraceback(logging.Filter):
+    """Keeps Prefect's console lines one line each: a failure's reason without 70 lines of traceback
+    (the traceback still reaches the Prefect server's logs, and run_stage writes it to a file)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_console_tracebacks() -> None:
+    if os.environ.get("FACEDIFF_TRACEBACKS") == "1":  # for debugging: Prefect's full console output
+        return
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()  # Prefect configures its handlers lazily; do it now to reach its console handler
+    for handler in logging.getLogger().handlers:
+        if type(handler).__name__ == "PrefectConsoleHandler":
+            handler.addFilter(_NoConsoleTraceback())
+
+
+def _save_traceback(stage: str, exc: BaseException) -> Path:
+    folder = Path(".dvc/tmp") if Path(".dvc").is_dir() else Path(os.environ.get("TMPDIR", "/tmp"))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stage}.traceback.txt"
+    path.write_text("".join(traceback.format_exception(exc)))
+    return path
+
+
 def run_stage(flow: Callable, stage: str, argv: list[str] | None = None) -> None:
     """Run `flow(**paths, params=<params.yaml's stage section>)` with the command line's paths.
 
@@ -33,6 +64,7 @@ def run_stage(flow: Callable, stage: str, argv: list[str] | None = None) -> None
     # A stage started by the GPU worker's `dvc repro` is tagged with the worker's flow run id, so the
     # UI lists a worker run's stage runs (filter by tag); tasks/worker/commands.py sets the variable.
     worker_run = os.environ.get("FACEDIFF_WORKER_RUN_ID")
+    _quiet_console_tracebacks()
     # No PREFECT_API_URL: a server that dies with this process, not Prefect's own temporary one,
     # which would outlive a `kill -9` of the stage (flows/local_server.py).
     with stage_server(), tags(*([f"worker-run:{worker_run}"] if worker_run else [])):
@@ -40,6 +72,7 @@ def run_stage(flow: Callable, stage: str, argv: list[str] | None = None) -> None
     if not state.is_completed():
         try:
             state.result()
-        except Exception as exc:  # the flow's own error, already logged with its traceback
-            sys.exit(f"stage {stage} failed: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # the flow's own error: its reason last, the traceback in a file
+            where = _save_traceback(stage, exc)
+            sys.exit(f"stage {stage} failed: {type(exc).__name__}: {exc} (traceback in {where})")
         sys.exit(f"stage {stage} failed: {state.name}")

@@ -113,10 +113,24 @@ def stage_server() -> Iterator[subprocess.Popen | None]:
     os.environ["PREFECT_API_URL"] = url  # for processes this one starts (accelerate launch)
     try:
         with temporary_settings({PREFECT_API_URL: url}):  # prefect read its settings at import
-            yield server
+            try:
+                yield server
+            finally:
+                _drain_prefect_queues()
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         stop_server(server)
+
+
+def _drain_prefect_queues() -> None:
+    """Send the logs and events still queued to the server before it stops (else Prefect prints
+    'Error logging to API' at exit)."""
+    from prefect._internal.concurrency.services import QueueService
+
+    try:
+        QueueService.drain_all(timeout=10)
+    except Exception as exc:  # nothing left to lose but log lines
+        print(f"prefect: could not flush logs to the stage's server: {exc}", file=sys.stderr)
 
 
 def run_with_server(cmd: list[str]) -> int:
