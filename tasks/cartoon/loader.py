@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipelines.cartoon import one_hot
 from tasks.cartoon.schema import AttributeSchema
 from tasks.common.shard_loader import ShardLoader
 from tasks.common.shards import read_manifest
@@ -22,23 +23,34 @@ def load_schema(shard_dir: str | Path) -> AttributeSchema:
 
 
 def decode_image(png: bytes) -> torch.Tensor:
-    """uint8 PNG -> float32 (3, H, W) in [-1, 1]."""
-    array = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32)
-    return torch.from_numpy(array).permute(2, 0, 1).div_(127.5).sub_(1.0)
+    """uint8 PNG -> uint8 (H, W, 3): the per-sample part, run in DataLoader workers."""
+    image = Image.open(io.BytesIO(png))
+    if image.mode != "RGB":  # the shards hold RGB; anything else is converted, not misread
+        image = image.convert("RGB")
+    return torch.from_numpy(np.array(image))  # a writable copy (12 KB at 64 px)
 
 
 class _ToTensors:
-    def __init__(self, schema: AttributeSchema):
-        self.schema = schema
+    """Per sample only what must be: PNG decode and JSON parse. Everything that can work on a
+    whole batch (float conversion, one-hot) waits for `_finish_batch`, so it runs as a few array
+    operations per batch and DataLoader workers send uint8 images (a quarter of float32's bytes)."""
 
     def __call__(self, sample: dict) -> dict:
         attrs = json.loads(sample["attrs.json"])
-        return {
-            "image": decode_image(sample["png"]),
-            "onehot": torch.from_numpy(self.schema.one_hot(attrs)),
-            "attrs": torch.tensor(attrs, dtype=torch.int64),
-            "key": sample["__key__"],
-        }
+        return {"image": decode_image(sample["png"]), "attrs": torch.tensor(attrs, dtype=torch.int64),
+                "key": sample["__key__"]}
+
+
+class _FinishBatch:
+    def __init__(self, schema: AttributeSchema):
+        self.schema = schema
+
+    def __call__(self, batch: dict) -> dict:
+        # NHWC uint8 -> NCHW first (cheap on bytes), then one conversion: the same arithmetic per
+        # pixel as converting each image alone, so the same floats
+        images = batch["image"].permute(0, 3, 1, 2).contiguous().float().div_(127.5).sub_(1.0)
+        onehot = torch.from_numpy(one_hot(batch["attrs"].numpy(), self.schema.counts))
+        return {"image": images, "onehot": onehot, "attrs": batch["attrs"], "key": batch["key"]}
 
 
 class CartoonLoader(ShardLoader):
@@ -46,7 +58,8 @@ class CartoonLoader(ShardLoader):
 
     def __init__(self, shard_dir: str | Path, split: str = "train", batch_size: int = 64, **kwargs):
         self.schema = load_schema(shard_dir)
-        super().__init__(shard_dir, split, _ToTensors(self.schema), batch_size=batch_size, **kwargs)
+        super().__init__(shard_dir, split, _ToTensors(), batch_size=batch_size, finish_batch=_FinishBatch(self.schema),
+                         **kwargs)
 
 
 def cartoon_loader(shard_dir: str | Path, split: str = "train", batch_size: int = 64, **kwargs) -> CartoonLoader:

@@ -47,13 +47,16 @@ class ShardLoader:
     """Iterable of collated batches of `to_tensors(sample)`; `len()` is batches per epoch per rank.
 
     `decode=True` lets webdataset decode entries by extension first (.npy -> array, .json -> obj).
+    `finish_batch(batch)` runs on each collated batch in the main process: work that is one array
+    operation per batch (dtype conversion, one-hot) instead of one per sample in the workers.
     """
 
     def __init__(self, shard_dir: str | Path, split: str, to_tensors: Callable[[dict], dict], *,
                  batch_size: int = 64, shuffle_buffer: int = 1000, workers: int = 0, seed: int = 0,
                  epoch: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = True,
-                 shuffle: bool = True, decode: bool = False):
+                 shuffle: bool = True, decode: bool = False, finish_batch: Callable[[dict], dict] | None = None):
         self.manifest = read_manifest(shard_dir)
+        self.finish_batch = finish_batch
         if split not in self.manifest.get("splits", {}):
             raise KeyError(f"{shard_dir} has no split {split!r}")
         shards = list(zip(shard_paths(shard_dir, split), self.manifest["splits"][split]["shard_counts"]))
@@ -89,4 +92,4 @@ class ShardLoader:
         for i, batch in enumerate(self._loader):
             if i == self.num_batches:
                 break
-            yield batch
+            yield self.finish_batch(batch) if self.finish_batch else batch
