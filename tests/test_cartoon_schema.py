@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from pipelines.cartoon import one_hot
 from tasks.cartoon.schema import AttributeFileError, AttributeSchema, format_attribute_csv, parse_attribute_csv
 
 CARTOONSET_LINES = '"eye_angle", 2, 3\n"eye_lashes", 0, 2\n"hair", 25, 111\n'
@@ -37,7 +38,7 @@ def test_one_hot_layout_follows_file_order_and_counts():
     assert schema.names == ("eye_angle", "eye_lashes", "hair")
     assert schema.offsets == (0, 3, 5)
     assert schema.width == 116
-    hot = schema.one_hot([[2, 0, 25], [0, 1, 110]])
+    hot = one_hot([[2, 0, 25], [0, 1, 110]], schema.counts)  # the model's layout (pipelines.cartoon)
     assert hot.shape == (2, 116) and hot.dtype == np.float32
     assert np.flatnonzero(hot[0]).tolist() == [2, 3, 30]
     assert np.flatnonzero(hot[1]).tolist() == [0, 4, 115]

@@ -91,12 +91,6 @@ class AttributeSchema:
             out.append(index)
         return out
 
-    def one_hot(self, indices) -> np.ndarray:
-        """(..., 18) integer indices -> (..., width) float32 one-hot rows."""
-        from pipelines.cartoon import one_hot  # the layout the model reads: defined once, with the model
-
-        return one_hot(indices, self.counts)
-
     def to_json(self) -> dict:
         return {
             "attributes": [
