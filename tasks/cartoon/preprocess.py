@@ -80,9 +80,10 @@ def _preprocess_into(raw: Path, out: Path, *, background: list[int], crop: int, 
     log.info("preprocess_cartoons: %d images in %s, %d workers", len(keys), raw, resolve_workers(workers))
 
     with process_pool(workers) as pool:
-        # Pass 1: attribute files; the layout is what most files agree on.
-        parsed = list(tqdm(imap(pool, read_attributes, [str(pairs[k][1]) for k in keys], 64),
-                           total=len(keys), desc="attributes", unit="csv"))
+        # Pass 1: attribute files; the layout is what most files agree on. Parsed here, not in the
+        # pool: a file costs less than sending it to a worker, and this runs while the spawned
+        # workers are still importing.
+        parsed = [read_attributes(str(pairs[k][1])) for k in tqdm(keys, desc="attributes", unit="csv")]
         good_rows = [rows for ok, rows in parsed if ok]
         if not good_rows:
             check_rejections([{"key": k, "reason": r} for k, (_, r) in zip(keys, parsed)], total, 0.0, "preprocess_cartoons")
