@@ -111,8 +111,13 @@ def process_item(item: Item, cfg: AlignConfig) -> dict[str, Any]:
     return {"key": item.key, "png": buf.getvalue(), "json": meta}
 
 
-def _run(args):
-    return process_item(*args)
+def _run(args) -> list[dict[str, Any]]:
+    """A few items per task: one round trip to a worker costs about as much as aligning a small image."""
+    items, cfg = args
+    return [process_item(item, cfg) for item in items]
+
+
+CHUNK = 8  # items per worker task: few round trips, still even work across workers near the end
 
 
 # --- shard planning and resumption (main process) ---------------------------------------------
@@ -208,9 +213,10 @@ def align_to_shards(items: list[Item], out_dir: str | Path, cfg: AlignConfig, *,
                 finished, _ = wait(list(futures), timeout=None if block else 0, return_when=FIRST_COMPLETED)
                 for f in finished:
                     sid = futures.pop(f)
-                    results[sid].append(f.result())
-                    remaining[sid] -= 1
-                    bar.update(1)
+                    chunk = f.result()
+                    results[sid].extend(chunk)
+                    remaining[sid] -= len(chunk)
+                    bar.update(len(chunk))
                     if remaining[sid] == 0:
                         finish(*sid, results.pop(sid))
 
@@ -223,11 +229,11 @@ def align_to_shards(items: list[Item], out_dir: str | Path, cfg: AlignConfig, *,
                     results[sid].extend(pre)
                     remaining[sid] -= len(pre)
                     bar.update(len(pre))
-                for it in its:
-                    futures[pool.submit(_run, (it, cfg))] = sid
+                for start in range(0, len(its), CHUNK):
+                    futures[pool.submit(_run, (its[start:start + CHUNK], cfg))] = sid
                 if remaining[sid] == 0:
                     finish(split, idx, results.pop(sid))
-                while len(futures) > 4 * workers * shard_size:  # bound memory on huge runs
+                while len(futures) * CHUNK > 4 * workers * shard_size:  # bound memory on huge runs
                     drain(block=True)
                 drain(block=False)
             while futures:
