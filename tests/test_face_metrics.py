@@ -67,7 +67,8 @@ def test_kid_separates_shifted_distribution_and_caps_subset():
     x = _rng(3).normal(size=(30, 8))
     y = _rng(4).normal(size=(12, 8)) + 2.0
     mean, std, size = M.kernel_inception_distance(x, y, num_subsets=5, subset_size=100, seed=0)
-    assert size == 12 and mean > 1.0
+    assert size == 6 and mean > 1.0  # capped at half the smaller set: subsets differ, std > 0
+    assert std > 0
     assert M.kernel_inception_distance(x, y, 5, 100, seed=0) == (mean, std, size)  # deterministic
 
 

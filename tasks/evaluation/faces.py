@@ -40,7 +40,7 @@ class KidConfig(StageConfig):
 
 @dataclass(frozen=True)
 class EvaluateFacesConfig(StageConfig):
-    real_split: str               # split of data/faces/aligned whose faces are "real"
+    real_splits: list[str]        # splits of data/faces/aligned whose faces are "real"
     num_samples: int              # per generated set (base, untrained, subject, class)
     batch_size: int
     scheduler: str                # ddpm | ddim | dpm
@@ -56,6 +56,8 @@ class EvaluateFacesConfig(StageConfig):
     def __post_init__(self):
         if self.subject not in SUBJECT_MODES:
             raise ValueError(f"evaluate_faces.subject must be one of {SUBJECT_MODES}, got {self.subject!r}")
+        if not self.real_splits:
+            raise ValueError("evaluate_faces.real_splits must name at least one split of the aligned faces")
         if self.num_samples < 2 or self.batch_size < 1 or self.num_inference_steps < 1:
             raise ValueError("evaluate_faces: num_samples >= 2, batch_size >= 1, num_inference_steps >= 1")
 
@@ -186,7 +188,7 @@ class RealFaces:
 
 def real_faces(aligned_dir: str | Path, resolution: int, cfg: EvaluateFacesConfig,
                extractor: DlibFaceExtractor) -> RealFaces:
-    images = load_faces(aligned_dir, [cfg.real_split], resolution)
+    images = load_faces(aligned_dir, list(cfg.real_splits), resolution)
     return RealFaces(images=images, features=extractor(images))
 
 
@@ -203,7 +205,7 @@ def evaluate_base(base_dir: str | Path, aligned_dir: str | Path, cfg: EvaluateFa
     resolution = model_resolution(base_pipe)
     real = real_faces(aligned_dir, resolution, cfg, extractor)
     ref, held_out = split_real(real.features)
-    log(f"evaluate_faces: {len(real.images)} real '{cfg.real_split}' faces at {resolution} px, "
+    log(f"evaluate_faces: {len(real.images)} real {'+'.join(cfg.real_splits)} faces at {resolution} px, "
         f"{real.features.detect_rate:.0%} detected ({len(ref)} reference, {len(held_out)} held out)")
     sets = {"base": sample_images(base_pipe, cfg),
             "untrained": sample_images(untrained_pipeline(base_pipe, cfg.seed), cfg)}

@@ -71,10 +71,11 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
 def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, num_subsets: int, subset_size: int,
                               seed: int) -> tuple[float, float, int]:
     """KID (Binkowski et al. 2018) on any features: unbiased MMD^2 averaged over `num_subsets`
-    random subsets of `subset_size` from each set (capped at the smaller set's size).
+    random subsets of `subset_size` from each set, capped at half the smaller set (at least 2) so
+    that subsets differ and their std says how much the figure moves with the sample drawn.
     Returns (mean, std over subsets, the subset size used). Deterministic for `seed`."""
     real, fake = _as_2d(real, "real", 2), _as_2d(fake, "fake", 2)
-    size = min(int(subset_size), len(real), len(fake))
+    size = min(int(subset_size), max(2, min(len(real), len(fake)) // 2))
     rng = np.random.default_rng(seed)
     values = [mmd2_unbiased(real[rng.choice(len(real), size, replace=False)],
                             fake[rng.choice(len(fake), size, replace=False)]) for _ in range(int(num_subsets))]
