@@ -75,7 +75,7 @@ def test_train_classifier_evaluate_stages(tmp_path, shard_dir, mode):
                                        samples={"num_images": 4, "num_inference_steps": 2}))
     metrics = json.loads((tmp_path / "train.json").read_text())
     assert metrics["steps"] == 3 and metrics["conditioning"] == mode
-    anatomy = metrics["memory_anatomy"]
+    anatomy = json.loads((tmp_path / "timings" / "train.json").read_text())["memory_anatomy"]
     pipe = CartoonDiffusionPipeline.from_pretrained(model_dir)
     n_params = sum(p.numel() for p in pipe.unet.parameters()) + sum(p.numel() for p in pipe.tau.parameters())
     assert isinstance(pipe, CartoonDiffusionPipeline) and anatomy["trainable_parameters"] == n_params
