@@ -27,12 +27,12 @@ VARIANTS = {
 }
 
 
-def eval_config(num_samples: int):
+def eval_config(num_samples: int, steps: int):
     from tasks.evaluation.faces import EvaluateFacesConfig
 
     return EvaluateFacesConfig.from_params({
         "real_split": "train", "num_samples": num_samples, "batch_size": 32, "scheduler": "ddim",
-        "num_inference_steps": 25, "seed": 1000, "subject": "required", "grid_images": 8, "k_nearest": 3,
+        "num_inference_steps": steps, "seed": 1000, "subject": "required", "grid_images": 8, "k_nearest": 3,
         "min_detect_ratio": 0.5,
         "features": {"upscale_to": 256, "upsample": 1, "chip_size": 150, "chip_padding": 0.25, "num_jitters": 0},
         "kid": {"num_subsets": 20, "subset_size": 50, "seed": 0}}, "evaluate_faces")
@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--repo", default=".")
     ap.add_argument("--out", default="/tmp/dreambooth_table")
     ap.add_argument("--num-samples", type=int, default=128)
+    ap.add_argument("--num-inference-steps", type=int, default=25, help="DDIM steps of every evaluated sample")
     ap.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
     args = ap.parse_args()
     import os
@@ -90,7 +91,7 @@ def main() -> None:
     repo, out = Path(args.repo).resolve(), Path(args.out)
     os.chdir(repo)
     params = yaml.safe_load(Path("params.yaml").read_text())["train_dreambooth"]
-    cfg = eval_config(args.num_samples)
+    cfg = eval_config(args.num_samples, args.num_inference_steps)
     extractor = DlibFaceExtractor(cfg.features)
     base = evaluate_base("models/ldm", "data/faces/aligned", cfg, extractor, log=print)
     EF.load_subject_model = _loader  # see _OneDistribution

@@ -10,7 +10,7 @@ from tasks.common.shards import read_manifest
 from tests.e2e import assert_up_to_date, copy_repo, repro
 from tests.test_ldm_e2e import SMALL, _overlay
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # nine stages from scratch
 TINY = {**SMALL,
         "prepare_subject": {"synthetic": {"num_photos": 4}, "output_size": 64, "transform_size": 512,
                             "min_photos": 3},
