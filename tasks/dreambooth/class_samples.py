@@ -6,7 +6,7 @@ subject and class latents alike. Shard i holds samples [i * shard_size, ...) dra
 seeded by (seed, i): a shard does not depend on the others, so a killed run resumes per shard
 (the `.progress` records of tasks/common/shards.py) and the result is the same as an uninterrupted
 run. The shard fingerprint holds the base model's identity (UNet weights + config, VAE identity),
-the sampler, steps, seed and count, so samples of another base model are never reused (diffusers'
+the sampler, steps, seed, count and the fingerprint of the sampling code (tasks/common/codeprint.py), so samples of another base model are never reused (diffusers'
 script counts files in a folder and would reuse them).
 """
 from __future__ import annotations
@@ -45,8 +45,10 @@ def plan(cfg: SampleClassConfig) -> list[tuple[int, int, int]]:
 
 
 def shard_fingerprints(items, base: dict, cfg: SampleClassConfig) -> dict[str, str]:
+    from tasks.common.codeprint import code_fingerprint  # other sampling code samples again
+
     common = {"base": base["identity"], "scheduler": cfg.scheduler, "steps": cfg.num_inference_steps,
-              "seed": cfg.seed, "format": FORMAT_VERSION}
+              "seed": cfg.seed, "format": FORMAT_VERSION, "code": code_fingerprint([__name__])}
     return {shard_name("train", i): hashlib.sha256(json.dumps({**common, "index": i, "count": c}, sort_keys=True)
                                                    .encode()).hexdigest()[:24] for i, _, c in items}
 
