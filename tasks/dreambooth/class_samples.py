@@ -6,8 +6,9 @@ subject and class latents alike. Shard i holds samples [i * shard_size, ...) dra
 seeded by (seed, i): a shard does not depend on the others, so a killed run resumes per shard
 (the `.progress` records of tasks/common/shards.py) and the result is the same as an uninterrupted
 run. The shard fingerprint holds the base model's identity (UNet weights + config, VAE identity),
-the sampler, steps, seed, count and the fingerprint of the sampling code (tasks/common/codeprint.py), so samples of another base model are never reused (diffusers'
-script counts files in a folder and would reuse them).
+the sampler, steps, seed, count and the fingerprint of the sampling code (tasks/common/codeprint.py),
+so samples of another base model are never reused (diffusers' script counts files in a folder and
+would reuse them).
 """
 from __future__ import annotations
 
