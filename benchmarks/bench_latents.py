@@ -100,9 +100,9 @@ def main() -> None:
     # ---------------------------------------------------------------- 1. encoding
     out = tmp / "latents"
     t0 = time.perf_counter()
-    manifest = encode_latents(str(aligned), str(vae_dir), str(out), flip=False,
-                              batch_size=params["encode_latents"]["batch_size"], device="cpu", progress=False,
-                              log=lambda *_: None)
+    manifest = encode_latents(str(aligned), str(vae_dir), str(out),
+                              **{**params["encode_latents"], "flip": False, "device": "cpu", "num_processes": 1},
+                              progress=False, log=lambda *_: None)
     seconds = time.perf_counter() - t0
     n = manifest["counts"]["images"]
     a_man = read_manifest(aligned)

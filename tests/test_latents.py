@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tasks.latent.encode as enc
-from tasks.latent.encode import encode_latents, iter_latents
+from tasks.latent.encode import iter_latents
 from tasks.latent.images import load_split, to_model_input
 from tasks.latent.loader import latent_loader
 from tasks.latent.config import EncodeLatentsConfig, TrainVaeConfig
@@ -23,7 +23,7 @@ from tasks.latent.vae import (
 )
 from tasks.common.shards import PROGRESS, read_manifest
 from tests.configs import stage_config
-from tests.test_latents_helpers import TINY_VAE, make_aligned, save_tiny_vae
+from tests.test_latents_helpers import TINY_VAE, encode_latents, make_aligned, save_tiny_vae
 
 
 def vae_config(**overrides) -> TrainVaeConfig:

@@ -63,3 +63,14 @@ def save_tiny_vae(out_dir: Path, seed: int = 0, resolution: int = 32, scaling_fa
     vae.register_to_config(scaling_factor=scaling_factor)
     vae.save_pretrained(out_dir)
     return out_dir
+
+
+# The encoding settings the latent tests use unless they say otherwise (params.yaml's are the stage's).
+ENCODE = dict(resolution=None, flip=False, batch_size=32, device="cpu", precision="bf16", num_processes=1)
+
+
+def encode_latents(aligned_dir, vae_dir, out_dir, **kw):
+    """tasks.latent.encode.encode_latents with ENCODE filled in."""
+    from tasks.latent.encode import encode_latents as encode
+
+    return encode(aligned_dir, vae_dir, out_dir, **{**ENCODE, **kw})

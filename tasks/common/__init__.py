@@ -1,1 +1,2 @@
-"""Shared plumbing: shards, loaders, downloads, process pools, accelerate launch, params, logging."""
+"""Shared plumbing: typed stage configs, params.yaml, shards and their loader, downloads, the process
+pool, file hashes and seeds, accelerate launch, sample grids, logging, timings."""

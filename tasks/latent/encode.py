@@ -65,8 +65,10 @@ def plan(aligned_dir: str | Path) -> list[tuple[str, int, Path]]:
 
 
 def shard_fingerprints(items: list[tuple[str, int, Path]], vae_id: str, resolution: int, flip: bool) -> dict[str, str]:
+    from tasks.common.codeprint import code_fingerprint  # the encoding code: other code re-encodes
+
     base = json.dumps({"vae": vae_id, "resolution": resolution, "resample": "lanczos", "flip": bool(flip),
-                       "format": FORMAT_VERSION}, sort_keys=True)
+                       "format": FORMAT_VERSION, "code": code_fingerprint(["tasks.latent.encode"])}, sort_keys=True)
     return {p.name: hashlib.sha256((base + p.name + file_digest(p, "md5")).encode()).hexdigest()[:24] for _, _, p in items}
 
 
@@ -112,11 +114,12 @@ def _resolve_device(device: str, local_rank: int = 0) -> torch.device:
     return torch.device(device)
 
 
-def encode_latents(aligned_dir: str, vae_dir: str, out_dir: str, *, resolution: int | None = None, flip: bool = False,
-                   batch_size: int = 32, device: str = "auto", precision: str = "bf16", num_processes: int = 1,
+def encode_latents(aligned_dir: str, vae_dir: str, out_dir: str, *, resolution: int | None, flip: bool,
+                   batch_size: int, device: str, precision: str, num_processes: int,
                    params: dict | None = None, progress: bool = True, log=print,
                    shard_callback: Callable[[str], None] | None = None) -> dict:
-    """Encode every aligned shard not already encoded by this VAE; write the manifest. Returns it."""
+    """Encode every aligned shard not already encoded by this VAE; write the manifest. Returns it.
+    The settings are params.yaml's encode_latents section (EncodeLatentsConfig), all required."""
     if num_processes > 1:
         launch("tasks.latent.encode", Path(out_dir).with_suffix(".job.json"),
                dict(aligned_dir=aligned_dir, vae_dir=vae_dir, out_dir=out_dir, resolution=resolution, flip=flip,
