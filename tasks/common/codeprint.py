@@ -127,6 +127,7 @@ def project_files(modules: Iterable[str], repo: Path = REPO) -> list[Path]:
     needed: dict[Path, "set[str] | object"] = {}
     todo: list[Target] = [(m, None) for m in modules]
     pending: list[tuple[Path, str]] = []
+    scanned: set[tuple[Path, str]] = set()
 
     def visit(path: Path) -> bool:
         """First visit of a module: what its import runs. False if seen before."""
@@ -163,8 +164,11 @@ def project_files(modules: Iterable[str], repo: Path = REPO) -> list[Path]:
             defs = _parsed(path, repo).defs
             if symbol not in defs and "__getattr__" in defs:
                 symbol = "__getattr__"  # a name the module makes on demand (PEP 562)
-            if symbol not in defs or (done is not everything and symbol in done):
+            # Each definition is scanned once, also in a module needed whole: mutually referring
+            # definitions (a class and a helper that names it) would otherwise loop forever.
+            if symbol not in defs or (path, symbol) in scanned:
                 continue
+            scanned.add((path, symbol))
             if done is not everything:
                 done.add(symbol)
             targets, names = defs[symbol]
