@@ -136,3 +136,13 @@ def test_lock_check_finds_changed_code_params_and_deps(tmp_path):
                                         "stage_a: params stage_a differ from dvc.lock"]
     (repo / "dvc.yaml").write_text((repo / "dvc.yaml").read_text() + "  new_stage:\n    cmd: echo\n")
     assert deps.lock_problems(repo)[-1] == "new_stage: not in dvc.lock (never run)"
+
+
+def test_closure_ends_on_mutually_recursive_functions(tmp_path):
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks/__init__.py").write_text("")
+    (tmp_path / "tasks/r.py").write_text("def a(n):\n    return b(n - 1) if n else 0\n\n\n"
+                                         "def b(n):\n    from tasks import s\n    return a(n)\n")
+    (tmp_path / "tasks/s.py").write_text("")
+    found = [p.relative_to(tmp_path).as_posix() for p in project_files(["tasks.r"], tmp_path)]
+    assert found == ["tasks/__init__.py", "tasks/r.py", "tasks/s.py"]

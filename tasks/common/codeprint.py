@@ -123,21 +123,18 @@ def project_files(modules: Iterable[str], repo: Path = REPO) -> list[Path]:
     """The project files that running `modules` can execute: the static import closure, where an
     import inside a function counts only if that function is reachable (so importing one Prefect
     task from a module of several does not pull in the others' work modules)."""
-    everything = object()
-    needed: dict[Path, "set[str] | object"] = {}
+    needed: dict[Path, set[str]] = {}   # module -> its top-level functions/classes reached so far
     todo: list[Target] = [(m, None) for m in modules]
     pending: list[tuple[Path, str]] = []
-    scanned: set[tuple[Path, str]] = set()
 
-    def visit(path: Path) -> bool:
-        """First visit of a module: what its import runs. False if seen before."""
+    def visit(path: Path) -> None:
+        """First visit of a module: what its import runs."""
         if path in needed:
-            return False
+            return
         needed[path] = set()
         parsed = _parsed(path, repo)
         todo.extend(parsed.top)
         pending.extend((path, n) for n in parsed.top_refs if n in parsed.defs)
-        return True
 
     while todo or pending:
         while todo:
@@ -152,28 +149,20 @@ def project_files(modules: Iterable[str], repo: Path = REPO) -> list[Path]:
             for init in _package_inits(name, repo):
                 visit(init)
             visit(path)
-            if symbol is None:
-                if needed[path] is not everything:
-                    pending.extend((path, n) for n in _parsed(path, repo).defs)
-                    needed[path] = everything
-            else:
-                pending.append((path, symbol))
+            # The whole module (`import x`, a module named by a string): every function may run.
+            symbols = _parsed(path, repo).defs if symbol is None else [symbol]
+            pending.extend((path, n) for n in symbols)
         while pending:
             path, symbol = pending.pop()
-            done = needed[path]
             defs = _parsed(path, repo).defs
             if symbol not in defs and "__getattr__" in defs:
                 symbol = "__getattr__"  # a name the module makes on demand (PEP 562)
-            # Each definition is scanned once, also in a module needed whole: mutually referring
-            # definitions (a class and a helper that names it) would otherwise loop forever.
-            if symbol not in defs or (path, symbol) in scanned:
-                continue
-            scanned.add((path, symbol))
-            if done is not everything:
-                done.add(symbol)
+            if symbol not in defs or symbol in needed[path]:
+                continue  # each function once: recursion and mutual calls end here
+            needed[path].add(symbol)
             targets, names = defs[symbol]
             todo.extend(targets)
-            pending.extend((path, n) for n in names if n in defs and n != symbol)
+            pending.extend((path, n) for n in names if n in defs)
     return sorted(needed)
 
 
