@@ -89,14 +89,16 @@ def test_train_classifier_evaluate_stages(tmp_path, shard_dir, mode):
                                                     channels=[8, 16], hidden_dim=32, epochs=1, batch_size=8))
     clf = json.loads((tmp_path / "clf.json").read_text())
     assert set(clf["val_accuracy"]) == set(SCHEMA.names)
-    # a 1-epoch judge reads nothing reliably: count every attribute (the rule itself: test_cartoon_evaluate.py)
+    # a 1-epoch judge reads little: the loosest rule (the rule itself: test_cartoon_evaluate.py)
     cfg = EvaluateCartoonConfig.from_params({"guidance_scales": [0, 2], "num_samples": 4, "num_inference_steps": 2,
                                              "scheduler": "dpm", "seed": 0, "batch_size": 4, "grid_images": 4,
                                              "min_ceiling": 0.0, "min_ceiling_over_chance": 1.0})
     evaluate_cartoon_task.fn(model_dir, str(tmp_path / "clf"), str(tmp_path / "clf.json"), shard_dir,
                              str(tmp_path / "eval"), str(tmp_path / "eval.json"), str(tmp_path / "attrs.json"), cfg)
     ev, detail = json.loads((tmp_path / "eval.json").read_text()), json.loads((tmp_path / "attrs.json").read_text())
-    assert ev["best_guidance"] in (0, 2) and ev["reliable_attributes"] == len(SCHEMA.names)
+    # reliable here = the 1-epoch judge beats chance on real images: some attributes, not necessarily all
+    assert ev["best_guidance"] in (0, 2) and ev["reliable_attributes"] == len(detail["reliable"]) >= 1
+    assert all(a["reliable"] == (a["ceiling"] >= a["chance"]) for a in detail["attributes"].values())
     assert {"reliable_accuracy_vs_ceiling_guidance_0", "reliable_accuracy_vs_ceiling_guidance_2"} <= set(ev)
     assert set(detail["attributes"]) == set(SCHEMA.names)
     assert set(detail["attributes"]["hair_color"]["accuracy"]) == {"guidance_0", "guidance_2"}
