@@ -41,6 +41,7 @@ class TrainVaeConfig(StageConfig):
     eval_batch_size: int
     eval_images: int | None
     device: str
+    min_gain_over_bilinear_db: float  # target: validation PSNR at least this far above the bilinear reference
     model: VaeModelConfig          # source train only
     training: VaeTrainingConfig    # source train only
 

@@ -332,6 +332,8 @@ def prepare_vae(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str |
         "psnr_val_db": psnr["vae"],                # decode(posterior mean) vs the validation face
         "psnr_val_flat_db": psnr["flat"],          # reference: each face's mean colour
         "psnr_val_bilinear_db": psnr["bilinear"],  # reference: bilinear down-up by the VAE's factor
+        "psnr_gain_over_bilinear_db": psnr["vae"] - psnr["bilinear"],
+        "target_met": psnr["vae"] - psnr["bilinear"] >= config.min_gain_over_bilinear_db,
         "val_images": int(len(val_images)),
         "resolution": resolution,
         "downsample_factor": downsample_factor(vae),
@@ -346,4 +348,11 @@ def prepare_vae(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str |
     log(f"train_vae: PSNR on {len(val_images)} validation faces {psnr['vae']:.2f} dB (flat {psnr['flat']:.2f}, "
         f"bilinear f={downsample_factor(vae)} {psnr['bilinear']:.2f}); scaling factor {scale:.4f} "
         f"({summary['scaling_factor_source']}) -> {out_dir}")
+    if not metrics["target_met"]:
+        from tasks.common.log import get_logger
+
+        get_logger().warning(
+            f"train_vae: target missed: PSNR {psnr['vae']:.2f} dB is {metrics['psnr_gain_over_bilinear_db']:+.2f} dB "
+            f"against the bilinear reference; the target is {config.min_gain_over_bilinear_db:+.1f} dB "
+            "(metrics: target_met false)")
     return metrics
