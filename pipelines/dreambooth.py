@@ -14,7 +14,6 @@ Inference only, importable alone: nothing here imports `tasks` or `flows`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from diffusers import ImagePipelineOutput, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
+from pipelines.identity import module_identity
 from pipelines.latent import LatentDiffusionPipeline
 from pipelines.outputs import check_output_type, to_output
 
@@ -29,18 +29,6 @@ ADAPTER_FILE = "adapter_model.safetensors"   # LoRA weights (+ the identifier's 
 ADAPTER_CONFIG = "adapter_config.json"       # peft LoraConfig
 RECORD = "dreambooth_adapter.json"           # base path, base identity, identifier
 SUBJECT_LABEL, CLASS_LABEL = 1, 0
-
-
-def module_identity(module: torch.nn.Module) -> str:
-    """A hash of a diffusers model's class, config and weights (equal across save/load)."""
-    h = hashlib.sha256(type(module).__name__.encode())
-    config = {k: v for k, v in dict(module.config).items() if not k.startswith("_")}
-    h.update(json.dumps(config, sort_keys=True, default=list).encode())
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:24]
 
 
 def with_identifier(base: UNet2DModel) -> UNet2DModel:

@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 from pipelines import LatentDiffusionPipeline
-from pipelines.dreambooth import module_identity
+from pipelines.identity import module_identity
 from tasks.common.shards import read_manifest
 from tasks.latent.vae import vae_identity
 

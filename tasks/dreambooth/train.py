@@ -35,7 +35,7 @@ from pipelines import make_scheduler
 from pipelines.outputs import to_output
 from pipelines.portable import save_portable
 from pipelines.dreambooth import (ADAPTER_CONFIG, ADAPTER_FILE, CLASS_LABEL, RECORD, SUBJECT_LABEL,
-                                  SubjectDiffusionPipeline, module_identity, with_identifier)
+                                  SubjectDiffusionPipeline, with_identifier)
 from tasks.common.shards import MANIFEST, read_manifest, write_json_atomic
 from tasks.dreambooth.base import base_identity, check_compatible, load_base
 from tasks.dreambooth.config import TrainDreamboothConfig

@@ -18,7 +18,6 @@ written into the saved config (so every reader, the pipeline included, gets the 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -112,17 +111,11 @@ def load_vae(vae_dir: str | Path) -> torch.nn.Module:
 
 
 def vae_identity(vae: torch.nn.Module) -> str:
-    """A hash of the VAE's weights and config: equal for the same VAE saved and loaded any number
-    of times, different as soon as one weight or config value differs."""
-    h = hashlib.sha256()
-    config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
-    h.update(type(vae).__name__.encode())
-    h.update(json.dumps(config, sort_keys=True, default=list).encode())
-    for name, tensor in sorted(vae.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:24]
+    """A hash of the VAE's class, config and weights: equal for the same VAE saved and loaded any
+    number of times, different as soon as one weight or config value differs."""
+    from pipelines.identity import module_identity
+
+    return module_identity(vae)
 
 
 # --------------------------------------------------------------------------- encode / decode
