@@ -37,6 +37,7 @@ from pipelines.portable import save_portable
 from pipelines.dreambooth import (ADAPTER_CONFIG, ADAPTER_FILE, CLASS_LABEL, RECORD, SUBJECT_LABEL,
                                   SubjectDiffusionPipeline, with_identifier)
 from tasks.common.shards import MANIFEST, read_manifest, write_json_atomic
+from tasks.common.timings import write_metrics
 from tasks.dreambooth.base import base_identity, check_compatible, load_base
 from tasks.dreambooth.config import TrainDreamboothConfig
 from tasks.latent.encode import iter_latents
@@ -261,9 +262,9 @@ def run_training(subject_dir: str, class_dir: str, base_dir: str, model_dir: str
         metrics = {"method": cfg.method, "identifier": cfg.identifier, "prior_preservation": cfg.prior_preservation,
                    "prior_loss_weight": cfg.prior_loss_weight, "base_identity": info["base"]["identity"],
                    "subject_photos": info["subject_photos"], "class_samples": info["class_samples"],
-                   **_last_losses(Path(live_dir)), "seconds": time.perf_counter() - t0, **summary}
-        Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(metrics_path, metrics)
+                   **_last_losses(Path(live_dir)), **{k: v for k, v in summary.items() if k != "run"}}
+        timings = {**summary["run"], "stage_seconds": time.perf_counter() - t0}  # not quality metrics
+        write_metrics(metrics_path, metrics, timings)
     return summary
 
 
