@@ -36,7 +36,10 @@ def with_identifier(base: UNet2DModel) -> UNet2DModel:
     `base` computes for either label until training moves the embedding."""
     if base.config.num_class_embeds is not None or base.config.class_embed_type is not None:
         raise ValueError("the base UNet already has a class embedding; an identifier needs an unconditional base")
-    unet = UNet2DModel.from_config({**dict(base.config), "num_class_embeds": 2})
+    # Private keys dropped: `_use_default_values` would make from_config ignore num_class_embeds
+    # whenever the base was built in code rather than loaded (its value was a default there).
+    config = {k: v for k, v in dict(base.config).items() if not k.startswith("_")}
+    unet = UNet2DModel.from_config({**config, "num_class_embeds": 2})
     missing, unexpected = unet.load_state_dict(base.state_dict(), strict=False)
     if unexpected or any(not k.startswith("class_embedding.") for k in missing):
         raise RuntimeError(f"base weights do not fit the identifier UNet: missing {missing}, unexpected {unexpected}")

@@ -147,6 +147,16 @@ def test_zero_initialised_identifier_computes_what_the_base_computes(world):
         with_identifier(unet)
 
 
+def test_identifier_on_a_unet_built_in_code():
+    """A base made by the constructor (not loaded) gets its class embedding too."""
+    torch.manual_seed(0)
+    base = UNet2DModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=8, layers_per_block=1)
+    unet = with_identifier(base)
+    assert unet.config.num_class_embeds == 2 and unet.class_embedding is not None
+
+
 # ------------------------------------------------------------------------------------------ class samples
 
 def test_class_samples_are_keyed_by_the_base_model(world, tmp_path):
