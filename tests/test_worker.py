@@ -9,7 +9,6 @@ from __future__ import annotations
 import atexit
 import functools
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -83,7 +82,7 @@ def _seed_project() -> Path:
     (seed / "dvc.yaml").write_text(DVC_YAML)
     (seed / "requirements.lock").write_text(f"pyyaml=={metadata.version('pyyaml')}\n")
     dvc(seed, "init", "-q")
-    dvc(seed, "remote", "add", "-d", "store", "placeholder")
+    dvc(seed, "remote", "add", "-d", "store", "unset")  # each copy points it at its own storage
     return seed
 
 
@@ -92,8 +91,7 @@ def make_origin(root: Path, name: str = "proj", n: int = 3) -> tuple[Path, Path]
     origin, seed, storage = root / f"{name}.git", root / f"{name}-seed", root / f"{name}-storage"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
     shutil.copytree(_seed_project(), seed)
-    config = seed / ".dvc" / "config"
-    config.write_text(re.sub(r"url = .*placeholder", f"url = {storage}", config.read_text()))
+    dvc(seed, "remote", "modify", "store", "url", str(storage))
     (seed / "params.yaml").write_text(f"make:\n  n: {n}\n")
     git(seed, "add", "-A")
     git(seed, "commit", "-qm", "tiny project")
