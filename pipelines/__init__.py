@@ -4,6 +4,7 @@ Load a trained model through its class: `CartoonDiffusionPipeline.from_pretraine
 `LatentDiffusionPipeline.from_pretrained("models/ldm")`. Nothing is patched into diffusers.
 """
 from pipelines.attribute_classifier import AttributeClassifier
+from pipelines.autoencoder import PatchAutoencoderKL
 from pipelines.cartoon import AttributeProjection, AttributeTau, CartoonDenoiser, CartoonDiffusionPipeline, denoise
 from pipelines.latent import LatentDiffusionPipeline
 from pipelines.portable import save_portable
@@ -17,6 +18,7 @@ __all__ = [
     "CartoonDenoiser",
     "CartoonDiffusionPipeline",
     "LatentDiffusionPipeline",
+    "PatchAutoencoderKL",
     "denoise",
     "make_scheduler",
     "save_portable",

@@ -7,9 +7,10 @@ folder then loads with plain diffusers anywhere:
 
     DiffusionPipeline.from_pretrained("models/ldm", trust_remote_code=True)
 
-Only pipelines whose components are all diffusers classes can be portable (a component of a
-project class would still need the project). The code saved is the pipeline's module with the
-project modules it imports inlined, so it imports nothing from `pipelines`.
+A component of a project class (the face track's `PatchAutoencoderKL`) travels the same way, as
+diffusers' custom components do: its module's code goes to `<folder>/<component>/<module>.py` and
+model_index.json names `[module, ClassName]`. The code saved is always the module with the project
+modules it imports inlined, so it imports nothing from `pipelines`.
 
 Inside the project, `LatentDiffusionPipeline.from_pretrained(dir)` keeps loading as the project's
 own class (no code is executed from the folder): see `pipelines.outputs.LoadsAsItself`.
@@ -30,9 +31,12 @@ PROJECT_PACKAGE = __name__.split(".")[0]
 
 def save_portable(pipe: DiffusionPipeline, out_dir: str | Path, **save_kwargs) -> Path:
     """`pipe.save_pretrained(out_dir)` plus the pipeline's self-contained code as
-    `out_dir/pipeline.py`, named in model_index.json. Returns the code file."""
+    `out_dir/pipeline.py`, and each project component's as `out_dir/<component>/<module>.py`, all
+    named in model_index.json. Returns the pipeline's code file."""
     cls = type(pipe)
-    foreign = {name: lib for name, (lib, _) in _components(pipe).items() if lib not in ("diffusers", "transformers")}
+    components = _components(pipe)
+    foreign = {name: lib for name, (lib, _) in components.items()
+               if lib not in ("diffusers", "transformers", PROJECT_PACKAGE)}
     if foreign:
         raise ValueError(f"{cls.__name__} cannot be saved portable: components {sorted(foreign)} come from "
                          f"{sorted(set(foreign.values()))}, which a user without this project lacks")
@@ -43,6 +47,11 @@ def save_portable(pipe: DiffusionPipeline, out_dir: str | Path, **save_kwargs) -
     index_path = out / "model_index.json"
     index = json.loads(index_path.read_text())
     index["_class_name"] = [CODE_FILE, cls.__name__]
+    for name, (lib, class_name) in components.items():
+        if lib == PROJECT_PACKAGE:
+            module = type(getattr(pipe, name)).__module__
+            (out / name / f"{module.split('.')[-1]}.py").write_text(standalone_source(module))
+            index[name] = [module.split(".")[-1], class_name]
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return code
 

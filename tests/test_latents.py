@@ -83,7 +83,7 @@ def test_latent_shards_round_trip_mean_and_std_as_float16(aligned, vae_dir, tmp_
     assert on_disk == json.loads(json.dumps(manifest))
     assert on_disk["kind"] == "faces_latents"
     assert on_disk["vae"]["identity"] == vae_identity(vae)
-    assert on_disk["vae"]["class"] == "AutoencoderKL"
+    assert on_disk["vae"]["class"] == "PatchAutoencoderKL"
     assert on_disk["vae"]["scaling_factor"] == pytest.approx(0.5)
     assert on_disk["latent_shape"] == [4, 16, 16] and on_disk["dtype"] == "float16" and on_disk["flip"] is True
     aligned_manifest = read_manifest(aligned)

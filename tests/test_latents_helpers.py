@@ -13,8 +13,7 @@ from PIL import Image, ImageDraw
 
 from tasks.common.shards import AtomicShardWriter, split_of, write_manifest
 
-TINY_VAE = {"block_out_channels": [8, 16], "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 4,
-            "mid_block_add_attention": False}
+TINY_VAE = {"patch_size": 2, "latent_channels": 4, "hidden_channels": 16, "encoder_blocks": 1, "decoder_blocks": 1}
 
 
 def draw_face(rng: np.random.Generator, size: int) -> Image.Image:

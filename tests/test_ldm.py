@@ -45,7 +45,7 @@ def test_pipeline_samples_deterministically_and_round_trips(tmp_path):
     pipe.save_pretrained(tmp_path / "saved")
     index = json.loads((tmp_path / "saved" / "model_index.json").read_text())
     assert index["_class_name"] == "LatentDiffusionPipeline"
-    assert index["vae"] == ["diffusers", "AutoencoderKL"] and index["unet"] == ["diffusers", "UNet2DModel"]
+    assert index["vae"] == ["pipelines.autoencoder", "PatchAutoencoderKL"] and index["unet"] == ["diffusers", "UNet2DModel"]
     loaded = LatentDiffusionPipeline.from_pretrained(tmp_path / "saved")
     loaded.set_progress_bar_config(disable=True)
     assert isinstance(loaded, LatentDiffusionPipeline)

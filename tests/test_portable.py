@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 
 from pipelines import CartoonDiffusionPipeline, LatentDiffusionPipeline, save_portable
 from tests.test_cartoon_model import tiny_pipeline
@@ -81,12 +83,37 @@ def test_without_trust_remote_code_diffusers_refuses_the_folder_code(tmp_path):
         DiffusionPipeline.from_pretrained(tmp_path / "model")
 
 
-def test_a_pipeline_with_project_components_is_not_portable(tmp_path):
+def test_a_project_component_travels_with_its_code(tmp_path):
+    from diffusers import DiffusionPipeline
+
     pipe = tiny_pipeline("class_embedding")
     assert isinstance(pipe, CartoonDiffusionPipeline) and isinstance(pipe.scheduler, DDPMScheduler)
-    with pytest.raises(ValueError, match=r"components \['tau'\] come from \['pipelines'\]"):
-        save_portable(pipe, tmp_path / "cartoon")
-    assert not (tmp_path / "cartoon").exists()
+    save_portable(pipe, tmp_path / "cartoon")
+    index = json.loads((tmp_path / "cartoon" / "model_index.json").read_text())
+    assert index["tau"] == ["cartoon", "AttributeProjection"]
+    code = (tmp_path / "cartoon" / "tau" / "cartoon.py").read_text()
+    assert "class AttributeProjection" in code and not any(
+        m.split(".")[0] == "pipelines" for n in ast.walk(ast.parse(code)) if isinstance(n, ast.ImportFrom)
+        for m in [n.module or ""])
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "cartoon", trust_remote_code=True)
+    assert type(loaded.tau).__name__ == "AttributeProjection" and type(loaded.tau).__module__ != "pipelines.cartoon"
+    for a, b in zip(loaded.tau.state_dict().values(), pipe.tau.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+class _Foreign(ModelMixin, ConfigMixin):  # a component class from outside diffusers and the project
+    @register_to_config
+    def __init__(self, width: int = 2):
+        super().__init__()
+        self.linear = torch.nn.Linear(width, width)
+
+
+def test_a_component_from_elsewhere_is_not_portable(tmp_path):
+    pipe = _pipeline(tmp_path)
+    pipe.register_modules(vae=_Foreign())
+    with pytest.raises(ValueError, match=r"components \['vae'\] come from \['tests'\]"):
+        save_portable(pipe, tmp_path / "model")
+    assert not (tmp_path / "model").exists()
 
 
 def test_loading_patches_nothing_into_diffusers():

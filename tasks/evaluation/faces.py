@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipelines.autoencoder import vae_scale_factor
 from tasks.common.config import StageConfig
 from tasks.evaluation import metrics as M
 from tasks.evaluation.features import DlibFaceExtractor, FaceFeatures, FeatureConfig
@@ -194,7 +195,7 @@ def real_faces(aligned_dir: str | Path, resolution: int, cfg: EvaluateFacesConfi
 
 def model_resolution(pipe) -> int:
     """Output side of a latent pipeline: latent side x the VAE's downsampling factor."""
-    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    factor = vae_scale_factor(pipe.vae)
     return int(pipe.unet.config.sample_size) * factor
 
 

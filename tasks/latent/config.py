@@ -8,12 +8,12 @@ from tasks.training.config import TrainConfig
 
 
 @dataclass(frozen=True)
-class VaeModelConfig(StageConfig):
-    block_out_channels: list[int]  # one encoder/decoder level each; f = 2 ** (levels - 1)
-    layers_per_block: int
+class VaeModelConfig(StageConfig):  # pipelines.autoencoder.PatchAutoencoderKL
+    patch_size: int       # f: pixels per latent side
     latent_channels: int
-    norm_num_groups: int
-    mid_block_add_attention: bool
+    hidden_channels: int  # width of every layer (all at the latent resolution)
+    encoder_blocks: int   # residual blocks
+    decoder_blocks: int
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from tasks.latent.config import TrainVaeConfig
 
-VAE_CLASSES = ("AutoencoderKL", "VQModel")
+VAE_CLASSES = ("AutoencoderKL", "VQModel", "PatchAutoencoderKL")
 
 # --------------------------------------------------------------------------- loading
 
@@ -42,9 +42,11 @@ class VAESourceError(RuntimeError):
 def _vae_class(name: str):
     import diffusers
 
+    from pipelines.autoencoder import PatchAutoencoderKL
+
     if name not in VAE_CLASSES:
         raise VAESourceError(f"unsupported autoencoder class {name!r}; supported: {', '.join(VAE_CLASSES)}")
-    return getattr(diffusers, name)
+    return PatchAutoencoderKL if name == "PatchAutoencoderKL" else getattr(diffusers, name)
 
 
 def _local_vae_dir(path: Path, subfolder: str | None) -> Path:
@@ -121,7 +123,9 @@ def vae_identity(vae: torch.nn.Module) -> str:
 # --------------------------------------------------------------------------- encode / decode
 
 def downsample_factor(vae: torch.nn.Module) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+    from pipelines.autoencoder import vae_scale_factor
+
+    return vae_scale_factor(vae)
 
 
 def posterior_moments(vae: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,35 +199,34 @@ def reconstruction_psnr(vae: torch.nn.Module, images: np.ndarray, batch_size: in
 # --------------------------------------------------------------------------- training
 
 def build_vae(model: dict[str, Any], resolution: int) -> torch.nn.Module:
-    from diffusers import AutoencoderKL
+    """The autoencoder trained here (why not diffusers' AutoencoderKL: pipelines/autoencoder.py)."""
+    from pipelines.autoencoder import PatchAutoencoderKL
 
-    levels = len(model["block_out_channels"])
-    return AutoencoderKL(
-        in_channels=3, out_channels=3, sample_size=resolution,
-        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
-        block_out_channels=tuple(model["block_out_channels"]), layers_per_block=model["layers_per_block"],
-        latent_channels=model["latent_channels"], norm_num_groups=model["norm_num_groups"],
-        mid_block_add_attention=model["mid_block_add_attention"])
+    if resolution % model["patch_size"]:
+        raise ValueError(f"train_vae.resolution {resolution} is not a multiple of model.patch_size "
+                         f"{model['patch_size']}")
+    return PatchAutoencoderKL(in_channels=3, out_channels=3, sample_size=resolution, **model)
 
 
 def fit_vae(train_images: np.ndarray, model: dict, training: dict, resolution: int, device: torch.device,
             live=None, progress: bool = True, log=print) -> tuple[torch.nn.Module, dict]:
     """Train a small AutoencoderKL on uint8 (N, H, W, 3) faces; returns (vae in eval mode, summary)."""
-    from diffusers.optimization import get_constant_schedule_with_warmup
+    from diffusers.optimization import get_cosine_schedule_with_warmup
     from tqdm.auto import tqdm
 
     from tasks.latent.images import to_model_input
 
     torch.manual_seed(training["seed"])
     vae = build_vae(model, resolution)
-    if training["logvar_init"] is not None and vae.quant_conv is not None:
+    if training["logvar_init"] is not None:
         with torch.no_grad():
-            vae.quant_conv.bias[model["latent_channels"]:].fill_(float(training["logvar_init"]))
+            vae.logvar_bias.fill_(float(training["logvar_init"]))
     vae = vae.to(device).train()
     n_params = sum(p.numel() for p in vae.parameters())
     steps = int(training["max_steps"])
     opt = torch.optim.AdamW(vae.parameters(), lr=training["learning_rate"], weight_decay=0.0)
-    sched = get_constant_schedule_with_warmup(opt, training["lr_warmup_steps"])
+    # cosine decay to 0: +0.3-0.5 dB over a constant rate at the same step count (docs/faces_quality.md)
+    sched = get_cosine_schedule_with_warmup(opt, training["lr_warmup_steps"], steps)
     g = torch.Generator().manual_seed(training["seed"])
     bs = min(int(training["batch_size"]), len(train_images))
     log(f"train_vae: {n_params:,} parameters, f={downsample_factor(vae)}, {len(train_images)} faces at "
