@@ -27,15 +27,24 @@ VARIANTS = {
 }
 
 
-def eval_config(num_samples: int, steps: int):
+def eval_config(num_samples: int):
+    """evaluate_faces' own config from params.yaml (same features, sets and seeds as the stage),
+    with `num_samples` per generated set."""
+    import yaml
+
     from tasks.evaluation.faces import EvaluateFacesConfig
 
-    return EvaluateFacesConfig.from_params({
-        "real_split": "train", "num_samples": num_samples, "batch_size": 32, "scheduler": "ddim",
-        "num_inference_steps": steps, "seed": 1000, "subject": "required", "grid_images": 8, "k_nearest": 3,
-        "min_detect_ratio": 0.5,
-        "features": {"upscale_to": 256, "upsample": 1, "chip_size": 150, "chip_padding": 0.25, "num_jitters": 0},
-        "kid": {"num_subsets": 20, "subset_size": 50, "seed": 0}}, "evaluate_faces")
+    params = yaml.safe_load(Path("params.yaml").read_text())["evaluate_faces"]
+    return EvaluateFacesConfig.from_params({**params, "num_samples": num_samples, "subject": "required"},
+                                           "evaluate_faces")
+
+
+def merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, nested dicts merged key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
 
 
 class _OneDistribution:
@@ -76,7 +85,7 @@ def main() -> None:
     ap.add_argument("--repo", default=".")
     ap.add_argument("--out", default="/tmp/dreambooth_table")
     ap.add_argument("--num-samples", type=int, default=128)
-    ap.add_argument("--num-inference-steps", type=int, default=25, help="DDIM steps of every evaluated sample")
+    ap.add_argument("--override", default="{}", help="JSON merged into train_dreambooth's params for every variant")
     ap.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
     args = ap.parse_args()
     import os
@@ -90,8 +99,8 @@ def main() -> None:
 
     repo, out = Path(args.repo).resolve(), Path(args.out)
     os.chdir(repo)
-    params = yaml.safe_load(Path("params.yaml").read_text())["train_dreambooth"]
-    cfg = eval_config(args.num_samples, args.num_inference_steps)
+    params = merge(yaml.safe_load(Path("params.yaml").read_text())["train_dreambooth"], json.loads(args.override))
+    cfg = eval_config(args.num_samples)
     extractor = DlibFaceExtractor(cfg.features)
     base = evaluate_base("models/ldm", "data/faces/aligned", cfg, extractor, log=print)
     EF.load_subject_model = _loader  # see _OneDistribution
@@ -103,7 +112,7 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         run = out / name.replace(" ", "_").replace(",", "").replace("+", "and")
-        p = {**params, **over, "samples": {**params["samples"], "num_images": 0}}
+        p = merge(params, {**over, "samples": {"num_images": 0}})
         t0 = time.perf_counter()
         run_training("data/faces/subject_latents", "data/faces/class_latents", "models/ldm", str(run / "model"),
                      str(run / "ckpt"), str(run / "live"), str(run / "metrics.json"), p, show_progress=False)

@@ -61,7 +61,8 @@ def training_params(**over) -> dict:
 
 def db_params(**over) -> dict:
     training = over.pop("training", {})
-    return {"method": "full", "identifier": True, "prior_preservation": True, "prior_loss_weight": 1.0,
+    return {"method": "full", "identifier": True, "identifier_learning_rate": 1e-2, "prior_preservation": True,
+            "prior_loss_weight": 1.0,
             "instance_batch_size": 2, "class_batch_size": 2, "flip_prob": 0.5, "num_processes": 1,
             "lora": {"rank": 2, "alpha": 2, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]},
             "samples": {"num_images": 0, "scheduler": "ddim", "num_inference_steps": 2, "seed": 0},
@@ -301,3 +302,20 @@ def test_too_few_subject_photos_is_an_error_naming_the_rejected_ones():
                                          r"me_07.jpg: face smaller"):
         check_enough_photos(manifest, "data/faces/subject")
     check_enough_photos({**manifest, "counts": {"written": 3}}, "data/faces/subject")  # enough: no error
+
+
+def test_the_identifier_trains_at_its_own_rate():
+    from tasks.dreambooth.train import identifier_groups
+
+    def tiny_unet():
+        return UNet2DModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                           down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                           norm_num_groups=8)
+
+    unet = with_identifier(tiny_unet())
+    groups = identifier_groups(unet, 5e-4, 1e-2)
+    assert [g["lr"] for g in groups] == [5e-4, 1e-2]
+    assert groups[1]["params"] == [unet.class_embedding.weight]
+    assert sum(len(g["params"]) for g in groups) == len(list(unet.parameters()))
+    # Without an identifier there is one group.
+    assert len(identifier_groups(tiny_unet(), 5e-4, 1e-2)) == 1

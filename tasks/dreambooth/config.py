@@ -56,6 +56,7 @@ class SampleGridParams(StageConfig):
 class TrainDreamboothConfig(StageConfig):
     method: str
     identifier: bool
+    identifier_learning_rate: float  # the identifier embedding's own AdamW rate (new weights, started at zero)
     prior_preservation: bool
     prior_loss_weight: float
     instance_batch_size: int

@@ -77,6 +77,9 @@ class TrainSpec:
     loss: Callable[[torch.Tensor, torch.Tensor, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
     """(prediction, target, condition), both float32 -> (loss to minimise, {name: detached scalar} logged
     as `train/<name>` curves). None: plain MSE over the batch."""
+    param_groups: Callable[[nn.Module, float], list[dict[str, Any]]] | None = None
+    """(model, learning_rate) -> AdamW parameter groups (e.g. new embeddings at their own rate; the
+    LR schedule scales every group alike). None: one group of every parameter."""
 
 
 def noise_seed(seed: int, rank: int, micro_batch: int) -> int:
@@ -214,7 +217,8 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
     model = spec.build_model()
     noise_scheduler = cfg.noise_scheduler()
     anatomy = memory_anatomy(model, use_ema=cfg.use_ema)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+    params = spec.param_groups(model, cfg.learning_rate) if spec.param_groups else model.parameters()
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
     # Stepped by hand once per optimizer step (not prepared: accelerate would step it per process).
     lr_scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.lr_warmup_steps, total_steps)
