@@ -30,20 +30,22 @@ VARIANTS = {
 def eval_config(num_samples: int):
     """evaluate_faces' own config from params.yaml (same features, sets and seeds as the stage),
     with `num_samples` per generated set."""
-    import yaml
-
+    from tasks.common.params import stage_params
     from tasks.evaluation.faces import EvaluateFacesConfig
 
-    params = yaml.safe_load(Path("params.yaml").read_text())["evaluate_faces"]
+    params = stage_params("evaluate_faces")
     return EvaluateFacesConfig.from_params({**params, "num_samples": num_samples, "subject": "required"},
                                            "evaluate_faces")
 
 
 def merge(base: dict, over: dict) -> dict:
-    """`over` on top of `base`, nested dicts merged key by key."""
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    """A copy of `base` with `over` merged in as profiles are (nested sections key by key)."""
+    import copy
+
+    from tasks.common.params import _merge_into
+
+    out = copy.deepcopy(base)
+    _merge_into(out, over)
     return out
 
 
@@ -90,16 +92,15 @@ def main() -> None:
     args = ap.parse_args()
     import os
 
-    import yaml
-
     import tasks.evaluation.faces as EF
+    from tasks.common.params import stage_params
     from tasks.dreambooth.train import run_training
     from tasks.evaluation.faces import evaluate_base, evaluate_subject_model, load_faces
     from tasks.evaluation.features import DlibFaceExtractor
 
     repo, out = Path(args.repo).resolve(), Path(args.out)
     os.chdir(repo)
-    params = merge(yaml.safe_load(Path("params.yaml").read_text())["train_dreambooth"], json.loads(args.override))
+    params = merge(stage_params("train_dreambooth"), json.loads(args.override))
     cfg = eval_config(args.num_samples)
     extractor = DlibFaceExtractor(cfg.features)
     base = evaluate_base("models/ldm", "data/faces/aligned", cfg, extractor, log=print)

@@ -2,18 +2,19 @@
 sections merge key by key), read into the stage's typed config exactly as its flow does."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
-from tasks.common.params import load_params
+from tasks.common.params import _merge_into, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def merge(base: dict, overrides: dict) -> dict:
-    out = dict(base)
-    for key, value in overrides.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    """A copy of `base` with `overrides` merged in as profiles are (tasks.common.params)."""
+    out = copy.deepcopy(base)
+    _merge_into(out, overrides)
     return out
 
 

@@ -151,9 +151,9 @@ def identifier_groups(unet: UNet2DModel, lr: float, identifier_lr: float) -> lis
     at the UNet's rate (5e-4) the two labels still drew the same faces after 300 steps; the label
     has to move the time embedding as far as a new concept does (textual inversion's rates are
     10-100x a fine-tune's for the same reason)."""
-    ident = [p for name, p in unet.named_parameters() if name.startswith("class_embedding.")]
-    ids = {id(p) for p in ident}
-    rest = [p for p in unet.parameters() if id(p) not in ids]
+    ident, rest = [], []
+    for name, p in unet.named_parameters():
+        (ident if name.startswith("class_embedding.") else rest).append(p)
     return [{"params": rest, "lr": lr}] + ([{"params": ident, "lr": identifier_lr}] if ident else [])
 
 

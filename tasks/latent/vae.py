@@ -29,9 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipelines.autoencoder import vae_scale_factor
 from tasks.latent.config import TrainVaeConfig
 
-VAE_CLASSES = ("AutoencoderKL", "VQModel", "PatchAutoencoderKL")
+VAE_CLASSES = ("AutoencoderKL", "VQModel", "PatchAutoencoderKL")  # the last is this project's (pipelines/)
 
 # --------------------------------------------------------------------------- loading
 
@@ -42,11 +43,11 @@ class VAESourceError(RuntimeError):
 def _vae_class(name: str):
     import diffusers
 
-    from pipelines.autoencoder import PatchAutoencoderKL
+    import pipelines
 
     if name not in VAE_CLASSES:
         raise VAESourceError(f"unsupported autoencoder class {name!r}; supported: {', '.join(VAE_CLASSES)}")
-    return PatchAutoencoderKL if name == "PatchAutoencoderKL" else getattr(diffusers, name)
+    return getattr(diffusers, name, None) or getattr(pipelines, name)
 
 
 def _local_vae_dir(path: Path, subfolder: str | None) -> Path:
@@ -122,12 +123,6 @@ def vae_identity(vae: torch.nn.Module) -> str:
 
 # --------------------------------------------------------------------------- encode / decode
 
-def downsample_factor(vae: torch.nn.Module) -> int:
-    from pipelines.autoencoder import vae_scale_factor
-
-    return vae_scale_factor(vae)
-
-
 def posterior_moments(vae: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Images in [-1, 1] -> the posterior's (mean, std), unscaled. A VQ model is deterministic
     (std = 0; its latents are the encoder output before quantisation, as the LDM paper trains on)."""
@@ -179,7 +174,7 @@ def reconstruction_psnr(vae: torch.nn.Module, images: np.ndarray, batch_size: in
     factor (what f x f pixels average into, with no learned detail)."""
     from tasks.latent.images import to_model_input
 
-    f = downsample_factor(vae)
+    f = vae_scale_factor(vae)
     out: dict[str, list[float]] = {"vae": [], "flat": [], "bilinear": []}
 
     def psnr(a: torch.Tensor, b: torch.Tensor) -> list[float]:
@@ -210,7 +205,8 @@ def build_vae(model: dict[str, Any], resolution: int) -> torch.nn.Module:
 
 def fit_vae(train_images: np.ndarray, model: dict, training: dict, resolution: int, device: torch.device,
             live=None, progress: bool = True, log=print) -> tuple[torch.nn.Module, dict]:
-    """Train a small AutoencoderKL on uint8 (N, H, W, 3) faces; returns (vae in eval mode, summary)."""
+    """Train the small autoencoder of `build_vae` on uint8 (N, H, W, 3) faces; returns (vae in eval
+    mode, summary)."""
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from tqdm.auto import tqdm
 
@@ -229,7 +225,7 @@ def fit_vae(train_images: np.ndarray, model: dict, training: dict, resolution: i
     sched = get_cosine_schedule_with_warmup(opt, training["lr_warmup_steps"], steps)
     g = torch.Generator().manual_seed(training["seed"])
     bs = min(int(training["batch_size"]), len(train_images))
-    log(f"train_vae: {n_params:,} parameters, f={downsample_factor(vae)}, {len(train_images)} faces at "
+    log(f"train_vae: {n_params:,} parameters, f={vae_scale_factor(vae)}, {len(train_images)} faces at "
         f"{resolution}px, {steps} steps of {bs}")
     order, pos = torch.randperm(len(train_images), generator=g), 0
     t0, step, loss_sum, stopped_early = time.perf_counter(), 0, 0.0, False
@@ -332,7 +328,7 @@ def prepare_vae(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str |
         "target_met": psnr["vae"] - psnr["bilinear"] >= config.min_gain_over_bilinear_db,
         "val_images": int(len(val_images)),
         "resolution": resolution,
-        "downsample_factor": downsample_factor(vae),
+        "downsample_factor": vae_scale_factor(vae),
         "latent_channels": int(vae.config.latent_channels),
         "vae_identity": vae_identity(vae),
         **summary,
@@ -342,7 +338,7 @@ def prepare_vae(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str |
         live.end()
     write_metrics(metrics_path, metrics, timings)
     log(f"train_vae: PSNR on {len(val_images)} validation faces {psnr['vae']:.2f} dB (flat {psnr['flat']:.2f}, "
-        f"bilinear f={downsample_factor(vae)} {psnr['bilinear']:.2f}); scaling factor {scale:.4f} "
+        f"bilinear f={vae_scale_factor(vae)} {psnr['bilinear']:.2f}); scaling factor {scale:.4f} "
         f"({summary['scaling_factor_source']}) -> {out_dir}")
     if not metrics["target_met"]:
         from tasks.common.log import get_logger
