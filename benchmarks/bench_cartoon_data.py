@@ -73,7 +73,7 @@ def main() -> None:
         print(f"plain Pillow loop      {n / t_plain:8.1f} images/s")
         print(f"preprocess_cartoons    {n / t_stage:8.1f} images/s (incl. pool start-up and shard writing)")
         print(f"ratio stage/plain      {t_plain / t_stage:8.2f}x")
-        from tasks.cartoon.loader import cartoon_loader  # here: spawned stage workers re-import this module
+        from tasks.cartoon.loader import cartoon_loader  # here: the stage above runs without torch loaded, as in its DVC stage
 
         for workers in (0, 2):
             loader = cartoon_loader(shards, "train", batch_size=64, workers=workers, shuffle_buffer=500)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Callable
@@ -54,12 +55,20 @@ def _save_traceback(stage: str, exc: BaseException) -> Path:
     return path
 
 
+def _since_process_start() -> float:
+    """Seconds since this process started: the interpreter's start-up and the stage's imports."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
+
+
 def run_stage(flow: Callable, stage: str, argv: list[str] | None = None) -> None:
     """Run `flow(**paths, params=<params.yaml's stage section>)` with the command line's paths.
 
     Exits non-zero with a one-line message on failure, so `dvc repro` shows why the stage failed
-    and records nothing for it.
+    and records nothing for it. On success the last line says where the stage's time went.
     """
+    startup = _since_process_start()
     paths = parse_path_args(sys.argv[1:] if argv is None else argv)
     # A stage started by the GPU worker's `dvc repro` is tagged with the worker's flow run id, so the
     # UI lists a worker run's stage runs (filter by tag); tasks/worker/commands.py sets the variable.
@@ -67,8 +76,11 @@ def run_stage(flow: Callable, stage: str, argv: list[str] | None = None) -> None
     _quiet_console_tracebacks()
     # No PREFECT_API_URL: a server that dies with this process, not Prefect's own temporary one,
     # which would outlive a `kill -9` of the stage (flows/local_server.py).
+    t0 = time.perf_counter()
     with stage_server(), tags(*([f"worker-run:{worker_run}"] if worker_run else [])):
+        t1 = time.perf_counter()
         state = flow(**paths, params=stage_params(stage), return_state=True)
+        t2 = time.perf_counter()
     if not state.is_completed():
         try:
             state.result()
@@ -76,3 +88,6 @@ def run_stage(flow: Callable, stage: str, argv: list[str] | None = None) -> None
             where = _save_traceback(stage, exc)
             sys.exit(f"stage {stage} failed: {type(exc).__name__}: {exc} (traceback in {where})")
         sys.exit(f"stage {stage} failed: {state.name}")
+    print(f"stage {stage}: {startup + time.perf_counter() - t0:.1f} s = {startup:.1f} s start-up and imports, "
+          f"{t1 - t0:.1f} s Prefect server, {t2 - t1:.1f} s flow run (the work and about 1 s of Prefect), "
+          f"{time.perf_counter() - t2:.1f} s closing the server", flush=True)

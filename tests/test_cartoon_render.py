@@ -195,3 +195,38 @@ def test_speed_is_reported(tmp_path, capsys):
     with capsys.disabled():
         print(f"\ncartoon_render: {(t1 - t0) * 100:.1f} ms/avatar render, "
               f"{(t2 - t1) * 100:.1f} ms/avatar render+PNG+CSV")
+
+
+def test_png_files_hold_the_rendered_pixels(tmp_path):
+    """render_to_files writes its own PNGs (unfiltered rows): the pixels are render_avatar's."""
+    for index in range(6):
+        render_to_files(tmp_path, index, seed=2)
+        attrs = sample_attributes(np.random.default_rng(np.random.SeedSequence([2, index])))
+        with Image.open(tmp_path / f"cs{index}.png") as im:
+            assert im.format == "PNG" and im.mode == "RGBA" and im.size == (500, 500)
+            assert np.array_equal(np.asarray(im), np.asarray(render_avatar(attrs)))
+
+
+def test_rgba_canvas_shortcut_gives_the_rgba_drawings_pixels():
+    """Drawing on an RGBa canvas and reducing it is what drawing in RGBA and Image.reduce() (which
+    converts to RGBa, reduces and converts back) gave: every ink is opaque."""
+    from PIL import ImageDraw
+
+    from tasks.cartoon.render import _SS, _BOX, _Painter, _draw, _render_box
+
+    rng = np.random.default_rng(5)
+    for _ in range(8):
+        attrs = sample_attributes(rng)
+        painter = _Painter(_BOX * _SS, float(_SS))
+        painter.image = Image.new("RGBA", painter.image.size, (0, 0, 0, 0))
+        painter.draw = ImageDraw.Draw(painter.image)
+        _draw(painter, attrs)
+        assert painter.image.reduce(_SS).tobytes() == _render_box(attrs, 500)[0].tobytes()
+
+
+def test_painter_refuses_translucent_ink():
+    from tasks.cartoon.render import _Painter
+
+    painter = _Painter(100, 1.0)
+    with pytest.raises(ValueError, match="opaque"):
+        painter.poly([(10, 10), (50, 10), (30, 40)], (10, 20, 30, 128))

@@ -55,7 +55,7 @@ def training_params(**over) -> dict:
     return {"seed": 0, "num_epochs": 3, "max_train_steps": None, "gradient_accumulation_steps": 1,
             "mixed_precision": "no", "learning_rate": 1e-3, "adam_beta1": 0.9, "adam_beta2": 0.999,
             "adam_weight_decay": 0.0, "adam_epsilon": 1e-8, "lr_warmup_steps": 0, "max_grad_norm": 1.0,
-            **SCHEDULE, "use_ema": True, "ema_decay": 0.9, "cond_drop_prob": 0.0, "checkpointing_steps": 2,
+            **SCHEDULE, "snr_gamma": None, "use_ema": True, "ema_decay": 0.9, "cond_drop_prob": 0.0, "checkpointing_steps": 2,
             "checkpoints_total_limit": 3, "samples_every_epochs": 0, **over}
 
 

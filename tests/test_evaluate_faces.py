@@ -22,7 +22,8 @@ torch.set_num_threads(1)
 PARAMS = {
     "real_splits": ["val"], "num_samples": 4, "batch_size": 2, "scheduler": "ddim", "num_inference_steps": 2,
     "seed": 0, "subject": "auto", "grid_images": 4, "k_nearest": 1, "min_detect_ratio": 0.7,
-    "features": {"upscale_to": 256, "upsample": 1, "chip_size": 150, "chip_padding": 0.25, "num_jitters": 0},
+    "features": {"upscale_to": 256, "upsample": 1, "chip_size": 150, "chip_padding": 0.25, "num_jitters": 0,
+                 "workers": 1},
     "kid": {"num_subsets": 3, "subset_size": 4, "seed": 0},
 }
 

@@ -2,6 +2,8 @@
 real photos that packages ship."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -132,7 +134,7 @@ def extractor():
     from tasks.evaluation.features import DlibFaceExtractor, FeatureConfig
 
     return DlibFaceExtractor(FeatureConfig(upscale_to=256, upsample=1, chip_size=150, chip_padding=0.25,
-                                           num_jitters=0))
+                                           num_jitters=0, workers=1))
 
 
 def _photos():
@@ -161,6 +163,20 @@ def test_detection_and_descriptor_on_shipped_photos(extractor):
     assert np.linalg.norm(again.descriptors[0] - feats.descriptors[0]) < 0.6
     # deterministic
     np.testing.assert_array_equal(extractor([astronaut]).descriptors, feats.descriptors[:1])
+
+
+def test_worker_pool_gives_the_same_features_in_the_same_order(extractor):
+    from tasks.evaluation.features import DlibFaceExtractor
+
+    astronaut, hopper = _photos()
+    noise = [_rng(i).integers(0, 256, size=(64, 64, 3), dtype=np.uint8) for i in range(3)]
+    images = [noise[0], astronaut, noise[1], hopper, noise[2]]
+    one = extractor(images)
+    with DlibFaceExtractor(dataclasses.replace(extractor.cfg, workers=2)) as pooled:
+        two = pooled(images)
+        assert pooled._pool is not None  # really ran in worker processes
+    assert two.detected.tolist() == one.detected.tolist() == [False, True, False, True, False]
+    np.testing.assert_array_equal(two.descriptors, one.descriptors)
 
 
 def test_noise_grid_has_no_faces(extractor):

@@ -52,8 +52,8 @@ def _cfg(**kw) -> TrainConfig:
     base = dict(seed=3, num_epochs=2, max_train_steps=None, gradient_accumulation_steps=1, mixed_precision="no",
                 learning_rate=3e-3, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=1e-2, adam_epsilon=1e-8,
                 lr_warmup_steps=2, max_grad_norm=1.0, num_train_timesteps=1000, beta_schedule="linear",
-                beta_start=1e-4, beta_end=0.02, prediction_type="epsilon", use_ema=True, ema_decay=0.9,
-                cond_drop_prob=0.0, checkpointing_steps=2, checkpoints_total_limit=2, samples_every_epochs=0)
+                beta_start=1e-4, beta_end=0.02, prediction_type="epsilon", snr_gamma=None, use_ema=True,
+                ema_decay=0.9, cond_drop_prob=0.0, checkpointing_steps=2, checkpoints_total_limit=2, samples_every_epochs=0)
     return TrainConfig(**{**base, **kw})
 
 
@@ -138,6 +138,27 @@ def test_v_prediction_target(tmp_path):
     assert torch.allclose(seen["x"], a.sqrt() * x0 + (1 - a).sqrt() * noise, atol=1e-5)
 
 
+def test_min_snr_weighting_matches_its_definition():
+    from diffusers import DDPMScheduler
+
+    from tasks.training.engine import denoising_loss
+
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(4, 3, 2, 2, generator=g), torch.randn(4, 3, 2, 2, generator=g)
+    t = torch.tensor([0, 10, 500, 999])
+    a = sched.alphas_cumprod[t]
+    snr = a / (1 - a)
+    per_sample = ((pred - target) ** 2).mean(dim=(1, 2, 3))
+    assert torch.allclose(denoising_loss(pred, target, t, sched, _cfg()), per_sample.mean())
+    eps = denoising_loss(pred, target, t, sched, _cfg(snr_gamma=5.0))
+    assert torch.allclose(eps, (per_sample * torch.minimum(snr, torch.tensor(5.0)) / snr).mean())
+    v = denoising_loss(pred, target, t, sched, _cfg(snr_gamma=5.0, prediction_type="v_prediction"))
+    assert torch.allclose(v, (per_sample * torch.minimum(snr, torch.tensor(5.0)) / (snr + 1)).mean())
+    # clean timesteps (SNR >> gamma) are down-weighted, noisy ones (SNR < gamma) keep weight 1
+    assert snr[0] > 5 > snr[3]
+
+
 def test_memory_anatomy_matches_model_and_optimizer(tmp_path):
     summary, _ = _run(tmp_path, "m", _cfg(num_epochs=1, checkpointing_steps=100))
     anatomy = summary["run"]["memory_anatomy"]
@@ -156,6 +177,8 @@ def test_bad_training_params_are_named():
     from tasks.common.config import ConfigError
     with pytest.raises(ValueError, match="prediction_type"):
         _cfg(prediction_type="sample")
+    with pytest.raises(ValueError, match="snr_gamma"):
+        _cfg(snr_gamma=0.0)
     with pytest.raises(ConfigError, match="learning_rte"):
         TrainConfig.from_params({**_cfg().to_dict(), "learning_rte": 1.0})
 

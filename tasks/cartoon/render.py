@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +208,15 @@ def validate_attributes(attrs: dict[str, int]) -> None:
 
 def render_avatar(attrs: dict[str, int], size: int = 500) -> Image.Image:
     """Draw one avatar: a `size` x `size` RGBA image, transparent background, antialiased."""
+    crop, offset = _render_box(attrs, size)
+    out = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    out.paste(crop, (offset, offset))
+    return out
+
+
+def _render_box(attrs: dict[str, int], size: int) -> tuple[Image.Image, int]:
+    """The drawn box of a `size` avatar (RGBA; everything outside it is transparent) and where
+    it sits in the image (the same offset on both axes)."""
     validate_attributes(attrs)
     if size < 50:
         raise ValueError(f"size must be at least 50, got {size}")
@@ -213,10 +224,33 @@ def render_avatar(attrs: dict[str, int], size: int = 500) -> Image.Image:
     box = int(round(_BOX * scale))
     painter = _Painter(box * _SS, _SS * scale)
     _draw(painter, {k: int(v) for k, v in attrs.items()})
-    crop = painter.image.reduce(_SS)  # box filter over premultiplied alpha: the antialiasing
-    out = Image.new("RGBA", (size, size), (0, 0, 0, 0))
-    out.paste(crop, (int(round(_OFFSET * scale)),) * 2)
-    return out
+    # Box filter over premultiplied alpha (the antialiasing), then back to straight alpha: what
+    # reduce() does to an RGBA image, minus its first conversion, as the canvas is already RGBa.
+    return painter.image.reduce(_SS).convert("RGBA"), int(round(_OFFSET * scale))
+
+
+def _encode_png(box: Image.Image, size: int, offset: int) -> bytes:
+    """A `size` x `size` 8-bit RGBA PNG, transparent but for `box` at (offset, offset).
+
+    Written here rather than by Pillow, whose PNG writer picks a filter per row by trying all
+    five: ~4 of its ~5 ms per avatar, more than the drawing. Every row here is unfiltered, and
+    deflate at level 1 still finds the flat colour runs: the same pixels, files ~15% smaller,
+    ~2.5x faster to write and to decode. The file bytes depend on the zlib Python links against
+    (the pixels do not).
+    """
+    rows = np.zeros((size, 1 + 4 * size), dtype=np.uint8)  # each row: filter type 0, then RGBA
+    w, h = box.size
+    rows[offset:offset + h, 1 + 4 * offset:1 + 4 * (offset + w)] = np.asarray(box).reshape(h, 4 * w)
+    header = struct.pack(">IIBBBBB", size, size, 8, 6, 0, 0, 0)  # 8-bit RGBA, not interlaced
+    return b"".join([_PNG_SIGNATURE, _png_chunk(b"IHDR", header), _png_chunk(b"IDAT", zlib.compress(rows, 1)),
+                     _png_chunk(b"IEND", b"")])
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def render_to_files(out_dir, index: int, seed: int) -> str:
@@ -229,14 +263,15 @@ def render_to_files(out_dir, index: int, seed: int) -> str:
         raise ValueError(f"index and seed must be non-negative, got index={index}, seed={seed}")
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
     attrs = sample_attributes(rng)
-    image = render_avatar(attrs)
+    box, offset = _render_box(attrs, 500)
+    png_bytes = _encode_png(box, 500, offset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     key = f"cs{index}"
     tmp_suffix = f".tmp-{os.getpid()}"
 
     png, png_tmp = out_dir / f"{key}.png", out_dir / f"{key}.png{tmp_suffix}"
-    image.save(png_tmp, format="PNG", compress_level=1)  # same pixels; half the time of level 6
+    png_tmp.write_bytes(png_bytes)
     os.replace(png_tmp, png)
 
     rows = [(name, attrs[name], count) for name, count in CARTOONSET_ATTRIBUTES]
@@ -251,21 +286,30 @@ def render_to_files(out_dir, index: int, seed: int) -> str:
 
 
 class _Painter:
+    """Draws opaque shapes on a transparent canvas. Every ink is opaque and drawing replaces
+    pixels, so each pixel is (0, 0, 0, 0) or has alpha 255, where premultiplied and straight alpha
+    are the same bytes: the canvas is RGBa from the start, which spares reduce() a conversion of
+    the whole supersampled canvas (the same pixels as drawing in RGBA and converting)."""
+
     def __init__(self, side: int, k: float):
-        self.image = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+        self.image = Image.new("RGBa", (side, side), (0, 0, 0, 0))
         self.draw = ImageDraw.Draw(self.image)
         self.k = k  # pixels per crop unit
         self.lo, self.hi = _MARGIN, _BOX - _MARGIN
 
-    def _xy(self, pts) -> list[tuple[float, float]]:
-        a = np.clip(np.asarray(pts, dtype=np.float64), self.lo, self.hi) * self.k
-        return [tuple(p) for p in a.tolist()]
+    def _xy(self, pts) -> list[float]:
+        """Pixel coordinates as a flat [x0, y0, x1, y1, ...] list (Pillow takes either form)."""
+        # np.minimum/np.maximum: np.clip's values without its Python wrapper (~3 us a call here)
+        a = np.minimum(np.maximum(np.asarray(pts, dtype=np.float64), self.lo), self.hi) * self.k
+        return a.ravel().tolist()
 
     def poly(self, pts, fill, outline=None, width: float = 0):
+        _check_opaque(fill, outline)
         w = max(1, int(round(width * self.k))) if outline is not None else 0
         self.draw.polygon(self._xy(pts), fill=fill, outline=outline, width=w)
 
     def line(self, pts, fill, width: float, joint="curve"):
+        _check_opaque(fill)
         self.draw.line(self._xy(pts), fill=fill, width=max(1, int(round(width * self.k))), joint=joint)
         # round caps so thick strokes do not end square
         r = width / 2
@@ -273,9 +317,16 @@ class _Painter:
             self.ellipse(x, y, r, r, fill)
 
     def ellipse(self, cx, cy, rx, ry, fill=None, outline=None, width: float = 0):
-        (x0, y0), (x1, y1) = self._xy([(cx - rx, cy - ry), (cx + rx, cy + ry)])
+        _check_opaque(fill, outline)
         w = max(1, int(round(width * self.k))) if outline is not None else 0
-        self.draw.ellipse((x0, y0, x1, y1), fill=fill, outline=outline, width=w)
+        self.draw.ellipse(self._xy([(cx - rx, cy - ry), (cx + rx, cy + ry)]), fill=fill, outline=outline, width=w)
+
+
+def _check_opaque(*inks) -> None:
+    """The RGBa canvas is only right for opaque inks (see _Painter)."""
+    for ink in inks:
+        if ink is not None and ink[3] != 255:
+            raise ValueError(f"the painter draws opaque colours only, got {ink}")
 
 
 def _rgba(c, f: float = 1.0) -> tuple[int, int, int, int]:
@@ -306,7 +357,9 @@ def _rotate(pts, cx, cy, deg) -> np.ndarray:
 
 def _clip_convex(subject: np.ndarray, clip: np.ndarray) -> np.ndarray:
     """Sutherland-Hodgman: the part of polygon `subject` inside convex polygon `clip`."""
-    out = list(map(tuple, subject))
+    # Python floats, not numpy scalars: the same doubles and the same arithmetic, several times
+    # cheaper per operation in the per-vertex loop below
+    out = [tuple(p) for p in np.asarray(subject, dtype=np.float64).reshape(-1, 2).tolist()]
     # orientation of clip polygon
     area = np.sum(clip[:, 0] * np.roll(clip[:, 1], -1) - np.roll(clip[:, 0], -1) * clip[:, 1])
     sgn = 1.0 if area > 0 else -1.0
@@ -319,7 +372,7 @@ def _clip_convex(subject: np.ndarray, clip: np.ndarray) -> np.ndarray:
     sides = sgn * ((b[:, None, 0] - a[:, None, 0]) * (p[None, :, 1] - a[:, None, 1])
                    - (b[:, None, 1] - a[:, None, 1]) * (p[None, :, 0] - a[:, None, 0]))
     for i in np.flatnonzero((sides < 0).any(axis=1)):
-        (ax, ay), (bx, by) = a[i], b[i]
+        (ax, ay), (bx, by) = a[i].tolist(), b[i].tolist()
         inp, out = out, []
         if not inp:
             break

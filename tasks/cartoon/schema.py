@@ -10,8 +10,7 @@ import csv
 import io
 from collections import Counter
 from dataclasses import dataclass
-
-import numpy as np
+from itertools import accumulate
 
 
 class AttributeFileError(ValueError):
@@ -58,7 +57,7 @@ class AttributeSchema:
 
     @property
     def offsets(self) -> tuple[int, ...]:
-        return tuple(int(o) for o in np.concatenate([[0], np.cumsum(self.counts)[:-1]]))
+        return tuple(int(o) for o in accumulate(self.counts[:-1], initial=0))
 
     @property
     def width(self) -> int:

@@ -32,13 +32,13 @@ def evaluate_faces_task(aligned_dir: str, base_dir: str, subject_dir: str, subje
     if cfg.subject == "required" and not present:
         raise FileNotFoundError(f"evaluate_faces.subject is 'required' but {subject_model_dir} holds no saved "
                                 "pipeline or adapter: run the DreamBooth stage first")
-    extractor = DlibFaceExtractor(cfg.features)
-    base = evaluate_base(base_dir, aligned_dir, cfg, extractor, log=log.info)
-    subject = None
-    if cfg.subject != "off" and present:
-        subject = evaluate_subject_model(subject_model_dir, base_dir, subject_dir, aligned_dir, cfg,
-                                         extractor=extractor, base=base, log=log.info)
-    elif cfg.subject == "auto":
+    with DlibFaceExtractor(cfg.features) as extractor:
+        base = evaluate_base(base_dir, aligned_dir, cfg, extractor, log=log.info)
+        subject = None
+        if cfg.subject != "off" and present:
+            subject = evaluate_subject_model(subject_model_dir, base_dir, subject_dir, aligned_dir, cfg,
+                                             extractor=extractor, base=base, log=log.info)
+    if subject is None and cfg.subject == "auto":
         log.info(f"evaluate_faces: no subject model at {subject_model_dir}: subject metrics skipped")
     head = headline(base, subject, cfg)
     if not head["target_met"]:

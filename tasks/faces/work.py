@@ -34,7 +34,8 @@ from tasks.common.pool import resolve_workers, spawn_executor
 from tasks.common.shards import (MANIFEST, AtomicShardWriter, clean_stale, clear_progress, completed_run, finished_shards,
                           record_shard, run_fingerprint, shard_name, write_manifest)
 
-# tasks.common.shards imports webdataset, which imports torch (~1.5 s): only the main process needs it.
+# Shards are written in the main process (`finish`), with tarfile only: workers import neither webdataset
+# nor torch.
 
 LANDMARK_SOURCES = ("metadata", "dlib", "face_alignment")
 

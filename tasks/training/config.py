@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffusers import DDPMScheduler
-
 from tasks.common.config import StageConfig
 
 
@@ -31,6 +29,7 @@ class TrainConfig(StageConfig):
     beta_start: float
     beta_end: float
     prediction_type: str  # epsilon | v_prediction
+    snr_gamma: float | None  # Min-SNR loss weighting (Hang et al. 2023; 5 is their value); null: plain MSE
     use_ema: bool  # the saved model gets the EMA weights
     ema_decay: float  # max decay; warms up as (1 + step) / (10 + step)
     cond_drop_prob: float  # fraction of conditions replaced by the null condition (CFG)
@@ -50,6 +49,7 @@ class TrainConfig(StageConfig):
              "beta_schedule must be linear, scaled_linear or squaredcos_cap_v2"),
             (0 < self.beta_start < self.beta_end < 1, "need 0 < beta_start < beta_end < 1"),
             (self.prediction_type in ("epsilon", "v_prediction"), "prediction_type must be epsilon or v_prediction"),
+            (self.snr_gamma is None or self.snr_gamma > 0, "snr_gamma must be > 0 or null"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (0 <= self.cond_drop_prob < 1, "cond_drop_prob must be in [0, 1)"),
             (self.checkpointing_steps >= 1, "checkpointing_steps must be >= 1"),
@@ -60,8 +60,12 @@ class TrainConfig(StageConfig):
             if not ok:
                 raise ValueError(f"training params: {message}")
 
-    def noise_scheduler(self) -> DDPMScheduler:
-        """The training noise schedule (also the default sampling scheduler of a saved model)."""
+    def noise_scheduler(self):
+        """The training noise schedule (also the default sampling scheduler of a saved model): a
+        diffusers DDPMScheduler, imported here so that data stages (and their spawned workers),
+        which import this module for their configs, do not pay diffusers' 3 s import."""
+        from diffusers import DDPMScheduler
+
         return DDPMScheduler(
             num_train_timesteps=self.num_train_timesteps,
             beta_schedule=self.beta_schedule,

@@ -174,6 +174,21 @@ def _restore_live(checkpoint: Path, live_dir: Path) -> None:
         shutil.copytree(copy, live_dir)
 
 
+def denoising_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, noise_scheduler,
+                   cfg: TrainConfig) -> torch.Tensor:
+    """MSE, or with `snr_gamma` the Min-SNR weighted MSE: each sample's loss scaled by
+    min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v), so the nearly clean timesteps, easy and
+    many, stop dominating the gradient."""
+    if cfg.snr_gamma is None:
+        return F.mse_loss(pred, target)
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_scheduler, timesteps)
+    weight = snr.clamp(max=cfg.snr_gamma) / (snr if cfg.prediction_type == "epsilon" else snr + 1)
+    per_sample = (pred - target).square().flatten(1).mean(1)
+    return (per_sample * weight).mean()
+
+
 def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: str, live_dir: str,
           run_id: str, step_callback: Callable[[int], None] | None = None, show_progress: bool = True) -> dict:
     """Train `spec`'s model under `cfg`; returns the summary metrics (also logged to dvclive).
@@ -190,6 +205,9 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
     from tqdm.auto import tqdm
 
     log = get_logger()
+    if spec.loss is not None and cfg.snr_gamma is not None:
+        raise ValueError("training.snr_gamma weights the engine's own MSE; this stage has a loss of its own "
+                         "(e.g. DreamBooth's prior-preservation loss): set snr_gamma: null")
     # ---------------------------------------------------------------- setup
     # Several processes without CUDA (torchrun on CPU): accelerate needs cpu=True to pick gloo.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -332,7 +350,7 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
                 with accelerator.autocast():
                     pred = spec.predict(model, noisy, timesteps, cond)
                 if spec.loss is None:
-                    loss, parts = F.mse_loss(pred.float(), target.float()), {}
+                    loss, parts = denoising_loss(pred.float(), target.float(), timesteps, noise_scheduler, cfg), {}
                 else:
                     loss, parts = spec.loss(pred.float(), target.float(), cond)
                 accelerator.backward(loss)
