@@ -12,6 +12,7 @@ A model without an identifier has one distribution: its "class samples" are its 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -72,16 +73,6 @@ def _loader(model_dir):
     return pipe if pipe.has_identifier else _OneDistribution(pipe)
 
 
-def photo_ceiling(photo_d: np.ndarray, real_d: np.ndarray) -> float:
-    """The subject photos' own leave-one-out id_top1: each photo's nearest neighbour among the other
-    photos + the real faces is a subject photo."""
-    from tasks.evaluation.metrics import pairwise_distances
-
-    d_self = pairwise_distances(photo_d, photo_d)
-    np.fill_diagonal(d_self, np.inf)
-    return float((d_self.min(axis=1) < pairwise_distances(photo_d, real_d).min(axis=1)).mean())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repo", default=".")
@@ -97,6 +88,7 @@ def main() -> None:
     from tasks.dreambooth.train import run_training
     from tasks.evaluation.faces import evaluate_base, evaluate_subject_model, load_faces
     from tasks.evaluation.features import DlibFaceExtractor
+    from tasks.evaluation.metrics import id_top1_ceiling
 
     repo, out = Path(args.repo).resolve(), Path(args.out)
     os.chdir(repo)
@@ -107,7 +99,7 @@ def main() -> None:
     EF.load_subject_model = _loader  # see _OneDistribution
     photos = extractor(load_faces("data/faces/subject", None, base["resolution"]))
     real_d = base["real"].features.descriptors
-    ceiling = photo_ceiling(photos.descriptors, real_d)
+    ceiling = id_top1_ceiling(photos.descriptors, real_d)
     rows = []
     for name, over in VARIANTS.items():
         if args.only and name not in args.only:
@@ -118,13 +110,19 @@ def main() -> None:
         run_training("data/faces/subject_latents", "data/faces/class_latents", "models/ldm", str(run / "model"),
                      str(run / "ckpt"), str(run / "live"), str(run / "metrics.json"), p, show_progress=False)
         seconds = time.perf_counter() - t0
-        m = evaluate_subject_model(run / "model", "models/ldm", "data/faces/subject", "data/faces/aligned", cfg,
-                                   extractor=extractor, base=base, log=print)["metrics"]
-        rows.append({"variant": name, "seconds": seconds, **{k: m[k] for k in (
-            "id_top1", "id_top1_class", "id_top1_base", "diversity", "diversity_photos", "nearest_photo_distance",
-            "nearest_photo_distance_photos", "face_detect_rate_subject", "face_detect_rate_class")},
-            "kid_prior": (m["prior"] or {}).get("kid_dlib"), "fd_prior": (m["prior"] or {}).get("fd_dlib")})
-        print(json.dumps(rows[-1]))
+        evals = [(name, cfg)]
+        if name == "prior + identifier" and cfg.subject_guidance_scale != 1:  # what the guidance adds
+            evals.append((f"{name}, guidance 1", dataclasses.replace(cfg, subject_guidance_scale=1.0)))
+        for label, c in evals:
+            m = evaluate_subject_model(run / "model", "models/ldm", "data/faces/subject", "data/faces/aligned", c,
+                                       extractor=extractor, base=base, log=print)["metrics"]
+            rows.append({"variant": label, "seconds": seconds, **{k: m[k] for k in (
+                "id_top1", "id_top1_se", "id_top1_class", "id_top1_class_se", "id_top1_base", "id_top1_base_se",
+                "id_top1_vae_round_trip", "diversity", "diversity_photos", "nearest_photo_distance",
+                "nearest_photo_distance_photos", "face_detect_rate_subject", "face_detect_rate_class")},
+                "kid_prior": (m["prior"] or {}).get("kid_dlib"), "fd_prior": (m["prior"] or {}).get("fd_dlib")})
+            print(json.dumps(rows[-1]))
+    extractor.close()
     n_det = lambda rate: max(1, round(rate * args.num_samples))  # noqa: E731
     result = {"num_samples": args.num_samples, "photo_ceiling_id_top1": ceiling,
               "real_faces": len(real_d), "subject_photos_detected": len(photos.descriptors),

@@ -57,12 +57,20 @@ class SubjectDiffusionPipeline(LatentDiffusionPipeline):
     @torch.no_grad()
     def __call__(self, batch_size: int = 1, subject: bool = True, num_inference_steps: int = 50,
                  generator: torch.Generator | list[torch.Generator] | None = None,
-                 latents: torch.Tensor | None = None, output_type: str = "pil", return_dict: bool = True):
+                 latents: torch.Tensor | None = None, output_type: str = "pil", return_dict: bool = True,
+                 guidance_scale: float = 1.0):
         """Sample `batch_size` images of the subject (`subject=True`) or of the class (`False`,
-        identifier only). Other arguments as `LatentDiffusionPipeline.__call__`."""
+        identifier only). `guidance_scale` (identifier, subject samples only) is classifier-free
+        guidance with the class label as the unconditional: eps_class + s * (eps_subject - eps_class);
+        1.0 is the subject label alone, larger pushes further from the class towards the subject.
+        Other arguments as `LatentDiffusionPipeline.__call__`."""
         if not subject and not self.has_identifier:
             raise ValueError("subject=False needs a model trained with an identifier (train_dreambooth.identifier: "
                              "true); this one has no class embedding")
+        guided = float(guidance_scale) != 1.0
+        if guided and not (subject and self.has_identifier):
+            raise ValueError(f"guidance_scale {guidance_scale} needs subject=True and a model with an identifier: "
+                             "it guides from the class label towards the subject label")
         if int(batch_size) < 1 or int(num_inference_steps) < 1:
             raise ValueError(f"batch_size and num_inference_steps must be >= 1, got {batch_size}, {num_inference_steps}")
         check_output_type(output_type, extra=("latent",))
@@ -79,9 +87,15 @@ class SubjectDiffusionPipeline(LatentDiffusionPipeline):
             labels = torch.full((shape[0],), SUBJECT_LABEL if subject else CLASS_LABEL, device=device, dtype=torch.long)
         self.scheduler.set_timesteps(int(num_inference_steps), device=device)
         latents = latents * self.scheduler.init_noise_sigma
+        if guided:  # one UNet call on [class; subject] rows
+            labels = torch.cat([torch.full_like(labels, CLASS_LABEL), labels])
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = self.scheduler.scale_model_input(latents, t)
-            noise_pred = self.unet(model_input, t, class_labels=labels).sample
+            if guided:
+                eps_class, eps_subject = self.unet(torch.cat([model_input] * 2), t, class_labels=labels).sample.chunk(2)
+                noise_pred = eps_class + float(guidance_scale) * (eps_subject - eps_class)
+            else:
+                noise_pred = self.unet(model_input, t, class_labels=labels).sample
             latents = self.scheduler.step(noise_pred, t, latents, generator=generator).prev_sample
         self.maybe_free_model_hooks()
         if output_type == "latent":

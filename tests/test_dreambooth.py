@@ -65,7 +65,7 @@ def db_params(**over) -> dict:
             "prior_loss_weight": 1.0,
             "instance_batch_size": 2, "class_batch_size": 2, "flip_prob": 0.5, "num_processes": 1,
             "lora": {"rank": 2, "alpha": 2, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]},
-            "samples": {"num_images": 0, "scheduler": "ddim", "num_inference_steps": 2, "seed": 0},
+            "samples": {"num_images": 0, "scheduler": "ddim", "num_inference_steps": 2, "seed": 0, "guidance_scale": 1.0},
             "training": training_params(**training), **over}
 
 
@@ -156,6 +156,39 @@ def test_identifier_on_a_unet_built_in_code():
                        norm_num_groups=8, layers_per_block=1)
     unet = with_identifier(base)
     assert unet.config.num_class_embeds == 2 and unet.class_embedding is not None
+
+
+
+def test_identifier_guidance_extrapolates_from_class_to_subject(world):
+    """guidance_scale s samples with eps_class + s * (eps_subject - eps_class): 1 is the subject label
+    alone, and only identifier models asked for the subject accept another scale."""
+    base = LatentDiffusionPipeline.from_pretrained(str(world / "base"))
+    unet = with_identifier(base.unet)
+    with torch.no_grad():
+        unet.class_embedding.weight.copy_(torch.randn_like(unet.class_embedding.weight))
+    pipe = SubjectDiffusionPipeline(unet=unet, vae=base.vae, scheduler=base.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def latents(**kw):
+        return pipe(batch_size=2, num_inference_steps=1, latents=x, generator=torch.Generator().manual_seed(1),
+                    output_type="latent", **kw).images
+
+    pipe.scheduler.set_timesteps(1)
+    t = pipe.scheduler.timesteps[0]
+    with torch.no_grad():
+        eps = {label: unet(x, t, class_labels=torch.full((2,), label)).sample for label in (0, 1)}
+    expected = pipe.scheduler.step(eps[0] + 3.0 * (eps[1] - eps[0]), t, x,
+                                   generator=torch.Generator().manual_seed(1)).prev_sample
+    assert torch.allclose(latents(guidance_scale=3.0), expected, atol=1e-5)
+    assert torch.allclose(latents(guidance_scale=1.0), latents(), atol=0)
+    assert not torch.allclose(latents(guidance_scale=3.0), latents(), atol=1e-4)
+    with pytest.raises(ValueError, match="guidance_scale 2.0 needs subject=True"):
+        latents(subject=False, guidance_scale=2.0)
+    plain = SubjectDiffusionPipeline(unet=base.unet, vae=base.vae, scheduler=base.scheduler)
+    with pytest.raises(ValueError, match="and a model with an identifier"):
+        plain(batch_size=1, num_inference_steps=1, guidance_scale=2.0)
 
 
 # ------------------------------------------------------------------------------------------ class samples

@@ -13,7 +13,7 @@ from PIL import Image
 
 from tasks.common.config import ConfigError
 from tasks.common.shards import AtomicShardWriter, write_manifest
-from tasks.evaluation.faces import EvaluateFacesConfig, evaluate_subject_model, targets
+from tasks.evaluation.faces import EvaluateFacesConfig, evaluate_subject_model, subject_targets, targets
 from tasks.evaluation.stages import evaluate_faces_task
 from tests.test_latents_helpers import save_tiny_vae
 
@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 
 PARAMS = {
     "real_splits": ["val"], "num_samples": 4, "batch_size": 2, "scheduler": "ddim", "num_inference_steps": 2,
-    "seed": 0, "subject": "auto", "grid_images": 4, "k_nearest": 1, "min_detect_ratio": 0.7,
+    "seed": 0, "subject": "auto", "subject_guidance_scale": 2.0, "grid_images": 4, "k_nearest": 1, "min_detect_ratio": 0.7,
     "features": {"upscale_to": 256, "upsample": 1, "chip_size": 150, "chip_padding": 0.25, "num_jitters": 0,
                  "workers": 1},
     "kid": {"num_subsets": 3, "subset_size": 4, "seed": 0},
@@ -101,6 +101,7 @@ def test_stage_end_to_end(setup):
     assert 0 <= head["precision_dlib_floor"] <= 1
     # subject part ran on the identifier model
     assert "id_top1" in head and head["face_detect_rate_subject"] == 0.0
+    assert head["subject_identity_ok"] is False and head["id_top1_ceiling"] is not None
     details = json.loads((out / "eval" / "details.json").read_text())
     assert details["counts"]["real"] == 12 and details["counts"]["reference"] == 6
     assert details["subject"]["has_identifier"] is True and details["subject"]["num_subject_photos"] == 6
@@ -140,6 +141,22 @@ def test_config_errors():
         EvaluateFacesConfig.from_params({k: v for k, v in PARAMS.items() if k != "seed"}, "evaluate_faces")
     with pytest.raises(ValueError, match="subject"):
         EvaluateFacesConfig.from_params({**PARAMS, "subject": "maybe"}, "evaluate_faces")
+    with pytest.raises(ValueError, match="subject_guidance_scale"):
+        EvaluateFacesConfig.from_params({**PARAMS, "subject_guidance_scale": 0.5}, "evaluate_faces")
+
+
+def test_subject_targets_rule():
+    ok = {"id_top1": 0.7, "id_top1_class": 0.06, "id_top1_base": 0.03, "id_top1_ceiling": 0.86}
+    assert subject_targets(ok) == {"subject_identity_ok": True, "subject_prior_ok": True}
+    # below 80% of the ceiling (0.688)
+    assert not subject_targets({**ok, "id_top1": 0.68})["subject_identity_ok"]
+    # not 0.4 above the base
+    assert not subject_targets({**ok, "id_top1_base": 0.31, "id_top1_class": 0.31})["subject_identity_ok"]
+    # class samples drift into the subject
+    assert not subject_targets({**ok, "id_top1_class": 0.09})["subject_prior_ok"]
+    # a figure missing (no faces found) is a miss, not a pass
+    assert subject_targets({**ok, "id_top1": None, "id_top1_class": None}) == \
+        {"subject_identity_ok": False, "subject_prior_ok": False}
 
 
 def test_targets_rule():

@@ -110,6 +110,15 @@ def test_id_top1_on_constructed_descriptors():
     assert M.id_top1(subject, subject, others) == 1.0
 
 
+def test_id_top1_ceiling_is_the_photos_leave_one_out_share():
+    # two photos close together, a third far off nearer a real face
+    photos = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0]])
+    others = np.array([[5.2, 5.0], [9.0, 9.0]])
+    assert M.id_top1_ceiling(photos, others) == pytest.approx(2 / 3)
+    assert M.rate_standard_error(0.5, 100) == pytest.approx(0.05)
+    assert M.rate_standard_error(None, 10) is None and M.rate_standard_error(0.5, 0) is None
+
+
 def test_distances_hand_computed():
     x = np.array([[0.0, 0.0], [3.0, 4.0]])
     assert M.mean_pairwise_distance(x) == pytest.approx(5.0)

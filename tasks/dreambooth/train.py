@@ -217,13 +217,15 @@ def dreambooth_spec(subject_dir: str, class_dir: str | None, base_dir: str, cfg:
         return model(x, t, class_labels=cond["labels"]).sample
 
     def sample_grid(unet, noise_scheduler, epoch: int):
-        """Top row: subject (label 1); bottom row: class (label 0), or without an identifier the
+        """Top row: subject (label 1, guided from label 0 by samples.guidance_scale); bottom row:
+        class (label 0), or without an identifier the
         first class samples as they were drawn from the base; same seeds across epochs."""
         pipe = SubjectDiffusionPipeline(unet=unet, vae=vae.to(unet.device),
                                         scheduler=make_scheduler(cfg.samples.scheduler, noise_scheduler.config))
         pipe.set_progress_bar_config(disable=True)
         n, steps = cfg.samples.num_images, cfg.samples.num_inference_steps
-        rows = [pipe(batch_size=n, num_inference_steps=steps, output_type="pil",
+        guidance = {"guidance_scale": cfg.samples.guidance_scale} if cfg.identifier else {}
+        rows = [pipe(batch_size=n, num_inference_steps=steps, output_type="pil", **guidance,
                      generator=torch.Generator(device=unet.device).manual_seed(cfg.samples.seed)).images]
         if cfg.identifier:
             rows.append(pipe(batch_size=n, subject=False, num_inference_steps=steps, output_type="pil",

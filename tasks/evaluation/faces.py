@@ -48,6 +48,7 @@ class EvaluateFacesConfig(StageConfig):
     num_inference_steps: int
     seed: int                     # sample i starts from the noise of seed + i, in every model
     subject: str                  # auto (evaluate when the subject model exists) | required | off
+    subject_guidance_scale: float # identifier models: guidance from the class label to the subject label (1: none)
     grid_images: int              # columns of the side-by-side grid
     k_nearest: int                # precision/recall ball size (Kynkäänniemi et al.: 3)
     min_detect_ratio: float       # target: samples' face_detect_rate >= this x the real faces' rate
@@ -59,6 +60,9 @@ class EvaluateFacesConfig(StageConfig):
             raise ValueError(f"evaluate_faces.subject must be one of {SUBJECT_MODES}, got {self.subject!r}")
         if not self.real_splits:
             raise ValueError("evaluate_faces.real_splits must name at least one split of the aligned faces")
+        if self.subject_guidance_scale < 1.0:
+            raise ValueError(f"evaluate_faces.subject_guidance_scale must be >= 1 (1: the subject label alone), "
+                             f"got {self.subject_guidance_scale}")
         if self.num_samples < 2 or self.batch_size < 1 or self.num_inference_steps < 1:
             raise ValueError("evaluate_faces: num_samples >= 2, batch_size >= 1, num_inference_steps >= 1")
 
@@ -97,6 +101,18 @@ def sample_images(pipe, cfg: EvaluateFacesConfig, **call_kwargs) -> list[np.ndar
                      output_type="np", **call_kwargs).images
         out.extend((np.clip(batch, 0.0, 1.0) * 255.0).round().astype(np.uint8))
     return out
+
+
+def vae_round_trip(pipe, images: list[np.ndarray]) -> list[np.ndarray]:
+    """`images` encoded by the pipeline's VAE (posterior mean) and decoded again: the closest any
+    sample of this latent model can come to them."""
+    import torch
+
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    with torch.no_grad():
+        z = pipe.vae.encode(x.to(pipe.vae.device, pipe.vae.dtype)).latent_dist.mean
+        out = pipe.decode_latents(z * pipe.vae.config.scaling_factor).float().cpu()
+    return list(((out.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
 
 
 def load_base_pipeline(base_dir: str | Path):
@@ -161,6 +177,20 @@ def _or_none(fn: Callable, *args) -> float | None:
         return fn(*args)
     except M.NotEnoughSamples:
         return None
+
+
+# DreamBooth targets (issue 11): subject samples reach this share of the photos' own id_top1 and this
+# much above the base model's samples; class samples (label 0) stay this close to the base's.
+ID_CEILING_SHARE, ID_ABOVE_BASE, CLASS_DRIFT = 0.8, 0.4, 0.05
+
+
+def subject_targets(m: dict) -> dict[str, Any]:
+    """Whether the subject model meets the DreamBooth targets (False when a figure is missing)."""
+    subj, cls, base, ceiling = m["id_top1"], m["id_top1_class"], m["id_top1_base"], m["id_top1_ceiling"]
+    identity_ok = None not in (subj, base, ceiling) and subj >= ID_CEILING_SHARE * ceiling and \
+        subj >= base + ID_ABOVE_BASE
+    prior_ok = None not in (cls, base) and abs(cls - base) <= CLASS_DRIFT
+    return {"subject_identity_ok": bool(identity_ok), "subject_prior_ok": bool(prior_ok)}
 
 
 def targets(base: dict, untrained: dict, floor: dict, real_rate: float, min_ratio: float) -> dict[str, Any]:
@@ -237,7 +267,9 @@ def evaluate_subject_model(model_dir: str | Path, base_dir: str | Path, subject_
     pipe = load_subject_model(model_dir)
     photos = load_faces(subject_dir, None, base["resolution"])
     photo_feats = extractor(photos)
-    images = {"subject": sample_images(pipe, cfg, subject=True),
+    recon_d = extractor(vae_round_trip(pipe, photos)).descriptors
+    guidance = {"guidance_scale": cfg.subject_guidance_scale} if getattr(pipe, "has_identifier", False) else {}
+    images = {"subject": sample_images(pipe, cfg, subject=True, **guidance),
               "class": sample_images(pipe, cfg, subject=False)}
     feats = {name: extractor(ims) for name, ims in images.items()}
     subj, cls = feats["subject"].descriptors, feats["class"].descriptors
@@ -253,6 +285,13 @@ def evaluate_subject_model(model_dir: str | Path, base_dir: str | Path, subject_
         "id_top1": _or_none(M.id_top1, subj, photo_d, real_d),
         "id_top1_class": _or_none(M.id_top1, cls, photo_d, real_d),
         "id_top1_base": _or_none(M.id_top1, base_d, photo_d, real_d),
+        "id_top1_ceiling": _or_none(M.id_top1_ceiling, photo_d, real_d),
+        # the photos through the model's VAE and back: where a latent model's identity tops out
+        "id_top1_vae_round_trip": _or_none(M.id_top1, recon_d, photo_d, real_d),
+        # standard errors: each share is over the samples in which a face was found
+        "id_top1_se": M.rate_standard_error(_or_none(M.id_top1, subj, photo_d, real_d), len(subj)),
+        "id_top1_class_se": M.rate_standard_error(_or_none(M.id_top1, cls, photo_d, real_d), len(cls)),
+        "id_top1_base_se": M.rate_standard_error(_or_none(M.id_top1, base_d, photo_d, real_d), len(base_d)),
         "identity_distance": _or_none(M.centroid_distance, subj, photo_d),
         "identity_distance_class": _or_none(M.centroid_distance, cls, photo_d),
         "identity_distance_photos": _or_none(M.centroid_distance, photo_d, photo_d),
@@ -294,7 +333,10 @@ def headline(base: dict, subject: dict | None, cfg: EvaluateFacesConfig) -> dict
         out.update({k: s[k] for k in ("id_top1", "id_top1_class", "identity_distance", "diversity",
                                       "diversity_photos", "nearest_photo_distance",
                                       "nearest_photo_distance_photos", "face_detect_rate_subject")})
+        out.update({k: s[k] for k in ("id_top1_base", "id_top1_ceiling", "id_top1_vae_round_trip", "id_top1_se",
+                                      "id_top1_class_se")})
         out["kid_dlib_prior"] = s["prior"]["kid_dlib"] if s["prior"] else None
+        out.update(subject_targets(s))
     return out
 
 

@@ -7,6 +7,8 @@ instead of a number computed from one face.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import linalg
 
@@ -109,6 +111,20 @@ def id_top1(samples: np.ndarray, subject: np.ndarray, others: np.ndarray) -> flo
     nearest_subject = pairwise_distances(samples, subject).min(axis=1)
     nearest_other = pairwise_distances(samples, others).min(axis=1)
     return float((nearest_subject < nearest_other).mean())
+
+
+def id_top1_ceiling(subject: np.ndarray, others: np.ndarray) -> float:
+    """The subject photos' own leave-one-out id_top1: how often a photo's nearest neighbour among the
+    *other* photos + the real faces is a subject photo. What a perfect subject model would score."""
+    subject, others = _as_2d(subject, "subject", 2), _as_2d(others, "others", 1)
+    d_self = pairwise_distances(subject, subject)
+    np.fill_diagonal(d_self, np.inf)
+    return float((d_self.min(axis=1) < pairwise_distances(subject, others).min(axis=1)).mean())
+
+
+def rate_standard_error(rate: float | None, n: int) -> float | None:
+    """Binomial standard error of a share measured on n samples."""
+    return None if rate is None or n < 1 else math.sqrt(rate * (1 - rate) / n)
 
 
 def centroid_distance(samples: np.ndarray, reference: np.ndarray) -> float:

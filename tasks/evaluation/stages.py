@@ -9,7 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.common.log import get_logger
-from tasks.evaluation.faces import EvaluateFacesConfig
+from tasks.evaluation.faces import CLASS_DRIFT, ID_ABOVE_BASE, ID_CEILING_SHARE, EvaluateFacesConfig
 
 
 def _subject_model_present(model_dir: str | None) -> bool:
@@ -45,6 +45,12 @@ def evaluate_faces_task(aligned_dir: str, base_dir: str, subject_dir: str, subje
         msg = (f"evaluate_faces: base samples miss the face target (detect rate {head['face_detect_rate']:.2f} vs "
                f"{cfg.min_detect_ratio:g} x real {head['face_detect_rate_real']:.2f}; kid_dlib {head['kid_dlib']} "
                f"vs floor {head['kid_dlib_floor']} and untrained {head['kid_dlib_untrained']})")
+        log.warning(msg)
+        warnings.warn(msg)
+    if subject is not None and not (head["subject_identity_ok"] and head["subject_prior_ok"]):
+        msg = (f"evaluate_faces: the subject model misses a DreamBooth target: id_top1 {head['id_top1']} (target "
+               f">= {ID_CEILING_SHARE:g} x ceiling {head['id_top1_ceiling']} and >= base {head['id_top1_base']} + "
+               f"{ID_ABOVE_BASE:g}); class id_top1 {head['id_top1_class']} (target within {CLASS_DRIFT:g} of the base)")
         log.warning(msg)
         warnings.warn(msg)
     Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
