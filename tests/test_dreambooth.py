@@ -259,6 +259,9 @@ def test_bad_params_are_config_errors():
         TrainDreamboothConfig.from_params(db_params(prior_preservation=False))
     with pytest.raises(ConfigError, match="unknown key"):
         TrainDreamboothConfig.from_params({**db_params(), "steps": 3})
+    samples = {**db_params()["samples"], "guidance_scale": 0.5}
+    with pytest.raises(ConfigError, match="guidance_scale must be >= 1"):
+        TrainDreamboothConfig.from_params(db_params(samples=samples))
 
 
 def test_training_logs_both_losses_and_resumes_exactly(world, tmp_path):

@@ -50,7 +50,7 @@ class SampleGridParams(StageConfig):
     scheduler: str
     num_inference_steps: int
     seed: int
-    guidance_scale: float  # subject row of identifier models: class -> subject guidance (1: none)
+    guidance_scale: float  # subject row of identifier models: class -> subject guidance (1: none; unused without)
 
 
 @dataclass(frozen=True)
@@ -85,5 +85,5 @@ class TrainDreamboothConfig(StageConfig):
             raise ConfigError("train_dreambooth.lora.rank must be >= 1")
         if self.samples.scheduler not in SAMPLERS:
             raise ConfigError(f"train_dreambooth.samples.scheduler must be one of {SAMPLERS}")
-        if self.samples.guidance_scale < 1 or (self.samples.guidance_scale != 1 and not self.identifier):
-            raise ConfigError("train_dreambooth.samples.guidance_scale must be >= 1, and 1 without an identifier")
+        if self.samples.guidance_scale < 1:
+            raise ConfigError("train_dreambooth.samples.guidance_scale must be >= 1 (1: the subject label alone)")
