@@ -141,3 +141,21 @@ def test_ffhq256_profile_is_the_seed_report(tmp_path):
     cfg = TrainConfig.from_params(t)
     assert (cfg.learning_rate, cfg.lr_warmup_steps, cfg.num_epochs, cfg.use_ema) == (8.4e-5, 500, 70, True)
     assert p["encode_latents"]["resolution"] == 256  # sd-vae-ft-mse: f=8 -> 32x32x4 latents, sample_size=32
+
+
+def test_gpu_engine_benchmark_runs_the_ffhq256_profile_small_on_cpu(tmp_path, monkeypatch, capsys):
+    """benchmarks/bench_gpu_engine (for GPU workers) stays runnable: the FFHQ-256 profile through the
+    engine on its own fake latents, shrunk, with the figures it reports."""
+    import json
+    import sys
+
+    from benchmarks import bench_gpu_engine
+
+    out = tmp_path / "engine.json"
+    monkeypatch.setattr(sys, "argv", ["bench_gpu_engine", "--device", "cpu", "--small", "--only", "ldm", "--steps", "3",
+                                      "--warmup", "1", "--ldm-latents", "24", "--workers", "0", "--out", str(out)])
+    bench_gpu_engine.main()
+    r = json.loads(out.read_text())["ldm"]
+    assert r["steps"] == 3 and r["batch"] == 8 and r["profile"] == "ffhq256_ldm.yaml"
+    assert r["samples_per_s"] > 0 and r["tflop_per_step"] > 0
+    assert "ldm      steps 3" in capsys.readouterr().out
