@@ -35,7 +35,7 @@ def cpu_flags() -> str:
 def build(channels_last: bool):
     """params.yaml's train_cartoon model, built by the stage's own code."""
     from tasks.cartoon.config import CartoonModelConfig
-    from tasks.cartoon.render import CARTOONSET_ATTRIBUTES
+    from tasks.synthetic.cartoons import CARTOONSET_ATTRIBUTES
     from tasks.cartoon.schema import AttributeSchema
     from tasks.cartoon.train import build_unet_and_tau
     from tasks.common.params import stage_params

@@ -55,7 +55,7 @@ def cartoon_model(device: str):
     from diffusers import UNet2DConditionModel
 
     from pipelines.cartoon import AttributeTau
-    from tasks.cartoon.render import CARTOONSET_ATTRIBUTES
+    from tasks.synthetic.cartoons import CARTOONSET_ATTRIBUTES
 
     cfg = profile("cartoon_seed.yaml")["train_cartoon"]
     m, res = cfg["model"], cfg["data"]["resolution"]

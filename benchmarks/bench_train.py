@@ -88,7 +88,8 @@ def plain_loop(data: torch.Tensor, steps: int, batch_size: int, warmup: int) -> 
 def engine_loop(data: torch.Tensor, steps: int, batch_size: int, warmup: int) -> float:
     """samples/s of tasks.training.train on the same model and batches."""
     from tasks.common.params import stage_params
-    from tasks.training import TrainConfig, TrainSpec, train
+    from tasks.training.config import TrainConfig
+    from tasks.training.engine import TrainSpec, train
 
     n_batches = len(data) // batch_size
 

@@ -85,6 +85,7 @@ def main() -> None:
 
     import tasks.evaluation.faces as EF
     from tasks.common.params import stage_params
+    from tasks.dreambooth.config import TrainDreamboothConfig
     from tasks.dreambooth.train import run_training
     from tasks.evaluation.faces import evaluate_base, evaluate_subject_model, load_faces
     from tasks.evaluation.features import DlibFaceExtractor
@@ -108,7 +109,8 @@ def main() -> None:
         p = merge(params, {**over, "samples": {"num_images": 0}})
         t0 = time.perf_counter()
         run_training("data/faces/subject_latents", "data/faces/class_latents", "models/ldm", str(run / "model"),
-                     str(run / "ckpt"), str(run / "live"), str(run / "metrics.json"), p, show_progress=False)
+                     str(run / "ckpt"), str(run / "live"), str(run / "metrics.json"),
+                     TrainDreamboothConfig.from_params(p, "train_dreambooth"), show_progress=False)
         seconds = time.perf_counter() - t0
         evals = [(name, cfg)]
         if name == "prior + identifier" and cfg.subject_guidance_scale != 1:  # what the guidance adds

@@ -6,6 +6,7 @@ params.yaml (the one place values live); the flow reads that section into its ty
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -14,10 +15,21 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from prefect import tags
+from prefect import tags, task
+from prefect.cache_policies import NO_CACHE
 
 from flows.local_server import stage_server
+from tasks.common.identity import STAGE_ENV, REPO, loaded_project_files
 from tasks.common.params import stage_params
+
+# Where run_stage appends, when set, the project files the stage process loaded (tests/test_deps.py).
+LOADED_LOG_ENV = "FACEDIFF_LOADED_LOG"
+
+
+def stage_task(name: str, **options):
+    """The Prefect task that runs stage `name`'s work. No caching by Prefect: DVC decides what is
+    stale, and resumption inside a stage is by identities on disk (tasks/common/identity.py)."""
+    return task(name=name, cache_policy=NO_CACHE, **options)
 
 
 def parse_path_args(argv: list[str]) -> dict[str, str]:
@@ -55,6 +67,13 @@ def _save_traceback(stage: str, exc: BaseException) -> Path:
     return path
 
 
+def _log_loaded_files(stage: str) -> None:
+    if log := os.environ.get(LOADED_LOG_ENV):
+        files = [p.relative_to(REPO).as_posix() for p in loaded_project_files()]
+        with open(log, "a") as f:
+            f.write(json.dumps({"stage": stage, "files": files}) + "\n")
+
+
 def _since_process_start() -> float:
     """Seconds since this process started: the interpreter's start-up and the stage's imports."""
     import psutil
@@ -69,6 +88,7 @@ def run_stage(flow: Callable, stage: str, argv: list[str] | None = None) -> None
     and records nothing for it. On success the last line says where the stage's time went.
     """
     startup = _since_process_start()
+    os.environ[STAGE_ENV] = stage  # the code identity of what this process (and any it launches) reuses
     paths = parse_path_args(sys.argv[1:] if argv is None else argv)
     # A stage started by the GPU worker's `dvc repro` is tagged with the worker's flow run id, so the
     # UI lists a worker run's stage runs (filter by tag); tasks/worker/commands.py sets the variable.
@@ -81,6 +101,7 @@ def run_stage(flow: Callable, stage: str, argv: list[str] | None = None) -> None
         t1 = time.perf_counter()
         state = flow(**paths, params=stage_params(stage), return_state=True)
         t2 = time.perf_counter()
+    _log_loaded_files(stage)
     if not state.is_completed():
         try:
             state.result()

@@ -1,15 +1,18 @@
-"""Stage align_faces: FFHQ alignment of a raw folder into WebDataset shards of PNGs.
-
-Resumes after a kill: finished shards are kept (the DVC out is `persist: true`; see
-tasks/faces/work.py for why that is safe).
-"""
+"""Flow for DVC stage align_faces: NVlabs' FFHQ alignment into shards, resumable per shard; see
+tasks/faces/aligning.py."""
 from __future__ import annotations
 
 from prefect import flow
 
-from flows._stage import run_stage
+from flows._stage import run_stage, stage_task
+from tasks.common.log import get_logger
+from tasks.faces.aligning import align_faces as align
 from tasks.faces.config import AlignFacesConfig
-from tasks.faces.stages import align_faces_task
+
+
+@stage_task("align_faces")
+def align_faces_task(raw_dir: str, out_dir: str, config: AlignFacesConfig, **options) -> dict:
+    return align(raw_dir, out_dir, config, log=get_logger(), **options)
 
 
 @flow(name="align_faces")

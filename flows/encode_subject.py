@@ -1,18 +1,25 @@
-"""Flow for DVC stage encode_subject: the subject's aligned photos -> latent shards by the base
-model's VAE; see tasks/dreambooth/subject.py."""
+"""Flow for DVC stage encode_subject: the subject's aligned photos -> latents by the base model's
+VAE (encode_latents' code); see tasks/dreambooth/subject.py."""
 from __future__ import annotations
 
 from prefect import flow
 
-from flows._stage import run_stage
+from flows._stage import run_stage, stage_task
+from tasks.common.log import get_logger
 from tasks.dreambooth.config import EncodeSubjectConfig
-from tasks.dreambooth.stages import encode_subject_task
+from tasks.dreambooth.subject import encode_subject as encode
+
+
+@stage_task("encode_subject")
+def encode_subject_task(subject_dir: str, vae_dir: str, out_dir: str, cfg: EncodeSubjectConfig) -> dict:
+    """Encode the subject's aligned photos with the base model's VAE; returns counts and the VAE identity."""
+    manifest = encode(subject_dir, vae_dir, out_dir, cfg, log=get_logger().info)
+    return {"counts": manifest["counts"], "vae_identity": manifest["vae"]["identity"]}
 
 
 @flow(name="encode_subject")
 def encode_subject(subject_dir: str, vae_dir: str, out_dir: str, params: dict) -> dict:
-    cfg = EncodeSubjectConfig.from_params(params, "encode_subject")
-    return encode_subject_task(subject_dir, vae_dir, out_dir, cfg)
+    return encode_subject_task(subject_dir, vae_dir, out_dir, EncodeSubjectConfig.from_params(params, "encode_subject"))
 
 
 if __name__ == "__main__":

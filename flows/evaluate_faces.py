@@ -1,13 +1,13 @@
-"""Flow for DVC stage evaluate_faces: dlib face metrics of the base (and subject) model against
-real validation faces, with real-vs-real floors and an untrained-model reference; see
-tasks/evaluation/faces.py."""
+"""Flow for DVC stage evaluate_faces: see tasks/evaluation/evaluate.py."""
 from __future__ import annotations
 
 from prefect import flow
 
-from flows._stage import run_stage
+from flows._stage import run_stage, stage_task
+from tasks.evaluation.evaluate import evaluate_faces as evaluate
 from tasks.evaluation.faces import EvaluateFacesConfig
-from tasks.evaluation.stages import evaluate_faces_task
+
+evaluate_faces_task = stage_task("evaluate_faces")(evaluate)
 
 
 @flow(name="evaluate_faces")

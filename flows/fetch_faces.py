@@ -1,14 +1,17 @@
-"""Stage fetch_faces: face photos + FFHQ-format metadata into a raw folder.
-
-source: synthetic (drawn offline, exact landmarks) | ffhq (NVlabs' files, verified) | a folder.
-"""
+"""Flow for DVC stage fetch_faces: synthetic photos, FFHQ or a folder of photos; see tasks/faces/fetch.py."""
 from __future__ import annotations
 
 from prefect import flow
 
-from flows._stage import run_stage
+from flows._stage import run_stage, stage_task
+from tasks.common.log import get_logger
 from tasks.faces.config import FetchFacesConfig
-from tasks.faces.stages import fetch_faces_task
+from tasks.faces.fetch import fetch_faces as fetch
+
+
+@stage_task("fetch_faces")
+def fetch_faces_task(out_dir: str, config: FetchFacesConfig) -> str:
+    return fetch(out_dir, config, get_logger())
 
 
 @flow(name="fetch_faces")

@@ -1,12 +1,20 @@
-"""Flow for DVC stage train_vae: the VAE of the latent track (trained here or pretrained); see
+"""Flow for DVC stage train_vae: the face track's VAE, trained here or loaded pretrained; see
 tasks/latent/vae.py."""
 from __future__ import annotations
 
 from prefect import flow
 
-from flows._stage import run_stage
+from flows._stage import run_stage, stage_task
+from tasks.common.log import get_logger
 from tasks.latent.config import TrainVaeConfig
-from tasks.latent.stages import train_vae_task
+from tasks.latent.vae import prepare_vae
+
+
+@stage_task("train_vae")
+def train_vae_task(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str | None,
+                   config: TrainVaeConfig) -> dict:
+    """Obtain the VAE (`source`: train | local folder | hub id), save it to `out_dir`; returns the metrics."""
+    return prepare_vae(shard_dir, out_dir, metrics_path, live_dir, config, log=get_logger().info)
 
 
 @flow(name="train_vae")

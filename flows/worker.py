@@ -2,7 +2,10 @@
 
     fetch the revision (-> SHA) -> isolated checkout (+ requirements.lock check) -> dvc pull
     -> dvc repro | dvc exp run -> describe (params/metrics diff, grids) -> commit + dvc push +
-    git push of results/<sha>-<run> | dvc exp push -> markdown artifact -> delete the checkout
+    git push of results/<sha>-<run> | dvc exp push -> artifacts -> delete the checkout
+
+Two artifacts per run, also after a failure once the revision is known: `facediff-worker-run`
+(markdown, for people) and `facediff-worker-record` (the RunRecord as JSON, for flows.submit).
 
 Deployed by prefect.yaml; runnable by hand too (docs/worker.md):
 
@@ -17,10 +20,10 @@ import uuid
 from dataclasses import asdict
 
 from prefect import flow, runtime
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import Artifact, create_markdown_artifact
 
 from tasks.worker.checkout import validate_repo_url, validate_revision
-from tasks.worker.results import RunRecord, markdown
+from tasks.worker.results import RunRecord, markdown, one_line
 from tasks.worker.stages import (checkout_task, cleanup_task, commit_results_task, describe_task,
                                  fetch_revision_task, pull_task, push_branch_task, push_data_task,
                                  push_experiment_task, reproduce_task)
@@ -41,24 +44,43 @@ def repro_on_worker(repo_url: str, revision: str, workdir: str, targets: list[st
     mirror, sha = fetch_revision_task(workdir, repo_url, revision)
     record = RunRecord(repo_url=repo_url, revision=revision, sha=sha, run_id=run_id,
                        experiment=f"worker-{sha[:7]}-{run_id[:8]}" if experiment else None)
-    repo = checkout_task(workdir, mirror, repo_url, sha, run_id)
-    has_remote = pull_task(repo)
-    record.stages_run = reproduce_task(repo, targets or [], profile, set_params or [], record.experiment)
-    record = describe_task(repo, record)
+    try:
+        repo = checkout_task(workdir, mirror, repo_url, sha, run_id)
+        reproduce_and_send(repo, record, targets or [], profile, set_params or [])
+    except Exception as exc:
+        record.failure = one_line(exc)
+        publish(record)
+        raise
+    publish(record)
+    if not keep_checkout:  # after a failure it stays, for inspection
+        cleanup_task(repo)
+    return asdict(record)
+
+
+def reproduce_and_send(repo: str, record: RunRecord, targets: list[str], profile: str | None,
+                       set_params: list[str]) -> None:
+    """pull, reproduce, describe, and push the results back; fills `record` as it goes."""
+    has_remote, record.missing_outputs = pull_task(repo)
+    record.stages_run = reproduce_task(repo, targets, profile, set_params, record.experiment)
+    # A task's return value is a copy of the record it got: take its fields back into this one.
+    vars(record).update(vars(describe_task(repo, record)))
     if record.experiment:
         push_experiment_task(repo, record.experiment)
         record.pushed_data = has_remote
     else:
-        committed = commit_results_task(repo, sha, run_id, record.stages_run)
+        committed = commit_results_task(repo, record.sha, record.run_id, record.stages_run)
         record.pushed_data = push_data_task(repo)  # the data first: the branch must never name missing data
         if committed:
             record.results_branch, record.results_sha = committed
             push_branch_task(repo, record.results_branch)
+
+
+def publish(record: RunRecord) -> None:
+    """The run's artifacts: markdown for the UI, the record as JSON for flows.submit."""
     create_markdown_artifact(markdown(record), key="facediff-worker-run",
-                             description=f"worker run at {sha[:12]}")
-    if not keep_checkout:
-        cleanup_task(repo)
-    return asdict(record)
+                             description=f"worker run at {record.sha[:12]}")
+    Artifact(type="json", key="facediff-worker-record", data=asdict(record),
+             description="the RunRecord of tasks/worker/results.py").create()
 
 
 def main() -> None:

@@ -63,7 +63,8 @@ TINY_MODEL = {"block_out_channels": [8, 16], "norm_num_groups": 4, "cross_attent
 def test_train_classifier_evaluate_stages(tmp_path, shard_dir, mode):
     from pipelines import CartoonDiffusionPipeline
     from tasks.cartoon.evaluate import EvaluateCartoonConfig, evaluate_cartoon_task
-    from tasks.cartoon.stages import train_attribute_classifier_task, train_cartoon_task
+    from flows.train_attribute_classifier import train_attribute_classifier_task
+    from flows.train_cartoon import train_cartoon_task
 
     model_dir = str(tmp_path / "model")
     train_cartoon_task.fn(shard_dir, model_dir, str(tmp_path / "ckpt"), str(tmp_path / "live"),
@@ -122,7 +123,7 @@ def test_classifier_learns_colours(tmp_path, shard_dir):
 @pytest.mark.slow
 def test_two_processes_train_on_their_own_shards(tmp_path, shard_dir):
     """`num_processes: 2` re-launches the stage under `accelerate launch` (CPU processes, gloo)."""
-    from tasks.cartoon.stages import train_cartoon_task
+    from flows.train_cartoon import train_cartoon_task
 
     train_cartoon_task.fn(shard_dir, str(tmp_path / "model"), str(tmp_path / "ckpt"), str(tmp_path / "live"),
                           str(tmp_path / "train.json"),

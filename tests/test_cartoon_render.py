@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.cartoon.render import (
+from tasks.synthetic.cartoons import (
     CARTOONSET_ATTRIBUTES,
     FACE_COLORS,
     EYE_COLORS,
@@ -212,7 +212,7 @@ def test_rgba_canvas_shortcut_gives_the_rgba_drawings_pixels():
     converts to RGBa, reduces and converts back) gave: every ink is opaque."""
     from PIL import ImageDraw
 
-    from tasks.cartoon.render import _SS, _BOX, _Painter, _draw, _render_box
+    from tasks.synthetic.cartoons import _SS, _BOX, _Painter, _draw, _render_box
 
     rng = np.random.default_rng(5)
     for _ in range(8):
@@ -225,7 +225,7 @@ def test_rgba_canvas_shortcut_gives_the_rgba_drawings_pixels():
 
 
 def test_painter_refuses_translucent_ink():
-    from tasks.cartoon.render import _Painter
+    from tasks.synthetic.cartoons import _Painter
 
     painter = _Painter(100, 1.0)
     with pytest.raises(ValueError, match="opaque"):

@@ -45,18 +45,19 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 def server():
     RangeHandler.fail_first, RangeHandler.cut_at, RangeHandler.requests = 0, None, []
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_port}/cartoonset10k.tgz"
     httpd.shutdown()
 
 
 def test_downloads_and_verifies(server, tmp_path):
     path = download_file(server, tmp_path / "a.tgz", sha256=SHA, progress=False)
-    assert path.read_bytes() == PAYLOAD and not (tmp_path / "a.tgz.part").exists()
+    assert path.read_bytes() == PAYLOAD and not (tmp_path / "a.tgz.partial").exists()
 
 
-def test_resumes_a_partial_download_with_a_range_request(server, tmp_path):
-    (tmp_path / "a.tgz.part").write_bytes(PAYLOAD[:300_000])
+@pytest.mark.parametrize("suffix", [".partial", ".part"])  # .part: what earlier versions kept
+def test_resumes_a_partial_download_with_a_range_request(server, tmp_path, suffix):
+    (tmp_path / f"a.tgz{suffix}").write_bytes(PAYLOAD[:300_000])
     download_file(server, tmp_path / "a.tgz", sha256=SHA, progress=False)
     assert RangeHandler.requests == ["bytes=300000-"]
     assert (tmp_path / "a.tgz").read_bytes() == PAYLOAD
@@ -72,7 +73,7 @@ def test_retries_after_server_errors_and_dropped_connections(server, tmp_path):
 def test_checksum_mismatch_is_an_error_and_the_file_is_never_used(server, tmp_path):
     with pytest.raises(DownloadError, match="sha256 .* expected 00"):
         download_file(server, tmp_path / "a.tgz", sha256="00" * 32, progress=False)
-    assert not (tmp_path / "a.tgz").exists() and not (tmp_path / "a.tgz.part").exists()
+    assert not (tmp_path / "a.tgz").exists() and (tmp_path / "a.tgz.partial").read_bytes() == PAYLOAD  # kept aside
 
 
 def test_existing_good_file_is_reused_and_bad_one_replaced(server, tmp_path):

@@ -18,7 +18,7 @@ from tasks.dreambooth.class_samples import sample_class
 from tasks.dreambooth.config import SampleClassConfig, TrainDreamboothConfig
 from tasks.dreambooth.train import LatentSet, epoch_batches, prior_loss, run_training
 from tasks.latent.vae import vae_identity
-from tasks.training import StopTraining
+from tasks.training.engine import StopTraining
 
 SCHEDULE = dict(num_train_timesteps=100, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                 prediction_type="epsilon")
@@ -85,9 +85,13 @@ def world(tmp_path_factory):
     return root
 
 
+def _config(params: dict) -> TrainDreamboothConfig:
+    return TrainDreamboothConfig.from_params(params, "train_dreambooth")
+
+
 def _train(world, out: Path, params: dict, **kw) -> dict:
     return run_training(str(world / "subject"), str(world / "class"), str(world / "base"), str(out / "model"),
-                        str(out / "ckpt"), str(out / "live"), str(out / "metrics.json"), params,
+                        str(out / "ckpt"), str(out / "live"), str(out / "metrics.json"), _config(params),
                         show_progress=False, **kw)
 
 
@@ -241,7 +245,7 @@ def test_mismatched_identities_are_a_clear_error(world, tmp_path):
     make_latents(tmp_path / "subject", "0123456789abcdef01234567", 4, seed=1)
     with pytest.raises(ValueError, match="encoded by VAE 0123456789abcdef01234567.*decodes with VAE"):
         run_training(str(tmp_path / "subject"), str(world / "class"), str(world / "base"), str(tmp_path / "m"),
-                     str(tmp_path / "c"), str(tmp_path / "l"), str(tmp_path / "x.json"), db_params())
+                     str(tmp_path / "c"), str(tmp_path / "l"), str(tmp_path / "x.json"), _config(db_params()))
     other = LatentDiffusionPipeline.from_pretrained(str(world / "base"))  # same VAE, another UNet
     with torch.no_grad():
         next(other.unet.parameters()).add_(0.01)
@@ -249,7 +253,7 @@ def test_mismatched_identities_are_a_clear_error(world, tmp_path):
     other = tmp_path / "other"
     with pytest.raises(ValueError, match="sampled from base model .* re-run sample_class"):
         run_training(str(world / "subject"), str(world / "class"), str(other), str(tmp_path / "m"),
-                     str(tmp_path / "c"), str(tmp_path / "l"), str(tmp_path / "x.json"), db_params())
+                     str(tmp_path / "c"), str(tmp_path / "l"), str(tmp_path / "x.json"), _config(db_params()))
 
 
 def test_bad_params_are_config_errors():

@@ -14,7 +14,7 @@ from PIL import Image
 from tasks.common.config import ConfigError
 from tasks.common.shards import AtomicShardWriter, write_manifest
 from tasks.evaluation.faces import EvaluateFacesConfig, evaluate_subject_model, subject_targets, targets
-from tasks.evaluation.stages import evaluate_faces_task
+from flows.evaluate_faces import evaluate_faces_task
 from tests.test_latents_helpers import save_tiny_vae
 
 torch.set_num_threads(1)

@@ -4,9 +4,9 @@ import PIL.Image
 import pytest
 
 from benchmarks.bench_align import reference_align
-from tasks.faces import align_face, ffhq_quad
+from tasks.faces.align import align_face, ffhq_quad
 from tasks.faces.align import aligned_position
-from tasks.faces.synthetic import base_identity, draw_photo, face_shape
+from tasks.synthetic.faces import base_identity, draw_photo, face_shape
 
 N = 256  # output size the targets are stated at
 

@@ -3,7 +3,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from tasks.faces import align_face
+from tasks.faces.align import align_face
 from tasks.faces.align import aligned_position
 from tasks.faces.landmarks import DlibLandmarks, NoFace, pick_face
 

@@ -10,10 +10,11 @@ import PIL.Image
 import pytest
 
 from tasks.common.download import DownloadError
-from tasks.faces import synthetic
+from tasks.synthetic import faces as synthetic
 from tasks.faces.fetch import METADATA, fetch_ffhq, fetch_folder, fetch_synthetic, items_from_raw
 from tasks.faces.config import AlignFacesConfig, PrepareSubjectConfig
-from tasks.faces.stages import align_faces_task, fetch_subject_task, subject_report_task
+from flows.align_faces import align_faces_task
+from flows.prepare_subject import fetch_subject_task, subject_report_task
 from tasks.faces.work import AlignConfig, align_to_shards
 from tasks.common.shards import read_manifest
 from tests.configs import stage_config
@@ -128,9 +129,10 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_does(tmp_path):
         (part / ".progress" / f"{name}.json").write_text(json.dumps(
             {"fingerprint": None, "split": "train", "count": 0, "used": [], "rejected": []}))
     # Progress records need the real fingerprints: recreate them the way a run writes them.
-    from tasks.faces.work import code_fingerprint, plan_shards, shard_fingerprint
+    from tasks.common.identity import code_identity
+    from tasks.faces.work import plan_shards, shard_fingerprint
 
-    base = json.dumps({"cfg": cfg.__dict__, "code": code_fingerprint(), "shard_size": 4}, sort_keys=True)
+    base = json.dumps({"cfg": cfg.__dict__, "code": code_identity(), "shard_size": 4}, sort_keys=True)
     for split, idx, its in plan_shards(items, 4)[:2]:
         name = f"{split}-{idx:06d}.tar"
         (part / ".progress" / f"{name}.json").write_text(json.dumps(

@@ -238,7 +238,8 @@ def test_latent_loader_is_deterministic_and_draws_fresh_noise(aligned, vae_dir, 
 
 
 def test_stage_tasks_run_without_a_prefect_server(aligned, vae_dir, tmp_path):
-    from tasks.latent.stages import encode_latents_task, train_vae_task
+    from flows.encode_latents import encode_latents_task
+    from flows.train_vae import train_vae_task
 
     m = train_vae_task.fn(str(aligned), str(tmp_path / "vae"), str(tmp_path / "vae.json"), None,
                           vae_config(source=str(vae_dir), resolution=32))

@@ -127,7 +127,7 @@ def test_ffhq256_profile_is_the_seed_report(tmp_path):
     from pathlib import Path
 
     from tasks.common.params import apply_profile
-    from tasks.training import TrainConfig
+    from tasks.training.config import TrainConfig
 
     repo = Path(__file__).resolve().parents[1]
     shutil.copy(repo / "params.yaml", tmp_path / "params.yaml")

@@ -13,7 +13,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from pipelines import AttributeProjection, CartoonDiffusionPipeline, save_portable
-from tasks.cartoon.render import CARTOONSET_ATTRIBUTES
+from tasks.synthetic.cartoons import CARTOONSET_ATTRIBUTES
 from tests.test_ldm import _pipeline
 
 REPO = Path(__file__).resolve().parents[1]

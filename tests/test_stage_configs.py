@@ -9,7 +9,7 @@ from tasks.common.config import ConfigError
 from tasks.common.params import apply_profile, load_params
 from tasks.faces.config import AlignFacesConfig, FetchFacesConfig, PrepareSubjectConfig
 from tasks.latent.config import EncodeLatentsConfig, TrainLdmConfig, TrainVaeConfig
-from tasks.training import TrainConfig
+from tasks.training.config import TrainConfig
 from tests.configs import REPO, section
 
 CONFIGS = {

@@ -7,7 +7,9 @@ import torch
 from diffusers import UNet2DModel
 
 from tasks.training import engine
-from tasks.training import StopTraining, TrainConfig, TrainSpec, list_checkpoints, memory_anatomy, noise_seed, train
+from tasks.training.config import TrainConfig
+from tasks.training.engine import StopTraining, TrainSpec, list_checkpoints, noise_seed, train
+from tasks.training.memory import memory_anatomy
 
 N_IMAGES, BATCH = 32, 8
 
@@ -53,7 +55,8 @@ def _cfg(**kw) -> TrainConfig:
                 learning_rate=3e-3, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=1e-2, adam_epsilon=1e-8,
                 lr_warmup_steps=2, max_grad_norm=1.0, num_train_timesteps=1000, beta_schedule="linear",
                 beta_start=1e-4, beta_end=0.02, prediction_type="epsilon", snr_gamma=None, use_ema=True,
-                ema_decay=0.9, cond_drop_prob=0.0, checkpointing_steps=2, checkpoints_total_limit=2, samples_every_epochs=0)
+                ema_decay=0.9, cond_drop_prob=0.0, checkpointing_steps=2, checkpoints_total_limit=2, samples_every_epochs=0,
+                log_every_steps=1)
     return TrainConfig(**{**base, **kw})
 
 
@@ -229,7 +232,7 @@ def test_code_change_discards_checkpoints(tmp_path, monkeypatch):
     train(_spec({}), cfg, **kw)
     resumed = train(_spec({}), cfg, **kw)
     assert resumed["run"]["resumed_from_step"] == 4
-    monkeypatch.setattr(engine, "code_fingerprint", lambda: "other code")
+    monkeypatch.setattr(engine, "code_identity", lambda: "other code")
     fresh = train(_spec({}), cfg, **kw)
     assert fresh["run"]["resumed_from_step"] is None and fresh["steps"] == 4
 

@@ -1,7 +1,8 @@
 """The GPU worker's steps on a tiny DVC project made here: a bare git origin, a folder DVC remote.
 
-The project has one trivial stage (a cached output, a metrics file, a PNG grid), so every git/dvc
-step of the worker runs for real in seconds. The end-to-end run through a Prefect deployment is in
+The project has one trivial stage (cached outputs, one of them an image, a metrics file, a PNG grid
+kept in git), so every git/dvc step of the worker runs for real in seconds. `make.n < 0` makes the
+stage fail, `make.sleep` makes it slow (for cancellation). The end-to-end run through a Prefect deployment is in
 test_worker_e2e.py.
 """
 from __future__ import annotations
@@ -27,11 +28,18 @@ GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign
 BIN = Path(sys.executable).parent
 
 STAGE = textwrap.dedent("""\
-    import json, pathlib, sys, yaml
+    import json, os, pathlib, sys, time, yaml
     from PIL import Image
-    n = yaml.safe_load(open("params.yaml"))["make"]["n"]
+    params = yaml.safe_load(open("params.yaml"))["make"]
+    n = params["n"]
+    if n < 0:
+        raise ValueError(f"make.n must be >= 0, got {n}")
+    if params.get("sleep"):
+        pathlib.Path(os.environ.get("MAKE_PID_FILE", "make.pid")).write_text(str(os.getpid()))
+        time.sleep(params["sleep"])
     pathlib.Path("data").mkdir(exist_ok=True)
     pathlib.Path("data/out.txt").write_text("x" * n)
+    Image.new("RGB", (4, 4), (0, n * 20 % 256, 0)).save("data/preview.png")
     pathlib.Path("metrics").mkdir(exist_ok=True)
     json.dump({"size": n, "nested": {"half": n / 2}}, open("metrics/make.json", "w"))
     pathlib.Path("eval/grids").mkdir(parents=True, exist_ok=True)
@@ -44,7 +52,7 @@ DVC_YAML = textwrap.dedent("""\
         cmd: python make.py
         deps: [make.py]
         params: [make]
-        outs: [data/out.txt]
+        outs: [data/out.txt, data/preview.png]   # the PNG: a DVC-cached (git-ignored) image
         metrics:
           - metrics/make.json:
               cache: false
@@ -82,6 +90,7 @@ def _seed_project() -> Path:
     (seed / "dvc.yaml").write_text(DVC_YAML)
     (seed / "requirements.lock").write_text(f"pyyaml=={metadata.version('pyyaml')}\n")
     dvc(seed, "init", "-q")
+    dvc(seed, "config", "core.analytics", "false")  # else each dvc call starts a daemon that needs the network
     dvc(seed, "remote", "add", "-d", "store", "unset")  # each copy points it at its own storage
     return seed
 
@@ -238,7 +247,7 @@ def test_a_plain_run_returns_its_results_on_a_branch_the_user_can_pull(tmp_path)
     assert results.reproduce(repo, [], [], None) == ["make"]
     record = results.describe(repo, results.RunRecord(str(origin), "main", sha, "run-plain", stages_run=["make"]))
     assert record.metrics == {"metrics/make.json": {"size": 3, "nested": {"half": 1.5}}}
-    assert record.grids == ["eval/grids/grid.png"]
+    assert record.grids == ["data/preview.png", "eval/grids/grid.png"]  # git-ignored or not
     branch, _ = results.commit_results(repo, sha, "run-plain", record.stages_run)
     assert results.push_data(repo) and any(storage.rglob("*"))
     results.push_branch(repo, branch)
@@ -287,14 +296,19 @@ def test_the_artifact_describes_this_run():
     record = results.RunRecord(
         "git@x:p.git", "main", "a" * 40, "run-1", experiment="exp-1", stages_run=["make"],
         params_changed={"params.yaml": {"make.n": {"old": 3, "new": 7}}},
-        metrics={"metrics/make.json": {"size": 7, "nested": {"half": 3.5}}},
-        metrics_diff={"metrics/make.json": {"size": {"old": 3, "new": 7, "diff": 4}}},
-        grids=["eval/grids/grid.png"], pushed_data=True)
+        metrics={"metrics/make.json": {"size": 7, "nested": {"half": 3.5}, "same": 1.0}},
+        metrics_diff={"metrics/make.json": {"size": {"old": 3, "new": 7, "diff": 4},
+                                            "same": {"old": 1.0, "new": 1.0, "diff": 0}}},
+        grids=["eval/grids/grid.png"], missing_outputs=["data/out.txt"], pushed_data=True)
     md = results.markdown(record)
     for expected in ["`" + "a" * 40 + "`", "experiment `exp-1`", "`make`", "| params.yaml | make.n | 3 | 7 |",
-                     "| metrics/make.json | size | 7 | 3 | 4 |", "| metrics/make.json | nested.half | 3.5 | - | - |",
-                     "- `eval/grids/grid.png`", "data pushed"]:
+                     "| metrics/make.json | size | 7 | 3 | +4 |", "| metrics/make.json | same | 1 | 1 | 0 |",
+                     "| metrics/make.json | nested.half | 3.5 | absent | new |",  # unchanged and missing differ
+                     "- `eval/grids/grid.png`", "data pushed", "## Outputs missing from the DVC remote",
+                     "- `data/out.txt`"]:
         assert expected in md, expected
+    record.failure = "stage make failed: ValueError: make.n must be >= 0, got -1"
+    assert f"- **failed**: {record.failure}" in results.markdown(record)
 
 
 def test_stage_processes_get_the_worker_run_id_but_not_prefects_own(monkeypatch):

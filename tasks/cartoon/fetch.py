@@ -1,13 +1,15 @@
 """Stage fetch_cartoons: a Cartoon Set folder (csX.png + csX.csv) from one of three sources.
 
-- `synthetic`: drawn here (tasks/cartoon/render.py), deterministic for a seed, offline;
+- `synthetic`: drawn here (tasks/synthetic/cartoons.py), deterministic for a seed, offline;
 - `cartoonset10k` / `cartoonset100k`: the official archive, downloaded with resume, retries and
   checksum verification, then extracted safely;
 - a local folder or .tgz in the same format.
 """
 from __future__ import annotations
 
+import datetime
 import functools
+import json
 import shutil
 import urllib.parse
 from pathlib import Path
@@ -15,8 +17,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from tasks.cartoon.config import FetchCartoonsConfig
-from tasks.cartoon.render import render_to_files
-from tasks.common.download import copy_or_link, download_file, file_digest, safe_extract
+from tasks.synthetic.cartoons import render_to_files
+from tasks.common.download import DownloadError, copy_or_link, download_file, file_digest, safe_extract
 from tasks.common.log import get_logger
 from tasks.common.pool import imap, process_pool
 from tasks.common.shards import write_json_atomic
@@ -35,9 +37,46 @@ def render_synthetic(out_dir: str, num_images: int, seed: int, workers: int) -> 
     return num_images
 
 
-def download_archive(url: str, download_dir: str, sha256: str | None) -> str:
-    name = Path(urllib.parse.urlparse(url).path).name or "cartoonset.tgz"
-    return str(download_file(url, Path(download_dir) / name, sha256=sha256))
+def download_archive(url: str, download_dir: str, sha256: str | None) -> tuple[str, dict]:
+    """Fetch the archive into `download_dir`; returns (its path, its size, sha256 and what checked it).
+
+    Verified by `sha256` when given. The publisher gives none, so otherwise the first download
+    records its size and sha256 in `<archive>.json` beside it, and every later run (a kept archive,
+    a re-download, a resumed one) must match that record. The record lives in `download_dir`
+    because the stage's out, fetch.json with it, is deleted before each run.
+    """
+    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name or "cartoonset.tgz"
+    dest = Path(download_dir) / name
+    pin_path = dest.with_name(name + ".json")
+    pin = None if sha256 else _read_pin(pin_path)
+    checks = {"sha256": sha256} if sha256 else {"size": pin["size"], "sha256": pin["sha256"]} if pin else {}
+    try:
+        path = download_file(url, dest, **checks)
+    except DownloadError as exc:
+        if pin is None:
+            raise
+        raise DownloadError(f"{exc} (checked against {pin_path}, recorded at the first download on "
+                            f"{pin['recorded']}; if the publisher changed the archive, delete that file "
+                            f"to accept the new one)") from None
+    size = path.stat().st_size
+    if sha256:
+        return str(path), {"size": size, "sha256": sha256, "checksum": "params"}
+    if pin:
+        return str(path), {"size": size, "sha256": pin["sha256"],
+                           "checksum": f"first download's record ({pin_path}, {pin['recorded']})"}
+    digest = file_digest(path, "sha256")
+    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    write_json_atomic(pin_path, {"url": url, "size": size, "sha256": digest, "recorded": today})
+    get_logger().warning("no sha256 given for %s: recorded its size (%d) and sha256 (%s) in %s; later runs "
+                         "must match them (or set fetch_cartoons.sha256 in params)", name, size, digest, pin_path)
+    return str(path), {"size": size, "sha256": digest, "checksum": f"recorded now in {pin_path}"}
+
+
+def _read_pin(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
 
 
 def import_local(path: str, out_dir: str) -> int:
@@ -76,13 +115,9 @@ def fetch_cartoons(out_dir: str, config: FetchCartoonsConfig, download_dir: str)
         url = (urls or {}).get(source)
         if not url:
             raise KeyError(f"params fetch_cartoons.urls has no URL for {source}")
-        expected = (sha256 or {}).get(source)
-        archive = download_archive(url, download_dir, expected)
-        digest = expected or file_digest(archive, "sha256")
-        if not expected:
-            log.warning("no sha256 given for %s; recording %s (set fetch_cartoons.sha256.%s to pin it)",
-                        source, digest, source)
-        record.update(url=url, archive_sha256=digest, files=len(safe_extract(archive, out_dir)))
+        archive, info = download_archive(url, download_dir, (sha256 or {}).get(source))
+        record.update(url=url, archive_size=info["size"], archive_sha256=info["sha256"],
+                      archive_checksum=info["checksum"], files=len(safe_extract(archive, out_dir)))
     else:
         record.update(files=import_local(source, out_dir))
     record["images"] = sum(1 for _ in out.rglob("*.png"))

@@ -20,11 +20,10 @@ from tasks.cartoon.config import CartoonModelConfig, TrainCartoonConfig
 from tasks.cartoon.loader import cartoon_loader, load_schema
 from tasks.cartoon.schema import AttributeSchema
 from tasks.common.grid import square_grid
-from tasks.common.hashing import file_digest
 from tasks.common.launch import config_job_main, run_or_launch
-from tasks.common.shards import MANIFEST
 from tasks.common.timings import write_metrics
-from tasks.training import TrainSpec, fingerprint, train
+from tasks.common.identity import data_identity, identity
+from tasks.training.engine import TrainSpec, train
 
 
 def build_unet_and_tau(model: CartoonModelConfig, schema: AttributeSchema,
@@ -116,16 +115,12 @@ def cartoon_spec(shard_dir: str, config: TrainCartoonConfig) -> TrainSpec:
                      sample_grid=sample_grid if sample_attrs is not None else None)
 
 
-def _data_identity(shard_dir: str) -> str:
-    return file_digest(Path(shard_dir) / MANIFEST)
-
-
 def run_training(shard_dir: str, model_dir: str, checkpoint_dir: str, live_dir: str, metrics_path: str,
                  config: TrainCartoonConfig, step_callback=None, show_progress: bool = True) -> dict:
     """Train in this process (one of possibly several under `accelerate launch`)."""
     data, model, cfg = config.data, config.model, config.training
     spec = cartoon_spec(shard_dir, config)
-    run_id = fingerprint(data.to_dict(), model.to_dict(), cfg.to_dict(), _data_identity(shard_dir))
+    run_id = identity(data.to_dict(), model.to_dict(), cfg.to_dict(), data_identity(shard_dir))
     summary = train(spec, cfg, model_dir=model_dir, checkpoint_dir=checkpoint_dir, live_dir=live_dir,
                     run_id=run_id, step_callback=step_callback, show_progress=show_progress)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -1,9 +1,8 @@
 """dvc.yaml's code deps, computed from what each stage really runs.
 
-A stage's cmd is `python -m flows.<stage> ...`; the code it runs is the static import closure of
-that module (tasks/common/codeprint.py: imports anywhere in a file, package `__init__`s, and modules
-named by a string, such as the target of `accelerate launch -m tasks.latent.train`). Its deps in
-dvc.yaml must list exactly those files (files, not directories: a directory dep would also re-run
+A stage's cmd is `python -m flows.<stage> ...`; the code it runs is the module import closure of
+that flow (tasks/common/identity.py `stage_code`, the same function the code identities of
+checkpoints and shards use). Its deps in dvc.yaml must list exactly those files (files, not directories: a directory dep would also re-run
 the stage for unrelated files and hides which code counts); data deps (upstream outs) are kept.
 
     python -m tasks.common.deps --check   # exit 1, naming every missing or stale code dep
@@ -20,7 +19,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.common.codeprint import PACKAGES, REPO, project_files
+from tasks.common.identity import PACKAGES, REPO, stage_code
+from tasks.common.params import read_yaml
 
 FLOW_CMD = re.compile(r"^\s*python\s+-m\s+(flows\.[A-Za-z_][A-Za-z0-9_]*)\b")
 
@@ -73,7 +73,7 @@ def stage_deps(stage: str, spec: dict, repo: Path) -> StageDeps | None:
     module = flow_module(stage, spec.get("cmd", ""), repo)
     if module is None:
         return None
-    needed = [p.relative_to(repo).as_posix() for p in project_files([module], repo)]
+    needed = [p.relative_to(repo).as_posix() for p in stage_code([module], repo)]
     listed, dirs = [], []
     for dep in spec.get("deps") or []:
         dep = str(dep)
@@ -84,10 +84,7 @@ def stage_deps(stage: str, spec: dict, repo: Path) -> StageDeps | None:
 
 
 def _load(dvc_yaml: Path) -> dict:
-    import yaml
-
-    with open(dvc_yaml) as f:
-        return yaml.safe_load(f) or {}
+    return read_yaml(dvc_yaml) or {}
 
 
 def analyse(repo: Path = REPO) -> list[StageDeps]:
@@ -170,13 +167,6 @@ def report(results: list[StageDeps]) -> list[str]:
     return lines
 
 
-def _safe_yaml(path: Path):
-    from ruamel.yaml import YAML  # DVC's own YAML 1.2 reading: values compare as DVC recorded them
-
-    with open(path) as f:
-        return YAML(typ="safe", pure=True).load(f) or {}
-
-
 def _lookup(params: dict, dotted: str):
     node = params
     for part in dotted.split("."):
@@ -203,10 +193,10 @@ def lock_problems(repo: Path = REPO) -> list[str]:
     working tree: a stage never run, another cmd, another deps list, a code file's md5, a param's
     value. Data deps (other stages' outputs) are not checked: that needs the data, and their own
     stage's entry covers them."""
-    stages = (_safe_yaml(repo / "dvc.yaml").get("stages") or {})
-    lock = (_safe_yaml(repo / "dvc.lock").get("stages") or {}) if (repo / "dvc.lock").is_file() else {}
+    stages = (_load(repo / "dvc.yaml").get("stages") or {})
+    lock = (_load(repo / "dvc.lock").get("stages") or {}) if (repo / "dvc.lock").is_file() else {}
     params_file = repo / "params.yaml"
-    params = _safe_yaml(params_file) if params_file.is_file() else {}
+    params = _load(params_file) if params_file.is_file() else {}
     outs = {str(next(iter(o)) if isinstance(o, dict) else o).rstrip("/")
             for spec in stages.values() for kind in ("outs", "metrics", "plots") for o in spec.get(kind) or []}
     problems = []

@@ -42,7 +42,10 @@ def run_or_launch(module: str, run: Callable[..., Any], paths: dict[str, str], c
         launch(module, job, {**paths, "config": config.to_dict()}, config.num_processes,
                config.training.mixed_precision)
         return None
-    return run(**paths, config=config)
+    summary = run(**paths, config=config)
+    get_logger().info(f"{module}: {summary['steps']} steps; final loss {summary['final_loss']}; "
+                      f"{summary['run']['samples_per_second'] or 0:.1f} samples/s")
+    return summary
 
 
 def config_job_main(run: Callable[..., Any], config_cls, stage: str) -> None:

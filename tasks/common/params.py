@@ -9,17 +9,25 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 PARAMS_FILE = Path("params.yaml")
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file read as DVC reads and writes it: YAML 1.2, where `no`, `on` and `yes` are strings.
+
+    `dvc exp run -S` rewrites params.yaml with its YAML 1.2 writer, which drops the quotes around
+    `"no"`; a YAML 1.1 loader (PyYAML) would then read `mixed_precision: no` as False."""
+    from ruamel.yaml import YAML
+
+    with open(path) as f:
+        return YAML(typ="safe", pure=True).load(f)
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run from the repository root")
-    with open(path) as f:
-        params = yaml.safe_load(f) or {}
+    params = read_yaml(path) or {}
     if not isinstance(params, dict):
         raise ValueError(f"{path} must hold a mapping of stage sections, got {type(params).__name__}")
     return params
@@ -35,8 +43,7 @@ def stage_params(stage: str, path: str | Path = PARAMS_FILE) -> dict[str, Any]:
 
 def apply_profile(profile: str | Path, path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     """Merge a profile from configs/ into params.yaml in place and return the result."""
-    # ruamel keeps the comments that document each param, and the quotes: DVC and the stages read
-    # params.yaml as YAML 1.1, where an unquoted `no` is False, not the string "no".
+    # The round-trip loader keeps the comments that document each param.
     from ruamel.yaml import YAML
 
     rt = YAML()

@@ -25,6 +25,7 @@ import torch
 from pipelines import make_scheduler
 from pipelines.outputs import to_output
 from tasks.common.grid import square_grid
+from tasks.common.identity import code_identity  # other sampling code samples again
 from tasks.common.shards import (AtomicShardWriter, clean_stale, clear_progress, completed_run, finished_shards,
                                  record_shard, run_fingerprint, shard_name, write_manifest)
 from tasks.dreambooth.base import base_identity, load_base
@@ -46,10 +47,8 @@ def plan(cfg: SampleClassConfig) -> list[tuple[int, int, int]]:
 
 
 def shard_fingerprints(items, base: dict, cfg: SampleClassConfig) -> dict[str, str]:
-    from tasks.common.codeprint import code_fingerprint  # other sampling code samples again
-
     common = {"base": base["identity"], "scheduler": cfg.scheduler, "steps": cfg.num_inference_steps,
-              "seed": cfg.seed, "format": FORMAT_VERSION, "code": code_fingerprint([__name__])}
+              "seed": cfg.seed, "format": FORMAT_VERSION, "code": code_identity()}
     return {shard_name("train", i): hashlib.sha256(json.dumps({**common, "index": i, "count": c}, sort_keys=True)
                                                    .encode()).hexdigest()[:24] for i, _, c in items}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tasks.common.config import ConfigError, StageConfig
+from tasks.training.config import TrainConfig
 
 METHODS = ("full", "lora")
 SAMPLERS = ("ddpm", "ddim", "dpm")
@@ -66,7 +67,7 @@ class TrainDreamboothConfig(StageConfig):
     num_processes: int
     lora: LoraParams
     samples: SampleGridParams
-    training: dict  # the shared engine's TrainConfig (tasks/training/config.py)
+    training: TrainConfig  # the shared engine's params (tasks/training/config.py)
 
     def __post_init__(self):
         if self.method not in METHODS:

@@ -20,7 +20,6 @@ LoRA. `method: lora` injects peft LoRA layers (`inject_adapter_in_model`) into t
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -36,12 +35,16 @@ from pipelines.outputs import to_output
 from pipelines.portable import save_portable
 from pipelines.dreambooth import (ADAPTER_CONFIG, ADAPTER_FILE, CLASS_LABEL, RECORD, SUBJECT_LABEL,
                                   SubjectDiffusionPipeline, with_identifier)
-from tasks.common.shards import MANIFEST, read_manifest, write_json_atomic
+from tasks.common.shards import read_manifest, write_json_atomic
 from tasks.common.timings import write_metrics
 from tasks.dreambooth.base import base_identity, check_compatible, load_base
 from tasks.dreambooth.config import TrainDreamboothConfig
 from tasks.latent.encode import iter_latents
-from tasks.training import TrainConfig, TrainSpec, fingerprint, train
+from tasks.common.hashing import derive_seed
+from tasks.common.identity import data_identity, identity
+from tasks.common.launch import config_job_main, run_or_launch
+from tasks.training.config import TrainConfig
+from tasks.training.engine import TrainSpec, train
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -81,7 +84,7 @@ class LatentSet:
 
 
 def _rng(*parts) -> np.random.Generator:
-    return np.random.default_rng(int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little"))
+    return np.random.default_rng(derive_seed(*parts))
 
 
 def _cycled(perm: np.ndarray, start: int, n: int) -> np.ndarray:
@@ -254,22 +257,15 @@ def dreambooth_spec(subject_dir: str, class_dir: str | None, base_dir: str, cfg:
     return spec, info
 
 
-def _file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def run_training(subject_dir: str, class_dir: str, base_dir: str, model_dir: str, checkpoint_dir: str,
-                 live_dir: str, metrics_path: str, params: dict, step_callback=None,
+                 live_dir: str, metrics_path: str, config: TrainDreamboothConfig, step_callback=None,
                  show_progress: bool = True) -> dict:
     """Fine-tune in this process (one of possibly several under `accelerate launch`)."""
-    cfg = TrainDreamboothConfig.from_params(params, "train_dreambooth")
-    train_cfg = TrainConfig.from_params(cfg.training)
+    cfg, train_cfg = config, config.training
     t0 = time.perf_counter()
     spec, info = dreambooth_spec(subject_dir, class_dir, base_dir, cfg, train_cfg)
-    data_ids = [_file_hash(Path(subject_dir) / MANIFEST)]
-    if cfg.prior_preservation:
-        data_ids.append(_file_hash(Path(class_dir) / MANIFEST))
-    run_id = fingerprint(cfg.to_dict(), info["base"], data_ids)
+    data_ids = [data_identity(subject_dir)] + ([data_identity(class_dir)] if cfg.prior_preservation else [])
+    run_id = identity(cfg.to_dict(), info["base"], data_ids)
     summary = train(spec, cfg=train_cfg, model_dir=model_dir, checkpoint_dir=checkpoint_dir, live_dir=live_dir,
                     run_id=run_id, step_callback=step_callback, show_progress=show_progress)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -293,8 +289,16 @@ def _last_losses(live_dir: Path) -> dict:
     return out
 
 
-if __name__ == "__main__":  # one process of `accelerate launch -m tasks.dreambooth.train --job job.json`
-    from tasks.common.launch import job_main
+def train_dreambooth(subject_dir: str, class_dir: str, base_dir: str, model_dir: str, checkpoint_dir: str,
+                     live_dir: str, metrics_path: str, config: TrainDreamboothConfig) -> dict | None:
+    """Fine-tune here, or in `num_processes` processes under `accelerate launch`; returns this
+    process's summary (None when launched: the processes write the metrics)."""
+    paths = dict(subject_dir=subject_dir, class_dir=class_dir, base_dir=base_dir, model_dir=model_dir,
+                 checkpoint_dir=checkpoint_dir, live_dir=live_dir, metrics_path=metrics_path)
+    return run_or_launch("tasks.dreambooth.train", run_training, paths, config,
+                         Path(checkpoint_dir).with_suffix(".job.json"))
 
-    job_main(run_training, "one DreamBooth training process (see train_dreambooth)")
+
+if __name__ == "__main__":  # one process of `accelerate launch -m tasks.dreambooth.train --job job.json`
+    config_job_main(run_training, TrainDreamboothConfig, "train_dreambooth")
 

@@ -24,10 +24,14 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipelines import LatentDiffusionPipeline, make_scheduler
 from pipelines.autoencoder import vae_scale_factor
+from pipelines.dreambooth import load_subject_pipeline
 from tasks.common.config import StageConfig
+from tasks.common.shards import read_manifest
 from tasks.evaluation import metrics as M
 from tasks.evaluation.features import DlibFaceExtractor, FaceFeatures, FeatureConfig
+from tasks.latent.images import load_split
 
 SUBJECT_MODES = ("auto", "required", "off")
 
@@ -72,9 +76,6 @@ class EvaluateFacesConfig(StageConfig):
 def load_faces(dataset_dir: str | Path, splits: list[str] | None, resolution: int | None,
                limit: int | None = None) -> list[np.ndarray]:
     """uint8 RGB faces of the given splits (None: every split in the manifest), in stored order."""
-    from tasks.common.shards import read_manifest
-    from tasks.latent.images import load_split
-
     available = list(read_manifest(dataset_dir)["splits"])
     for split in splits or []:
         if split not in available:
@@ -88,8 +89,6 @@ def load_faces(dataset_dir: str | Path, splits: list[str] | None, resolution: in
 def sample_images(pipe, cfg: EvaluateFacesConfig, **call_kwargs) -> list[np.ndarray]:
     """cfg.num_samples images from `pipe` as uint8 RGB; image i from a generator seeded seed + i."""
     import torch
-
-    from pipelines import make_scheduler
 
     pipe.scheduler = make_scheduler(cfg.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -116,8 +115,6 @@ def vae_round_trip(pipe, images: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def load_base_pipeline(base_dir: str | Path):
-    from pipelines import LatentDiffusionPipeline
-
     if not (Path(base_dir) / "model_index.json").is_file():
         raise FileNotFoundError(f"{base_dir} is not a saved pipeline (no model_index.json): run train_ldm first")
     return LatentDiffusionPipeline.from_pretrained(str(base_dir))
@@ -128,18 +125,12 @@ def untrained_pipeline(base_pipe, seed: int):
     import torch
     from diffusers import UNet2DModel
 
-    from pipelines import LatentDiffusionPipeline
-
     torch.manual_seed(seed)
     unet = UNet2DModel.from_config(base_pipe.unet.config)
     return LatentDiffusionPipeline(unet=unet.eval(), vae=base_pipe.vae, scheduler=base_pipe.scheduler)
 
 
 def load_subject_model(model_dir: str | Path):
-    try:
-        from pipelines.dreambooth import load_subject_pipeline
-    except ImportError as exc:
-        raise RuntimeError(f"evaluating {model_dir} needs pipelines/dreambooth.py (load_subject_pipeline): {exc}")
     return load_subject_pipeline(str(model_dir))
 
 

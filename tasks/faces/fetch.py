@@ -7,7 +7,7 @@ when known) next to the files it names, plus `manifest.json` (counts, params, re
 
 - ffhq: NVlabs' metadata and files, every file verified by size and md5 (tasks.common.download).
 - a folder: photos of any size and format Pillow reads, EXIF orientation applied, saved as PNG.
-- synthetic: drawn by tasks.faces.synthetic, landmarks exact.
+- synthetic: drawn by tasks.synthetic.faces, landmarks exact.
 
 No prefect and no torch at module level (the synthetic drawing runs in spawned processes).
 """
@@ -24,25 +24,27 @@ from typing import Callable
 
 import numpy as np
 
-from tasks.common.download import DownloadError, download_file
+from tasks.common.download import DownloadError, DriveQuotaError, download_file
 from tasks.faces.align import ffhq_quad
+from tasks.faces.config import FetchFacesConfig
 from tasks.faces.images import BadImage, load_rgb
 from tasks.faces.work import Item
 from tasks.common.pool import imap, process_pool, resolve_workers
-
-# tasks.common.shards (webdataset, torch) is imported inside functions: the drawing workers spawn fast.
+from tasks.common.shards import split_of, write_json_atomic, write_manifest
+from tasks.synthetic import faces as synthetic
 
 METADATA = "ffhq-dataset-v2.json"
 # NVlabs/ffhq-dataset download_ffhq.py: the metadata file's official location and checksum.
 FFHQ_METADATA = dict(file_url="https://drive.google.com/uc?id=16N0RV4fHI6joBuKbQAoG34V_cQk7vxSA",
                      file_size=267793842, file_md5="425ae20f06a4da1d4dc0f46d40ba5fd6")
+# What to do when Google Drive (the official file_urls) refuses files for its download quota.
+DRIVE_QUOTA_HINT = ("for FFHQ, set fetch_faces.ffhq.base_url to a mirror laid out like the original, "
+                    "or use photos you have with fetch_faces.source: <folder>")
 BLOCKS = {"in_the_wild": "in_the_wild", "aligned": "image", "thumbnail": "thumbnail"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 
 
 def _category(key: str, val_fraction: float) -> str:
-    from tasks.common.shards import split_of
-
     return "validation" if split_of(key, val_fraction) == "val" else "training"
 
 
@@ -53,8 +55,6 @@ def _subdir_path(prefix: str, index: int) -> str:
 
 def _finish(out_dir: Path, entries: dict, manifest: dict) -> dict:
     """Write the metadata, delete files no entry names (a persisted folder's leftovers), manifest."""
-    from tasks.common.shards import write_json_atomic, write_manifest
-
     write_json_atomic(out_dir / METADATA, entries)
     keep = {METADATA, "manifest.json"}
     for e in entries.values():
@@ -74,8 +74,6 @@ def _finish(out_dir: Path, entries: dict, manifest: dict) -> dict:
 # --- synthetic -----------------------------------------------------------------------------
 
 def _draw_one(args) -> tuple[str, dict]:
-    from tasks.faces import synthetic
-
     out_dir, key, index, ident_kind, seed, ident_index, size, scale_range, max_rotation = args
     ident = synthetic.subject_identity(seed) if ident_kind == "subject" else synthetic.base_identity(seed, ident_index)
     photo = synthetic.draw_photo(ident, ("photo", index), size=size, scale_range=tuple(scale_range),
@@ -187,8 +185,9 @@ def fetch_ffhq(out_dir: str | Path, *, images: str = "in_the_wild", num_images: 
 
     `base_url` points at a mirror laid out like the official one (`<base>/<file_path>`,
     metadata at `<base>/ffhq-dataset-v2.json`); without it the official `file_url`s are used.
-    Files already present and verified are kept (a rerun resumes); a file that fails its size or
-    md5 check is deleted and the stage fails, naming it, after the others are done. The 255 MB
+    Files already present and verified are kept (a rerun resumes); the bytes of a file that fails
+    its size or md5 check stay in `<file>.partial`, never used, and the stage fails, naming it,
+    after the others are done. Drive's quota page is an error that says what to do. The 255 MB
     metadata file is kept in `download_dir` (outside the DVC out, git-ignored) so that a rerun
     with other params does not fetch it again; None keeps it nowhere.
     """
@@ -203,8 +202,11 @@ def fetch_ffhq(out_dir: str | Path, *, images: str = "in_the_wild", num_images: 
     if not metadata_md5:
         log(f"metadata_md5 not set: {meta_url} is not verified")
     cache = Path(download_dir) if download_dir else out_dir / ".ffhq"
-    meta_path = download_file(meta_url, cache / METADATA, size=metadata_size, md5=metadata_md5,
-                              retries=retries, progress=progress)
+    try:
+        meta_path = download_file(meta_url, cache / METADATA, size=metadata_size, md5=metadata_md5,
+                                  retries=retries, progress=progress)
+    except DriveQuotaError as exc:
+        raise DriveQuotaError(f"{exc}; {DRIVE_QUOTA_HINT}") from None
     with open(meta_path) as f:
         full = json.load(f)
     keys = sorted(full, key=int)[: num_images if num_images else None]
@@ -217,7 +219,7 @@ def fetch_ffhq(out_dir: str | Path, *, images: str = "in_the_wild", num_images: 
         url = f"{base}/{spec['file_path']}" if base else spec["file_url"]
         specs.append((k, url, spec))
 
-    failures: list[str] = []
+    failures: list[tuple[str, str, DownloadError]] = []
 
     def get(job):
         k, url, spec = job
@@ -225,13 +227,16 @@ def fetch_ffhq(out_dir: str | Path, *, images: str = "in_the_wild", num_images: 
             download_file(url, out_dir / spec["file_path"], size=spec.get("file_size"), md5=spec.get("file_md5"),
                           retries=retries, progress=False)
         except DownloadError as exc:
-            failures.append(f"{k} ({spec['file_path']}): {exc}")
+            failures.append((k, spec["file_path"], exc))
 
     with ThreadPoolExecutor(max(1, num_threads)) as pool:
         list(tqdm(pool.map(get, specs), total=len(specs), desc="ffhq", unit="file", disable=not progress))
     if failures:
-        raise DownloadError(f"{len(failures)} of {len(specs)} FFHQ files failed verification or download "
-                            f"(bad files deleted, good ones kept for the rerun):\n  " + "\n  ".join(failures[:20]))
+        quota = any(isinstance(exc, DriveQuotaError) for *_, exc in failures)
+        raise DownloadError(f"{len(failures)} of {len(specs)} FFHQ files failed verification or download (bytes "
+                            f"that failed are kept as .partial, never used; good files are kept for the rerun)"
+                            + (f"; {DRIVE_QUOTA_HINT}" if quota else "") + ":\n  "
+                            + "\n  ".join(f"{k} ({path}): {exc}" for k, path, exc in failures[:20]))
     entries = {f"{int(k):05d}": full[k] for k in keys}
     manifest = {"kind": "faces_raw", "source": "ffhq", "images": images,
                 "counts": {"images": len(entries), "rejected": 0},
@@ -268,3 +273,25 @@ def items_from_raw(raw_dir: str | Path, landmarks: str) -> tuple[list[Item], dic
             info={"file": spec["file_path"], **{k: v for k, v in (e.get("metadata") or {}).items()
                                                  if k in ("identity", "source", "original")}}))
     return items, raw_manifest
+
+
+# --- the stage ---------------------------------------------------------------------------
+
+def fetch_faces(out_dir: str, config: FetchFacesConfig, log) -> str:
+    """Stage fetch_faces: fill `out_dir` with photos + ffhq-dataset-v2.json + manifest.json from `source`
+    (`log`: a logger)."""
+    source, syn, ffhq, params = config.source, config.synthetic, config.ffhq, config.to_dict()
+    if source == "synthetic":
+        m = fetch_synthetic(out_dir, num_images=syn.num_images, num_identities=syn.num_identities, seed=syn.seed,
+                          image_size=syn.image_size, scale_range=syn.face_scale,
+                          max_rotation=float(syn.max_rotation), val_fraction=config.val_fraction,
+                          workers=config.workers, params=params)
+    elif source == "ffhq":
+        m = fetch_ffhq(out_dir, images=ffhq.images, num_images=ffhq.num_images, base_url=ffhq.base_url,
+                       metadata_url=ffhq.metadata_url, metadata_md5=ffhq.metadata_md5,
+                       metadata_size=ffhq.metadata_size, num_threads=ffhq.num_threads, retries=ffhq.retries,
+                       params=params, log=log.info)
+    else:
+        m = fetch_folder(source, out_dir, val_fraction=config.val_fraction, params=params, log=log.warning)
+    log.info(f"fetch_faces ({m['source']}): {m['counts']} -> {out_dir}")
+    return str(out_dir)

@@ -28,8 +28,9 @@ import PIL.Image
 
 from tasks.faces.align import align_face
 from tasks.faces.images import BadImage, load_rgb
-from tasks.faces.landmarks import NoFace, face_size, pick_face
+from tasks.faces.landmarks import DlibLandmarks, NoFace, face_size, pick_face
 from tasks.common.hashing import file_digest
+from tasks.common.identity import code_identity
 from tasks.common.pool import resolve_workers, spawn_executor
 from tasks.common.shards import (MANIFEST, AtomicShardWriter, clean_stale, clear_progress, completed_run, finished_shards,
                           record_shard, run_fingerprint, shard_name, write_manifest)
@@ -75,8 +76,6 @@ _DLIB = None
 def _dlib(upsample: int):
     global _DLIB
     if _DLIB is None:
-        from tasks.faces.landmarks import DlibLandmarks
-
         _DLIB = DlibLandmarks(upsample)
     return _DLIB
 
@@ -122,14 +121,6 @@ CHUNK = 8  # items per worker task: few round trips, still even work across work
 
 # --- shard planning and resumption (main process) ---------------------------------------------
 
-def code_fingerprint() -> str:
-    """The code that makes a shard (this module's import closure, tasks/common/codeprint.py): a code
-    change invalidates finished shards."""
-    from tasks.common.codeprint import code_fingerprint as closure_fingerprint
-
-    return closure_fingerprint(["tasks.faces.work"])  # by name: also right when run as __main__
-
-
 def plan_shards(items: list[Item], shard_size: int) -> list[tuple[str, int, list[Item]]]:
     """Fixed mapping: per split, consecutive runs of `shard_size` in key order."""
     if shard_size < 1:
@@ -171,7 +162,7 @@ def align_to_shards(items: list[Item], out_dir: str | Path, cfg: AlignConfig, *,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     workers = resolve_workers(workers)
-    base_fp = json.dumps({"cfg": cfg.__dict__, "code": code_fingerprint(), "shard_size": shard_size},
+    base_fp = json.dumps({"cfg": cfg.__dict__, "code": code_identity(), "shard_size": shard_size},
                          sort_keys=True)
     plan = plan_shards(items, shard_size)
     fps = {shard_name(s, i): shard_fingerprint(base_fp, its) for s, i, its in plan}

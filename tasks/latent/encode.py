@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from tasks.common.hashing import file_digest
+from tasks.common.identity import code_identity  # other code re-encodes
 from tasks.common.launch import job_main, launch
 from tasks.latent.images import decode_png, iter_shard, to_model_input
 from tasks.common.shards import (AtomicShardWriter, clean_stale, clear_progress, completed_run, finished_shards,
@@ -65,10 +66,8 @@ def plan(aligned_dir: str | Path) -> list[tuple[str, int, Path]]:
 
 
 def shard_fingerprints(items: list[tuple[str, int, Path]], vae_id: str, resolution: int, flip: bool) -> dict[str, str]:
-    from tasks.common.codeprint import code_fingerprint  # the encoding code: other code re-encodes
-
     base = json.dumps({"vae": vae_id, "resolution": resolution, "resample": "lanczos", "flip": bool(flip),
-                       "format": FORMAT_VERSION, "code": code_fingerprint(["tasks.latent.encode"])}, sort_keys=True)
+                       "format": FORMAT_VERSION, "code": code_identity()}, sort_keys=True)
     return {p.name: hashlib.sha256((base + p.name + file_digest(p, "md5")).encode()).hexdigest()[:24] for _, _, p in items}
 
 

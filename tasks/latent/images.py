@@ -13,6 +13,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from tasks.common.shards import shard_paths
+
 
 def decode_png(png: bytes, resolution: int | None) -> np.ndarray:
     """PNG bytes -> uint8 (H, W, 3), resized to resolution x resolution when it differs."""
@@ -45,8 +47,6 @@ def load_split(shard_dir: str | Path, split: str, resolution: int | None,
     The VAE trains on the embedded default's few hundred faces (a few MB at 64x64); at scale the
     VAE is pretrained and this is used only for the validation PSNR.
     """
-    from tasks.common.shards import shard_paths
-
     keys, images = [], []
     for path in shard_paths(shard_dir, split):
         for key, png in iter_shard(path):

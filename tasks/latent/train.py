@@ -19,14 +19,14 @@ import torch
 
 from pipelines import LatentDiffusionPipeline, make_scheduler, save_portable
 from tasks.common.grid import square_grid
-from tasks.common.hashing import file_digest
+from tasks.common.identity import data_identity, identity
 from tasks.common.launch import config_job_main, run_or_launch
 from tasks.common.shards import MANIFEST, read_manifest
 from tasks.common.timings import write_metrics
 from tasks.latent.config import LdmModelConfig, TrainLdmConfig
 from tasks.latent.loader import latent_loader
 from tasks.latent.vae import load_vae
-from tasks.training import TrainSpec, fingerprint, train
+from tasks.training.engine import TrainSpec, train
 
 def build_unet(model: LdmModelConfig, latent_shape: list[int]):
     from diffusers import UNet2DModel
@@ -79,16 +79,12 @@ def ldm_spec(latent_dir: str, vae_dir: str, config: TrainLdmConfig) -> TrainSpec
                      sample_grid=sample_grid if samples.num_images > 0 else None)
 
 
-def _data_identity(latent_dir: str) -> str:
-    return file_digest(Path(latent_dir) / MANIFEST)
-
-
 def run_training(latent_dir: str, vae_dir: str, model_dir: str, checkpoint_dir: str, live_dir: str, metrics_path: str,
                  config: TrainLdmConfig, step_callback=None, show_progress: bool = True) -> dict:
     """Train in this process (one of possibly several under `accelerate launch`)."""
     data, model, cfg = config.data, config.model, config.training
     spec = ldm_spec(latent_dir, vae_dir, config)
-    run_id = fingerprint(data.to_dict(), model.to_dict(), cfg.to_dict(), _data_identity(latent_dir))
+    run_id = identity(data.to_dict(), model.to_dict(), cfg.to_dict(), data_identity(latent_dir))
     summary = train(spec, cfg, model_dir=model_dir, checkpoint_dir=checkpoint_dir, live_dir=live_dir,
                     run_id=run_id, step_callback=step_callback, show_progress=show_progress)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -29,8 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.autoencoder import vae_scale_factor
+import pipelines
+from pipelines.autoencoder import PatchAutoencoderKL, vae_scale_factor
+from pipelines.identity import module_identity
+from tasks.common.log import get_logger
+from tasks.common.timings import write_metrics
 from tasks.latent.config import TrainVaeConfig
+from tasks.latent.images import load_split, to_model_input
 
 VAE_CLASSES = ("AutoencoderKL", "VQModel", "PatchAutoencoderKL")  # the last is this project's (pipelines/)
 
@@ -42,8 +47,6 @@ class VAESourceError(RuntimeError):
 
 def _vae_class(name: str):
     import diffusers
-
-    import pipelines
 
     if name not in VAE_CLASSES:
         raise VAESourceError(f"unsupported autoencoder class {name!r}; supported: {', '.join(VAE_CLASSES)}")
@@ -116,8 +119,6 @@ def load_vae(vae_dir: str | Path) -> torch.nn.Module:
 def vae_identity(vae: torch.nn.Module) -> str:
     """A hash of the VAE's class, config and weights: equal for the same VAE saved and loaded any
     number of times, different as soon as one weight or config value differs."""
-    from pipelines.identity import module_identity
-
     return module_identity(vae)
 
 
@@ -158,8 +159,6 @@ def add_sums(a: dict[str, float] | None, b: dict[str, float]) -> dict[str, float
 
 @torch.no_grad()
 def measure_latent_sums(vae: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> dict:
-    from tasks.latent.images import to_model_input
-
     sums = None
     for i in range(0, len(images), batch_size):
         mean, std = posterior_moments(vae, to_model_input(images[i:i + batch_size]).to(device))
@@ -172,8 +171,6 @@ def reconstruction_psnr(vae: torch.nn.Module, images: np.ndarray, batch_size: in
     """Mean per-image PSNR (dB, pixels in [0, 1]) of decode(posterior mean) against the input, and of
     two reference reconstructions: the image's mean colour (flat) and a bilinear down-up at the VAE's
     factor (what f x f pixels average into, with no learned detail)."""
-    from tasks.latent.images import to_model_input
-
     f = vae_scale_factor(vae)
     out: dict[str, list[float]] = {"vae": [], "flat": [], "bilinear": []}
 
@@ -195,8 +192,6 @@ def reconstruction_psnr(vae: torch.nn.Module, images: np.ndarray, batch_size: in
 
 def build_vae(model: dict[str, Any], resolution: int) -> torch.nn.Module:
     """The autoencoder trained here (why not diffusers' AutoencoderKL: pipelines/autoencoder.py)."""
-    from pipelines.autoencoder import PatchAutoencoderKL
-
     if resolution % model["patch_size"]:
         raise ValueError(f"train_vae.resolution {resolution} is not a multiple of model.patch_size "
                          f"{model['patch_size']}")
@@ -209,8 +204,6 @@ def fit_vae(train_images: np.ndarray, model: dict, training: dict, resolution: i
     mode, summary)."""
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from tqdm.auto import tqdm
-
-    from tasks.latent.images import to_model_input
 
     torch.manual_seed(training["seed"])
     vae = build_vae(model, resolution)
@@ -279,9 +272,6 @@ def prepare_vae(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str |
 
     `eval_images` caps the faces used for the validation PSNR and, with a pretrained VAE, for measuring
     the scaling factor (the first N in shard order; FFHQ's 70000 would not fit in memory)."""
-    from tasks.latent.images import load_split
-    from tasks.common.timings import write_metrics
-
     source, subfolder, resolution = config.source, config.subfolder, config.resolution
     eval_images, eval_batch_size, device = config.eval_images, config.eval_batch_size, config.device
     model, training = config.model.to_dict(), config.training.to_dict()
@@ -341,8 +331,6 @@ def prepare_vae(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str |
         f"bilinear f={vae_scale_factor(vae)} {psnr['bilinear']:.2f}); scaling factor {scale:.4f} "
         f"({summary['scaling_factor_source']}) -> {out_dir}")
     if not metrics["target_met"]:
-        from tasks.common.log import get_logger
-
         get_logger().warning(
             f"train_vae: target missed: PSNR {psnr['vae']:.2f} dB is {metrics['psnr_gain_over_bilinear_db']:+.2f} dB "
             f"against the bilinear reference; the target is {config.min_gain_over_bilinear_db:+.1f} dB "

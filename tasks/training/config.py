@@ -36,6 +36,7 @@ class TrainConfig(StageConfig):
     checkpointing_steps: int  # save a resumable checkpoint every N optimizer steps
     checkpoints_total_limit: int | None  # keep only the newest N checkpoints
     samples_every_epochs: int  # sample grid every N epochs (0: never)
+    log_every_steps: int  # losses reach the host (dvclive row, progress bar) every N optimizer steps, as their mean
 
     def __post_init__(self):
         checks = [
@@ -53,6 +54,7 @@ class TrainConfig(StageConfig):
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (0 <= self.cond_drop_prob < 1, "cond_drop_prob must be in [0, 1)"),
             (self.checkpointing_steps >= 1, "checkpointing_steps must be >= 1"),
+            (self.log_every_steps >= 1, "log_every_steps must be >= 1"),
             (self.checkpoints_total_limit is None or self.checkpoints_total_limit >= 1,
              "checkpoints_total_limit must be >= 1 or null"),
         ]

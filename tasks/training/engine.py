@@ -4,12 +4,19 @@ What differs between those models comes in a `TrainSpec` (a model factory, a loa
 "batch -> (clean x0, condition)" adapter, the forward call, how to null a condition, how to save);
 everything else lives here, in one loop read top to bottom:
 
-  setup       accelerate (devices, mixed precision, gradient accumulation, processes), seeds
+  setup       accelerate (devices, mixed precision, gradient accumulation, processes), seeds, and the
+              checks of the inputs (before anything on disk is touched)
   model       AdamW, cosine schedule with warmup, EMA of the weights, memory anatomy
   resume      the newest checkpoint of the same run (params, data and code fingerprint), counters, RNG
-              and the dvclive curves and grids so far included
+              and the dvclive curves and grids so far included; checkpoints of another run deleted
   loop        epoch loaders re-created from (seed, epoch); a resumed epoch skips its consumed batches
-  outputs     dvclive curves per step, a sample grid per epoch, checkpoints, the EMA model saved
+  outputs     dvclive curves every `log_every_steps`, a sample grid per epoch, checkpoints, the EMA model
+
+The step loop never waits for the device between logging steps: losses stay device tensors, summed
+until a logging step (every `log_every_steps`, every checkpoint, the last step) gathers them and
+brings their mean to the host once. On a GPU the host then queues the next steps while the device
+works; a `.item()` per step would drain that queue every step. tests/test_engine_syncs.py counts
+the host syncs to keep it so.
 
 Resume is exact: a checkpoint holds the model, optimizer, LR schedule, EMA and the step/epoch/batch
 counters (all through `accelerator.save_state`), taken only at optimizer-step boundaries; noise,
@@ -18,7 +25,7 @@ for an epoch is deterministic, so skipping the batches the checkpoint had alread
 run where an uninterrupted one would be.
 
 Only the same code resumes: the run identity is the caller's `run_id` (params, data) plus the
-fingerprint of the project code this process runs (tasks/common/codeprint.py). A checkpoint of the
+identity of the stage's code (tasks/common/identity.py). A checkpoint of the
 same run written by another number of processes or another accumulation setting is refused (its
 batch order would differ). Each checkpoint also keeps a copy of the dvclive folder as it was at that
 step, so a run resumed at its end (`dvc repro -f`) restores the same curves and grids and saves the
@@ -26,7 +33,6 @@ same model: the dvclive outputs need not be `persist`.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -40,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tasks.common.codeprint import code_fingerprint
+from tasks.common.identity import code_identity, identity
 from tasks.common.log import get_logger
 from tasks.training.config import TrainConfig
 from tasks.training.memory import measured_adam_state_mb, memory_anatomy
@@ -108,12 +114,6 @@ class StopTraining(Exception):
     """Raised by a step callback to end the run at once, as a kill would (tests use it)."""
 
 
-def fingerprint(*parts: Any) -> str:
-    """A short hash of everything that defines a run; checkpoints of another run are not resumed."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def list_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
     d = Path(checkpoint_dir)
     if not d.is_dir():
@@ -174,6 +174,37 @@ def _restore_live(checkpoint: Path, live_dir: Path) -> None:
         shutil.copytree(copy, live_dir)
 
 
+def _to_device_async(batch: Any, device: torch.device) -> Any:
+    """The batch (tensors, or dicts, lists and tuples of them) on `device`, each tensor copied from
+    pinned host memory without blocking the host (CUDA only); the spec's own `.to(device)` is then a no-op."""
+    if isinstance(batch, torch.Tensor):
+        if batch.device.type != "cpu":
+            return batch.to(device, non_blocking=True)
+        return (batch if batch.is_pinned() else batch.pin_memory()).to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device_async(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device_async(v, device) for v in batch)
+    return batch
+
+
+def _mean_of_last_steps(tsv: Path, last_step: int, n: int) -> float | None:
+    """The mean loss over steps (last_step - n, last_step] from the curve, whose rows are means over
+    the steps since the row before: each row weighted by its steps inside that range."""
+    if not tsv.is_file():
+        return None
+    header, *rows = tsv.read_text().splitlines()
+    at_step, at_value = header.split("\t").index("step"), header.split("\t").index("loss")
+    start, prev, total, count = last_step - n, 0, 0.0, 0
+    for row in rows:
+        step, value = int(row.split("\t")[at_step]), float(row.split("\t")[at_value])
+        weight = step - max(prev, start)
+        if weight > 0:
+            total, count = total + value * weight, count + weight
+        prev = step
+    return total / count if count else None
+
+
 def denoising_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, noise_scheduler,
                    cfg: TrainConfig) -> torch.Tensor:
     """MSE, or with `snr_gamma` the Min-SNR weighted MSE: each sample's loss scaled by
@@ -193,7 +224,7 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
           run_id: str, step_callback: Callable[[int], None] | None = None, show_progress: bool = True) -> dict:
     """Train `spec`'s model under `cfg`; returns the summary metrics (also logged to dvclive).
 
-    `run_id` identifies the run's params and data; the engine adds the code's fingerprint. Checkpoints
+    `run_id` identifies the run's params and data; the engine adds the code's identity. Checkpoints
     of another run are discarded; those of this run with another process count or accumulation refused.
     `step_callback(global_step)` runs after every optimizer step (and its checkpoint, if any).
     """
@@ -216,12 +247,14 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
     rank, world = accelerator.process_index, accelerator.num_processes
     is_main = accelerator.is_main_process
     set_seed(cfg.seed)  # the model's initial weights; the same on every process
+    cuda = accelerator.device.type == "cuda"
+    if cuda:  # TF32 matmuls and convolutions for what runs in float32 outside autocast (CPU: no such mode)
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
     checkpoint_dir, live_dir = Path(checkpoint_dir), Path(live_dir)
-    run_key = fingerprint(run_id, code_fingerprint())
-    layout = {"processes": world, "gradient_accumulation_steps": cfg.gradient_accumulation_steps}
-    _prepare_checkpoint_dir(checkpoint_dir, run_key, layout, is_main, log)
-    accelerator.wait_for_everyone()
 
+    # Inputs are checked before the resume section may delete another run's checkpoints: a run that
+    # cannot train (empty or too little data) must fail with the last good run's files intact.
     steps_per_epoch = spec.batches_per_epoch // cfg.gradient_accumulation_steps
     if steps_per_epoch < 1:
         raise ValueError(f"{spec.batches_per_epoch} batches per epoch cannot make one optimizer step with "
@@ -236,14 +269,22 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
     noise_scheduler = cfg.noise_scheduler()
     anatomy = memory_anatomy(model, use_ema=cfg.use_ema)
     params = spec.param_groups(model, cfg.learning_rate) if spec.param_groups else model.parameters()
+    # Fused AdamW (one kernel for all tensors, step counts kept on the device) on CUDA, except with fp16:
+    # there its grad scaler hands the skip decision to the fused kernel, and accelerate could no longer
+    # tell the loop that a step was skipped (the LR schedule and the EMA must then stand still). The CPU
+    # keeps torch's default path: other kernels would move the embedded default's results.
+    fused = cuda and cfg.mixed_precision != "fp16"
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+                                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon,
+                                  **({"fused": True} if fused else {}))
     # Stepped by hand once per optimizer step (not prepared: accelerate would step it per process).
     lr_scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.lr_warmup_steps, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     ema = None
     if cfg.use_ema:
-        ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=cfg.ema_decay)
+        # foreach: one launch per update for all tensors on CUDA; the CPU keeps the per-tensor update
+        # (bit for bit the committed results).
+        ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=cfg.ema_decay, foreach=cuda)
         ema.to(accelerator.device)
     # Each process draws its own noise, timesteps and dropout masks, re-seeded per micro-batch.
     generator = torch.Generator(device=accelerator.device)
@@ -253,6 +294,10 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
         accelerator.register_for_checkpointing(ema)
 
     # ---------------------------------------------------------------- resume
+    run_key = identity(run_id, code_identity())
+    layout = {"processes": world, "gradient_accumulation_steps": cfg.gradient_accumulation_steps}
+    _prepare_checkpoint_dir(checkpoint_dir, run_key, layout, is_main, log)
+    accelerator.wait_for_everyone()
     found = list_checkpoints(checkpoint_dir)
     resumed_from = None
     if found:
@@ -316,6 +361,11 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
     progress = tqdm(total=total_steps, initial=counters.global_step, desc="train", unit="step",
                     disable=not (is_main and show_progress), dynamic_ncols=True)
     samples_seen, train_time = 0, 0.0
+    # The losses since the last logging step, summed on the device: reading a device value on the host
+    # waits for every queued kernel, so that happens only at logging steps.
+    pending_loss = torch.zeros((), device=accelerator.device)
+    pending_parts: dict[str, torch.Tensor] = {}  # the spec's extra loss terms, likewise
+    pending_steps = 0
     model.train()
     while counters.global_step < total_steps:
         epoch = counters.epoch
@@ -323,8 +373,6 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
         # Deterministic loader: skip what the checkpointed run had consumed of this epoch.
         for _ in itertools.islice(batches, counters.batch_in_epoch):
             pass
-        window_loss = torch.zeros((), device=accelerator.device)
-        window_parts: dict[str, torch.Tensor] = {}  # the spec's extra loss terms, per window
         t0 = time.perf_counter()
         while counters.batch_in_epoch < micro_per_epoch and counters.global_step < total_steps:
             try:
@@ -332,6 +380,8 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
             except StopIteration:
                 raise RuntimeError(f"the loader of epoch {epoch} ended after {counters.batch_in_epoch} batches; "
                                    f"the spec promised {spec.batches_per_epoch}") from None
+            if cuda:  # from pinned memory the copy is queued, not waited for (a pageable one syncs the stream)
+                batch = _to_device_async(batch, accelerator.device)
             x0, cond = spec.prepare_batch(batch, accelerator.device)
             bsz = x0.shape[0]
             generator.manual_seed(noise_seed(cfg.seed, rank, epoch * micro_per_epoch + counters.batch_in_epoch))
@@ -358,9 +408,9 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()  # a no-op inside an accumulation window (accelerate)
                 optimizer.zero_grad(set_to_none=True)
-            window_loss += loss.detach() / cfg.gradient_accumulation_steps
+            pending_loss += loss.detach() / cfg.gradient_accumulation_steps  # a step's loss: its micro-batches' mean
             for name, value in parts.items():
-                window_parts[name] = window_parts.get(name, 0) + value.detach().float() / cfg.gradient_accumulation_steps
+                pending_parts[name] = pending_parts.get(name, 0) + value.detach().float() / cfg.gradient_accumulation_steps
             counters.batch_in_epoch += 1
             samples_seen += bsz * world
             if not accelerator.sync_gradients:
@@ -372,27 +422,37 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
                 if ema is not None:
                     ema.step(accelerator.unwrap_model(model).parameters())
             counters.global_step += 1
-            step_loss = accelerator.gather(window_loss.reshape(1)).mean().item()
-            window_loss.zero_()
-            step_parts = {k: accelerator.gather(v.reshape(1)).mean().item() for k, v in sorted(window_parts.items())}
-            window_parts.clear()
-            if is_main:
-                live.log_metric("train/loss", step_loss)
-                for name, value in step_parts.items():
-                    live.log_metric(f"train/{name}", value)
-                live.log_metric("train/lr", lr_scheduler.get_last_lr()[0])
-                live.next_step()
-            progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.4f}", epoch=epoch + 1)
+            pending_steps += 1
             epoch_done = counters.batch_in_epoch >= micro_per_epoch
             run_done = counters.global_step >= total_steps
+            checkpoint_due = counters.global_step % cfg.checkpointing_steps == 0 or run_done
+            # ---- a logging step: one dvclive row at x = the step, the mean of the steps since the last
+            # row, gathered over processes: the loop's one host sync. Checkpoint steps log too (the
+            # window then never spans a resume), and so does the step before the last epoch_len steps
+            # (final_loss below is then exactly the mean over them). The same steps on every process.
+            if (counters.global_step % cfg.log_every_steps == 0 or checkpoint_due
+                    or counters.global_step == total_steps - steps_per_epoch):
+                names = sorted(pending_parts)
+                sums = torch.stack([pending_loss, *(pending_parts[k] for k in names)])
+                means = (accelerator.gather(sums[None]).mean(0) / pending_steps).tolist()
+                if is_main:
+                    live.step = counters.global_step
+                    for name, value in zip(["loss", *names], means):
+                        live.log_metric(f"train/{name}", value)
+                    live.log_metric("train/lr", lr_scheduler.get_last_lr()[0])
+                    live.next_step()
+                progress.update(pending_steps)
+                progress.set_postfix(loss=f"{means[0]:.4f}", epoch=epoch + 1)
+                pending_loss.zero_()
+                pending_parts.clear()
+                pending_steps = 0
             if epoch_done or run_done:
                 train_time += time.perf_counter() - t0
                 log_samples(epoch, last=run_done)  # before the checkpoint, which keeps a copy
                 t0 = time.perf_counter()
             if epoch_done:  # counters point at the next epoch before a checkpoint records them
                 counters.epoch, counters.batch_in_epoch = epoch + 1, 0
-            if counters.global_step % cfg.checkpointing_steps == 0 or run_done:
+            if checkpoint_due:
                 save_checkpoint()
             if step_callback is not None:
                 step_callback(counters.global_step)
@@ -419,11 +479,8 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
     if is_main:
         Path(model_dir).mkdir(parents=True, exist_ok=True)
         with_ema_weights(lambda net: spec.save(net, noise_scheduler, model_dir))
-        tsv = live_dir / "plots" / "metrics" / "train" / "loss.tsv"
-        if tsv.is_file():
-            rows = tsv.read_text().splitlines()[1:]
-            tail = [float(r.split("\t")[-1]) for r in rows[-max(1, steps_per_epoch):]]
-            summary["final_loss"] = sum(tail) / len(tail) if tail else None  # mean over the last epoch
+        summary["final_loss"] = _mean_of_last_steps(live_dir / "plots" / "metrics" / "train" / "loss.tsv",
+                                                    counters.global_step, steps_per_epoch)
         live.end()
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -34,13 +34,21 @@ def checkout_task(workdir: str, mirror: str, repo_url: str, sha: str, run_id: st
 
 
 @task(name="pull", cache_policy=NO_CACHE, **NETWORK)
-def pull_task(repo: str) -> bool:
-    """Outputs the DVC remote already has; missing ones are rebuilt by the run."""
+def pull_task(repo: str) -> tuple[bool, list[str]]:
+    """(DVC remote configured?, outputs dvc.lock names that the remote lacks).
+
+    Missing outputs are rebuilt by the run (`--allow-missing`), and named here, in the log and the
+    artifact: a forgotten `dvc push` must not pass for a pipeline that needed to run.
+    """
     if not results.has_dvc_remote(Path(repo)):
         get_logger().warning("no DVC remote configured: every stage runs from scratch, nothing is pushed")
-        return False
+        return False, []
     run(["dvc", "pull", "--allow-missing"], repo)
-    return True
+    missing = results.missing_outputs(Path(repo))
+    if missing:
+        get_logger().warning("%d outputs recorded in dvc.lock are not in the DVC remote: the stages that "
+                             "make them will run again (was `dvc push` forgotten?): %s", len(missing), ", ".join(missing))
+    return True, missing
 
 
 @task(name="reproduce", cache_policy=NO_CACHE)

@@ -893,7 +893,7 @@ def _hair_front(p: _Painter, style, hair_c, skin, fit) -> None:
         p.line([(CX - sx * 70, 100), (CX - sx * 62, SKULL_CY - 90)], dark, 3.0)
 
 
-if __name__ == "__main__":  # python -m tasks.cartoon.render [sheet.png]: speed, and a contact sheet
+if __name__ == "__main__":  # python -m tasks.synthetic.cartoons [sheet.png]: speed, and a contact sheet
     import sys
     import time
 

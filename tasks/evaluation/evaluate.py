@@ -1,15 +1,16 @@
-"""Prefect tasks of the evaluation stages (the work lives in faces.py, features.py, metrics.py)."""
+"""Stage evaluate_faces: base and subject models against real faces with dlib features (the work
+lives in faces.py, features.py, metrics.py)."""
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from tasks.common.log import get_logger
-from tasks.evaluation.faces import CLASS_DRIFT, ID_ABOVE_BASE, ID_CEILING_SHARE, EvaluateFacesConfig
+from tasks.common.shards import write_json_atomic
+from tasks.evaluation.faces import (CLASS_DRIFT, ID_ABOVE_BASE, ID_CEILING_SHARE, EvaluateFacesConfig, details,
+                                    evaluate_base, evaluate_subject_model, headline, write_grids)
+from tasks.evaluation.features import DlibFaceExtractor
 
 
 def _subject_model_present(model_dir: str | None) -> bool:
@@ -18,15 +19,10 @@ def _subject_model_present(model_dir: str | None) -> bool:
                                    for name in ("model_index.json", "dreambooth_adapter.json"))
 
 
-@task(name="evaluate_faces", cache_policy=NO_CACHE)
-def evaluate_faces_task(aligned_dir: str, base_dir: str, subject_dir: str, subject_model_dir: str | None,
-                        metrics_path: str, out_dir: str, cfg: EvaluateFacesConfig) -> dict[str, Any]:
+def evaluate_faces(aligned_dir: str, base_dir: str, subject_dir: str, subject_model_dir: str | None,
+                   metrics_path: str, out_dir: str, cfg: EvaluateFacesConfig) -> dict[str, Any]:
     """Evaluate the base model (and the subject model, per `subject`); write the metrics, the
     details (out_dir/details.json) and the grids; returns the headline metrics."""
-    from tasks.common.shards import write_json_atomic
-    from tasks.evaluation.faces import details, evaluate_base, evaluate_subject_model, headline, write_grids
-    from tasks.evaluation.features import DlibFaceExtractor
-
     log = get_logger()
     present = _subject_model_present(subject_model_dir)
     if cfg.subject == "required" and not present:

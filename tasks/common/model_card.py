@@ -1,0 +1,355 @@
+"""Model cards: the `README.md` a training stage writes into the model folder it saved.
+
+The convention diffusers and the Hugging Face hub use: YAML front matter (`library_name`, `license`,
+`tags`, `base_model` for a fine-tune), then what the model is, the lines that load and sample it, its
+sample grid, its metrics with their targets, its data and how it was made (the stage's params, the
+git commit, the code's identity). Everything in a card is read from what the stage wrote (the
+metrics JSON, the folder's own files, the data manifests), so the card cannot disagree with them
+(tests/test_model_card.py checks it).
+
+A folder saved with its code (`pipelines.portable.save_portable`) gets a snippet that needs
+diffusers alone (`trust_remote_code=True`); a folder without (a LoRA adapter, the cartoon model, the
+face VAE today) gets one that imports this project's `pipelines`, and says so.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.schedulers import SCHEDULERS
+from tasks.common.identity import REPO, code_identity, data_identity
+
+CARD = "README.md"
+GRID = "samples.png"  # the grid, copied into the folder so the card's picture travels with it
+ADAPTER_RECORD = "dreambooth_adapter.json"  # pipelines.dreambooth.RECORD
+GIT_PATHS = ("flows", "tasks", "pipelines", "params.yaml")  # what "dirty" means: the code and params of a run
+
+# What each training stage's folder is (title, tags, one paragraph).
+STAGES = {
+    "train_cartoon": ("Attribute-conditional cartoon diffusion", ["cartoon", "class-conditional", "ddpm"],
+                      "A pixel-space DDPM that draws cartoon avatars for given Cartoon Set attributes "
+                      "(hair colour, face colour, glasses, ...), with classifier-free guidance: a dict of attribute "
+                      "indices per image; attributes left out are drawn uniformly at random."),
+    "train_vae": ("Face autoencoder", ["autoencoder", "vae", "faces"],
+                  "The KL autoencoder of the face track: aligned face images <-> latents that the latent diffusion "
+                  "model is trained on. It reconstructs images; it does not sample them."),
+    "train_ldm": ("Unconditional face latent diffusion", ["latent-diffusion", "unconditional-image-generation", "faces"],
+                  "An unconditional UNet2DModel denoising the face autoencoder's latents, decoded by that autoencoder "
+                  "(saved with it in `vae/`): aligned faces from noise."),
+    "train_dreambooth": ("DreamBooth subject model", ["dreambooth", "faces", "latent-diffusion"],
+                         "The face latent diffusion model fine-tuned on one subject's photos with prior preservation. "
+                         "With an identifier (a 2-row class embedding) it draws the subject (label 1) or the general "
+                         "class (label 0); `guidance_scale` guides from the class towards the subject."),
+}
+
+# Data source -> (hub license id, license_name for `other`, what it means).
+LICENSES = {
+    "synthetic": ("other", "facediff-synthetic", "synthetic images drawn by this project's own generators: "
+                                                 "no third-party images, the project's own terms"),
+    "cartoonset": ("cc-by-4.0", None, "Cartoon Set (Google), CC BY 4.0: credit Google's Cartoon Set"),
+    "ffhq": ("cc-by-nc-sa-4.0", None, "FFHQ (NVIDIA), CC BY-NC-SA 4.0: non-commercial, share alike"),
+    "folder": ("other", "user-photos", "a folder of photos the user supplied: their owners' terms"),
+}
+UNKNOWN = ("other", "unknown", "data whose source its manifests do not name")
+
+
+# ---------------------------------------------------------------------------------------------- the card
+
+def write_model_card(model_dir: str | Path, *, stage: str, params: dict, metrics_path: str | Path,
+                     data_dirs: list[str | Path], sample_grid: str | Path | None = None,
+                     targets: dict[str, str] | None = None, base_model: str | Path | None = None) -> Path:
+    """Write `model_dir/README.md` for the folder `stage` just saved. `params`: the stage's params
+    section; `metrics_path`: the JSON the stage wrote; `data_dirs`: the dataset folders it trained on
+    (identity: their manifest's hash; license: traced from the manifests); `sample_grid`: a PNG, copied
+    into the folder; `targets`: metric name -> target text; `base_model`: the folder or hub id a
+    fine-tune (or a copied pretrained model) started from."""
+    model_dir = Path(model_dir)
+    metrics = json.loads(Path(metrics_path).read_text())
+    licenses = _licenses(data_dirs, base_model)
+    grid = _copy_grid(sample_grid, model_dir)
+    title, tags, about = STAGES[stage]
+    sections = [
+        front_matter(model_dir, tags, licenses, base_model),
+        f"# {title}\n\n{about}\n\nWritten by the `{stage}` stage of facediff"
+        + (f", starting from `{base_model}`." if base_model else "."),
+        usage_section(model_dir, params),
+        f"## Samples\n\n![samples]({grid})" if grid else None,
+        metrics_section(metrics, str(metrics_path), targets or {}),
+        data_section(data_dirs, licenses),
+        provenance_section(stage, params),
+    ]
+    path = model_dir / CARD
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n\n".join(s for s in sections if s) + "\n")
+    os.replace(tmp, path)  # never a half-written card
+    return path
+
+
+def last_grid(live_dir: str | Path) -> Path | None:
+    """The newest sample grid the training engine logged (dvclive `plots/images/samples/epoch-NNN.png`)."""
+    grids = sorted((Path(live_dir) / "plots" / "images" / "samples").glob("*.png"))
+    return grids[-1] if grids else None
+
+
+def _copy_grid(sample_grid: str | Path | None, model_dir: Path) -> str | None:
+    if sample_grid is None or not Path(sample_grid).is_file():
+        return None
+    shutil.copyfile(sample_grid, model_dir / GRID)
+    return GRID
+
+
+def front_matter(model_dir: Path, tags: list[str], licenses: list[tuple], base_model) -> str:
+    license_id, license_name, _ = _combined(licenses)
+    meta: dict[str, Any] = {"library_name": "diffusers", "license": license_id}
+    if license_name:
+        meta["license_name"] = license_name
+    meta["tags"] = ["diffusers", "facediff", *tags] + (["lora"] if is_adapter(model_dir) else [])
+    if base_model:
+        meta["base_model"] = str(base_model)
+        meta["base_model_relation"] = "adapter" if is_adapter(model_dir) else "finetune"
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---"
+
+
+# ---------------------------------------------------------------------------------------------- usage
+
+def is_adapter(model_dir: Path) -> bool:
+    return (model_dir / ADAPTER_RECORD).is_file()
+
+
+def usage_section(model_dir: Path, params: dict) -> str:
+    code, needs = usage(model_dir, params)
+    autoencoder = (model_dir / "config.json").is_file()
+    cli = "" if autoencoder else (
+        f"\n\nWith this project, a grid without code: `python -m pipelines.sample {model_dir} --num-images 16 "
+        f"--seed 0 --out grid.png`.")
+    return f"## Use\n\n{needs}\n\n```python\n{code}```{cli}"
+
+
+def usage(model_dir: Path, params: dict) -> tuple[str, str]:
+    """(a snippet that loads the folder and samples from it, what the snippet needs)."""
+    path = str(model_dir)
+    if is_adapter(model_dir):
+        record = json.loads((model_dir / ADAPTER_RECORD).read_text())
+        load = (f"from pipelines.dreambooth import load_subject_pipeline\n"
+                f"pipe = load_subject_pipeline({path!r})  # onto its base, {record['base_dir']}\n")
+        call = _subject_call(bool(record["identifier"]), params)
+        return _snippet(load, params, call), ("A LoRA adapter, not a whole model: this project's `pipelines` and "
+                                              "`peft` put it onto its base model.")
+    if (model_dir / "config.json").is_file() and not (model_dir / "model_index.json").is_file():
+        return _autoencoder_usage(model_dir)
+    index = json.loads((model_dir / "model_index.json").read_text())
+    name = index["_class_name"]
+    portable = isinstance(name, list) and (model_dir / f"{name[0]}.py").is_file()
+    name = name[1] if isinstance(name, list) else name
+    if portable:
+        load = (f"from diffusers import DiffusionPipeline\n"
+                f"pipe = DiffusionPipeline.from_pretrained({path!r}, trust_remote_code=True)\n")
+        needs = f"diffusers alone: the folder carries its pipeline's code (`{index['_class_name'][0]}.py`)."
+    else:
+        module = "pipelines.dreambooth" if name == "SubjectDiffusionPipeline" else "pipelines"
+        load = f"from {module} import {name}\npipe = {name}.from_pretrained({path!r})\n"
+        needs = "This project's `pipelines` package (the folder does not carry its pipeline's code) and diffusers."
+    return _snippet(load, params, _pipeline_call(name, model_dir, params)), needs
+
+
+def _snippet(load: str, params: dict, call: str) -> str:
+    samples = params.get("samples") or {}
+    scheduler = ""
+    if samples.get("scheduler"):
+        cls = SCHEDULERS[samples["scheduler"]].__name__
+        scheduler = (f"from diffusers import {cls}\n"
+                     f"pipe.scheduler = {cls}.from_config(pipe.scheduler.config)  # the stage's sampler\n")
+    return f"import torch\n{load}{scheduler}{call}images[0].save(\"sample.png\")\n"
+
+
+def _pipeline_call(name: str, model_dir: Path, params: dict) -> str:
+    if name == "CartoonDiffusionPipeline":
+        first = json.loads((model_dir / "tau" / "config.json").read_text())["attribute_names"][0]
+        return (f"images = pipe([{{{first!r}: 0}}] * 4,  # one dict per image; unnamed attributes at random\n"
+                f"              guidance_scale={_samples(params, 'guidance_scale')}, "
+                f"{_steps(params)}generator=torch.Generator().manual_seed(0)).images\n")
+    if name == "SubjectDiffusionPipeline":
+        unet = json.loads((model_dir / "unet" / "config.json").read_text())
+        return _subject_call(unet.get("num_class_embeds") is not None, params)
+    return f"images = pipe(batch_size=4, {_steps(params)}generator=torch.Generator().manual_seed(0)).images\n"
+
+
+def _subject_call(identifier: bool, params: dict) -> str:
+    if not identifier:
+        return f"images = pipe(batch_size=4, {_steps(params)}generator=torch.Generator().manual_seed(0)).images\n"
+    return (f"images = pipe(batch_size=4, guidance_scale={_samples(params, 'guidance_scale')}, {_steps(params)}"
+            f"generator=torch.Generator().manual_seed(0)).images  # the subject\n"
+            f"classes = pipe(batch_size=4, subject=False, {_steps(params)}"
+            f"generator=torch.Generator().manual_seed(0)).images  # the general class\n")
+
+
+def _samples(params: dict, key: str):
+    return (params.get("samples") or {})[key]
+
+
+def _steps(params: dict) -> str:
+    steps = (params.get("samples") or {}).get("num_inference_steps")
+    return f"num_inference_steps={steps}, " if steps else ""
+
+
+def _autoencoder_usage(model_dir: Path) -> tuple[str, str]:
+    config = json.loads((model_dir / "config.json").read_text())
+    name, size = config["_class_name"], int(config.get("sample_size") or 64)
+    if name == "PatchAutoencoderKL":
+        load, needs = "from pipelines import PatchAutoencoderKL\n", "This project's `pipelines` package and diffusers."
+    else:
+        load, needs = f"from diffusers import {name}\n", "diffusers alone."
+    encode = "vae.encode(x).latents" if name == "VQModel" else "vae.encode(x).latent_dist.mean"
+    code = (f"import torch\n{load}vae = {name}.from_pretrained({str(model_dir)!r})\n"
+            f"x = torch.rand(1, 3, {size}, {size}) * 2 - 1  # an image in [-1, 1]\n"
+            f"with torch.no_grad():\n"
+            f"    z = {encode} * vae.config.scaling_factor  # what the diffusion model sees\n"
+            f"    reconstruction = vae.decode(z / vae.config.scaling_factor).sample\n")
+    return code, f"{needs} An autoencoder reconstructs; it does not sample."
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+def flatten(metrics: dict, prefix: str = "") -> dict[str, Any]:
+    """{"training": {"steps": 3}} -> {"training.steps": 3}: one table row per figure."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def cell(value: Any) -> str:
+    """A table cell a reader (and tests/test_model_card.py) reads back exactly: JSON, strings bare."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def metrics_section(metrics: dict, metrics_path: str, targets: dict[str, str]) -> str:
+    unknown = sorted(set(targets) - set(flatten(metrics)))
+    if unknown:
+        raise KeyError(f"targets for metrics {unknown} that {metrics_path} does not hold")
+    rows = [f"| `{k}` | {cell(v)} | {targets.get(k, '')} |" for k, v in flatten(metrics).items()]
+    return (f"## Metrics\n\nFrom `{metrics_path}`, as the stage wrote it.\n\n| metric | value | target |\n"
+            "| --- | --- | --- |\n" + "\n".join(rows))
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+def data_section(data_dirs: list[str | Path], licenses: list[tuple]) -> str:
+    rows = [f"- `{d}`: manifest sha256 `{data_identity(d)}`" for d in data_dirs]
+    terms = "\n".join(f"- {words}" for _, _, words in dict.fromkeys(licenses))
+    return f"## Data\n\nTrained on (identity: the hash of each dataset's manifest.json):\n\n" + "\n".join(rows) + \
+        f"\n\nLicense of the data, traced from the manifests:\n\n{terms}"
+
+
+def _licenses(data_dirs: list[str | Path], base_model) -> list[tuple]:
+    found = [lic for d in data_dirs for lic in data_licenses(Path(d))]
+    if base_model is not None and Path(base_model).is_dir():
+        found.append(model_license(Path(base_model)))
+    return list(dict.fromkeys(found)) or [UNKNOWN]
+
+
+def _combined(licenses: list[tuple]) -> tuple:
+    """One license for the front matter: the only one, or `other` naming the mix."""
+    if len(licenses) == 1:
+        return licenses[0]
+    return ("other", "mixed", "; ".join(words for _, _, words in licenses))
+
+
+def data_licenses(data_dir: Path) -> list[tuple]:
+    """Follow a dataset's manifests back to where its images came from."""
+    manifest_path = data_dir / "manifest.json"
+    if not manifest_path.is_file():
+        return [UNKNOWN]
+    manifest = json.loads(manifest_path.read_text())
+    source = manifest.get("source")
+    if isinstance(manifest.get("base"), dict) and "dir" in manifest["base"]:  # class samples: the base's data
+        return [model_license(Path(manifest["base"]["dir"]))]
+    if isinstance(source, dict) and "dir" in source:  # latents -> the aligned faces they encode
+        return data_licenses(Path(source["dir"]))
+    if isinstance(source, str):  # cartoon shards -> the raw folder, whose fetch.json names the source
+        return [_cartoon_license(Path(source) / "fetch.json")]
+    if manifest.get("kind") == "faces_aligned":
+        return [_face_license(data_dir, manifest)]
+    return [UNKNOWN]
+
+
+def _cartoon_license(fetch_json: Path) -> tuple:
+    if not fetch_json.is_file():
+        return UNKNOWN
+    source = json.loads(fetch_json.read_text())["source"]
+    if source == "synthetic":
+        return LICENSES["synthetic"]
+    return LICENSES["cartoonset"] if source.startswith("cartoonset") else LICENSES["folder"]
+
+
+def _face_license(data_dir: Path, manifest: dict) -> tuple:
+    """Aligned faces keep their raw record's `source` field: synthetic and folder photos have one; FFHQ
+    entries (fetched by their metadata) are the ones without."""
+    shards = manifest.get("all_shards") or [s for split in manifest["splits"].values() for s in split["shards"]]
+    if not shards:
+        return UNKNOWN
+    with tarfile.open(data_dir / shards[0]) as tar:
+        member = next((m for m in tar if m.name.endswith(".json")), None)
+        if member is None:
+            return UNKNOWN
+        record = json.loads(tar.extractfile(member).read())
+    return LICENSES.get(record.get("source", "ffhq"), UNKNOWN)
+
+
+def model_license(model_dir: Path) -> tuple:
+    """A model's data license, from its own card's front matter."""
+    card = model_dir / CARD
+    if not card.is_file():
+        return UNKNOWN
+    meta = read_front_matter(card.read_text())
+    license_id = meta.get("license", UNKNOWN[0])
+    words = f"the data of the base model `{model_dir}` ({meta.get('license_name') or license_id})"
+    return (license_id, meta.get("license_name"), words)
+
+
+def read_front_matter(text: str) -> dict:
+    if not text.startswith("---\n"):
+        raise ValueError("a model card starts with YAML front matter between --- lines")
+    return yaml.safe_load(text[4:text.index("\n---", 4)])
+
+
+# ---------------------------------------------------------------------------------------------- provenance
+
+def git_state() -> dict[str, Any]:
+    """The commit the code was checked out at and whether the code or params had uncommitted changes
+    (None for both outside a git checkout). Only GIT_PATHS count: a stage's own outputs (metrics,
+    dvc.lock) are always uncommitted while `dvc repro` runs."""
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    changes = git("status", "--porcelain", "--", *GIT_PATHS)
+    return {"commit": commit, "dirty": None if changes is None else bool(changes)}
+
+
+def provenance_section(stage: str, params: dict) -> str:
+    state = git_state()
+    dirty = {True: " plus uncommitted changes to the code or params.yaml", False: " (clean)",
+             None: " (changes unknown)"}[state["dirty"]]
+    commit = f"git commit `{state['commit']}`{dirty}" if state["commit"] else "outside a git checkout"
+    return (f"## How it was made\n\n- stage `{stage}` (`dvc repro {stage}`), {commit}\n"
+            f"- code identity `{code_identity(stage)}` (the stage's code and library versions: "
+            f"tasks/common/identity.py)\n\n"
+            f"The stage's params (params.yaml `{stage}:`):\n\n```yaml\n"
+            + yaml.safe_dump({stage: params}, sort_keys=False) + "```")
