@@ -134,17 +134,21 @@ def bring_home(repo: Path, remote: str, sha: str, record: dict | None) -> int:
     if record.get("missing_outputs"):
         say(f"warning: the DVC remote lacked {len(record['missing_outputs'])} outputs of {sha[:12]}, so the "
             f"worker rebuilt them: {', '.join(record['missing_outputs'])} (run `dvc push` after `dvc repro`)")
+    with_data = bool(record.get("pushed_data"))
+    if not with_data:
+        say("warning: the worker had no DVC remote to push to: results come without their data "
+            "(docs/worker.md, `dvc remote add`)")
     if record.get("experiment"):
         name = record["experiment"]
-        ref = local.pull_experiment(repo, remote, name)
+        ref = local.pull_experiment(repo, remote, name, with_data)
         say(f"==> experiment {name}: pulled (`dvc exp show -A` lists it, `dvc exp apply {name}` applies it)")
         diff = local.metrics_diff(repo, sha, name)
         grids = local.copy_experiment_files(repo, ref, name, record.get("grids", []))
     elif record.get("results_branch"):
         branch = record["results_branch"]
-        local.pull_results_branch(repo, remote, branch)
-        say(f"==> results branch {branch}: switched to it and pulled its data "
-            f"(`git switch -` goes back)")
+        local.pull_results_branch(repo, remote, branch, with_data)
+        say(f"==> results branch {branch}: switched to it{' and pulled its data' if with_data else ''} "
+            "(`git switch -` goes back)")
         diff = local.metrics_diff(repo, sha)
         grids = [Path(g) for g in record.get("grids", [])]
     else:

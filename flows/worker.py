@@ -65,11 +65,11 @@ def reproduce_and_send(repo: str, record: RunRecord, targets: list[str], profile
     # A task's return value is a copy of the record it got: take its fields back into this one.
     vars(record).update(vars(describe_task(repo, record)))
     if record.experiment:
-        push_experiment_task(repo, record.experiment)
+        push_experiment_task(repo, record.experiment, has_remote)
         record.pushed_data = has_remote
     else:
         committed = commit_results_task(repo, record.sha, record.run_id, record.stages_run)
-        record.pushed_data = push_data_task(repo)  # the data first: the branch must never name missing data
+        record.pushed_data = push_data_task(repo, has_remote)  # the data first: the branch must never name missing data
         if committed:
             record.results_branch, record.results_sha = committed
             push_branch_task(repo, record.results_branch)

@@ -31,6 +31,7 @@ import torch
 from diffusers.utils import make_image_grid
 from PIL import Image
 
+from pipelines.dreambooth import RECORD as ADAPTER_RECORD
 from pipelines.schedulers import SCHEDULERS, make_scheduler
 
 # Options a kind may take beyond the common ones (argparse dest -> how the user spells it).
@@ -44,7 +45,6 @@ KIND_OPTIONS = {
 }
 PIPELINE_KINDS = {"CartoonDiffusionPipeline": "cartoon", "LatentDiffusionPipeline": "ldm",
                   "SubjectDiffusionPipeline": "dreambooth"}
-ADAPTER_RECORD = "dreambooth_adapter.json"  # pipelines.dreambooth.RECORD (not imported: peft stays lazy)
 
 
 class SampleError(ValueError):
@@ -194,10 +194,10 @@ def sample(args: argparse.Namespace) -> tuple[Image.Image, str]:
     kind = model_kind(model_dir)
     check_options(args, kind)
     kwargs = call_arguments(model_dir, kind, args)
+    device = _device(args.device)
     pipe = load(model_dir, kind, args.base_dir)
     if args.scheduler is not None:
         pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
-    device = _device(args.device)
     if device != "cpu":  # loaded on the CPU; a no-op .to() would only print diffusers' dtype warning
         pipe.to(device)
     # A CPU generator on every device: the same noise as the README's `torch.Generator().manual_seed(seed)`.
@@ -206,6 +206,8 @@ def sample(args: argparse.Namespace) -> tuple[Image.Image, str]:
 
 
 def _device(choice: str) -> str:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SampleError("--device cuda: torch sees no CUDA device here (use --device cpu or auto)")
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return choice
@@ -222,7 +224,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="sampler (default: the one saved with the model)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when present")
     p.add_argument("--attr", action="append", metavar="NAME=INDEX", help="cartoon: fix an attribute (repeatable)")
-    p.add_argument("--guidance-scale", type=float, help="cartoon: classifier-free guidance; dreambooth: identifier guidance")
+    p.add_argument("--guidance-scale", type=float,
+                   help="cartoon: classifier-free guidance; dreambooth: identifier guidance")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--subject", dest="target", action="store_const", const="subject",
                         help="dreambooth: the subject (default)")

@@ -1,13 +1,21 @@
-"""dvc.yaml's code deps are exactly the files each stage runs (tasks/common/deps.py)."""
+"""dvc.yaml's code deps are exactly the files each stage runs (tasks/common/deps.py, identity.py)."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tasks.common import deps
-from tasks.common.codeprint import code_fingerprint, project_files
+from tasks.common.identity import code_identity, stage_code
+from tasks.common.params import read_yaml
+
+REPO = Path(__file__).resolve().parents[1]
 
 DVC_YAML = """\
 # top comment
@@ -35,10 +43,9 @@ def _repo(tmp_path: Path) -> Path:
         "flows/__init__.py": "",
         "flows/stage_a.py": "from tasks.a import work\n",
         "tasks/__init__.py": "",
-        "tasks/a.py": ("def work():\n    from tasks.sub import b  # a lazy import counts\n    return helper(b)\n\n\n"
+        "tasks/a.py": ("def work():\n    from tasks.sub import b  # an import inside a function counts\n    return helper(b)\n\n\n"
                        "def helper(x):  # a module named by a string (accelerate launch -m ...)\n    return ('tasks.launched', x)\n\n\n"
-                       "def other():  # never used by the stage: its lazy import does not count\n"
-                       "    from tasks import unused\n    return unused\n"),
+                       "PACKAGES = ('tasks', 'flows')  # bare package names are not modules named by a string\n"),
         "tasks/sub/__init__.py": "",
         "tasks/sub/b.py": "from . import c\n",
         "tasks/sub/c.py": "",
@@ -53,9 +60,9 @@ def _repo(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_closure_follows_lazy_relative_and_launched_imports(tmp_path):
+def test_closure_follows_nested_relative_and_launched_imports(tmp_path):
     repo = _repo(tmp_path)
-    found = [p.relative_to(repo).as_posix() for p in project_files(["flows.stage_a"], repo)]
+    found = [p.relative_to(repo).as_posix() for p in stage_code(["flows.stage_a"], repo)]
     assert found == ["flows/__init__.py", "flows/stage_a.py", "tasks/__init__.py", "tasks/a.py",
                      "tasks/launched.py", "tasks/sub/__init__.py", "tasks/sub/b.py", "tasks/sub/c.py"]
 
@@ -104,15 +111,13 @@ def test_this_repos_dvc_yaml_lists_the_code_every_stage_runs():
     assert not problems, "\n".join(problems)
 
 
-def test_code_fingerprint_changes_with_any_file_in_the_closure(tmp_path, monkeypatch):
+def test_code_identity_changes_with_any_file_in_the_closure(tmp_path):
     repo = _repo(tmp_path)
-    from tasks.common import codeprint
-    monkeypatch.setattr(codeprint, "REPO", repo)
-    before = code_fingerprint(["flows.stage_a"])
+    before = code_identity("stage_a", repo)
     (repo / "tasks/unused.py").write_text("X = 1\n")
-    assert code_fingerprint(["flows.stage_a"]) == before  # not run by the stage
+    assert code_identity("stage_a", repo) == before  # not run by the stage
     (repo / "tasks/sub/c.py").write_text("X = 1\n")
-    assert code_fingerprint(["flows.stage_a"]) != before
+    assert code_identity("stage_a", repo) != before
 
 
 def test_lock_check_finds_changed_code_params_and_deps(tmp_path):
@@ -138,11 +143,40 @@ def test_lock_check_finds_changed_code_params_and_deps(tmp_path):
     assert deps.lock_problems(repo)[-1] == "new_stage: not in dvc.lock (never run)"
 
 
-def test_closure_ends_on_mutually_recursive_functions(tmp_path):
+def test_closure_ends_on_import_cycles(tmp_path):
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks/__init__.py").write_text("")
-    (tmp_path / "tasks/r.py").write_text("def a(n):\n    return b(n - 1) if n else 0\n\n\n"
-                                         "def b(n):\n    from tasks import s\n    return a(n)\n")
-    (tmp_path / "tasks/s.py").write_text("")
-    found = [p.relative_to(tmp_path).as_posix() for p in project_files(["tasks.r"], tmp_path)]
+    (tmp_path / "tasks/r.py").write_text("from tasks import s\n")
+    (tmp_path / "tasks/s.py").write_text("def f():\n    from tasks import r\n    return r\n")
+    found = [p.relative_to(tmp_path).as_posix() for p in stage_code(["tasks.r"], tmp_path)]
     assert found == ["tasks/__init__.py", "tasks/r.py", "tasks/s.py"]
+
+
+def _loaded_by_import(stage: str) -> set[str]:
+    code = ("import json, flows.{0}; from tasks.common.identity import REPO, loaded_project_files; "
+            "print(json.dumps([p.relative_to(REPO).as_posix() for p in loaded_project_files()]))").format(stage)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": ""}).stdout
+    return set(json.loads(out))
+
+
+def test_the_files_python_loads_for_each_stage_are_its_code_deps():
+    """Not the analyser checking itself: Python's own record (sys.modules) of what importing each
+    stage's flow runs, against dvc.yaml. A project import inside a function (run later, or never)
+    shows up here as a dep that was not loaded: import at the top instead. The end-to-end tests
+    check the same after the stages ran (tests/e2e.py)."""
+    spec = read_yaml(REPO / "dvc.yaml")["stages"]
+    listed = {stage: {str(d) for d in s["deps"] if deps.is_code_dep(str(d))} for stage, s in spec.items()}
+    with ThreadPoolExecutor(2) as pool:
+        loaded = dict(zip(listed, pool.map(_loaded_by_import, listed)))
+    problems = [f"{stage}: loaded, not a dep: {sorted(loaded[stage] - listed[stage])}; "
+                f"a dep, not loaded: {sorted(listed[stage] - loaded[stage])}"
+                for stage in listed if loaded[stage] != listed[stage]]
+    assert not problems, "\n".join(problems)
+
+
+def test_no_training_stage_runs_the_demo_data_code():
+    spec = read_yaml(REPO / "dvc.yaml")["stages"]
+    for stage, s in spec.items():
+        if stage not in ("fetch_cartoons", "fetch_faces", "prepare_subject"):
+            assert not [d for d in s["deps"] if str(d).startswith("tasks/synthetic/")], stage

@@ -7,8 +7,8 @@ Random weights find random faces, so the detector's heads are set by hand: only 
 picture that is one face when it is 96 px wide and two when it is 288 px wide (anchors 384 px apart
 survive non-maximum suppression). A real detector finds nothing on a plain wall; this one fires
 everywhere, so the wall's boxes are dropped after the real detector has run on it. FAN runs as
-built (without face-alignment's mirrored second pass): nearly all of the time goes there,
-50 GFLOP per face.
+built (without face-alignment's mirrored second pass, and its numba post-processing runs as
+plain Python): nearly all of the time goes there, 50 GFLOP per face.
 """
 import io
 import json
@@ -22,11 +22,12 @@ import PIL.Image
 import pytest
 import torch
 
+from tasks.common.shards import read_manifest
+from tasks.faces import landmarks
+from tasks.faces.aligning import align_faces
 from tasks.faces.config import AlignFacesConfig
 from tasks.faces.fetch import fetch_folder
-from tasks.faces import landmarks
 from tasks.faces.landmarks import FA_WEIGHTS, FanLandmarks, face_size
-from tasks.faces.aligning import align_faces
 
 FAN_FILE, S3FD_FILE = "2DFAN4-11f355bf06.pth.tar", "s3fd-619a316812.pth"
 FIRING_LEVEL = "conv7_2"  # S3FD's coarsest prediction level
@@ -93,7 +94,7 @@ def spy(monkeypatch) -> dict[str, list]:
     from face_alignment.detection.sfd.sfd_detector import SFDDetector
 
     log: dict[str, list] = {"detector": [], "fan": [], "batch": []}
-    detect, landmarks, batch = SFDDetector.detect_from_batch, FaceAlignment.get_landmarks_from_image, FanLandmarks.batch
+    detect, fan_points, batch = SFDDetector.detect_from_batch, FaceAlignment.get_landmarks_from_image, FanLandmarks.batch
 
     def detect_from_batch(self, images):  # B x 3 x H x W
         found = [[] if plain(im.permute(1, 2, 0).numpy()) else b for im, b in zip(images, detect(self, images))]
@@ -102,7 +103,7 @@ def spy(monkeypatch) -> dict[str, list]:
 
     def get_landmarks_from_image(self, image, detected_faces=None, **kwargs):
         log["fan"].append((image.shape, np.array(detected_faces)))
-        return landmarks(self, image, detected_faces, **kwargs)
+        return fan_points(self, image, detected_faces, **kwargs)
 
     def fan_batch(self, images):
         out = batch(self, images)
@@ -127,6 +128,15 @@ def no_flip(monkeypatch) -> None:
     monkeypatch.setattr(FanLandmarks, "__init__", init_no_flip)
 
 
+def no_numba_compile(monkeypatch) -> None:
+    """face-alignment turns FAN's heatmaps into points with two numba functions that compile on
+    first use in every process (21 s of CPU here); their Python originals compute the same."""
+    import face_alignment.utils as fa_utils
+
+    for name in ("transform_np", "_get_preds_fromhm"):
+        monkeypatch.setattr(fa_utils, name, getattr(fa_utils, name).py_func)
+
+
 def shard_samples(folder: Path) -> dict[str, tuple[PIL.Image.Image, dict]]:
     samples: dict[str, dict] = {}
     for tar in sorted(folder.glob("*.tar")):
@@ -146,6 +156,7 @@ def test_align_faces_with_face_alignment_offline(tmp_path, monkeypatch):
     fetch_folder(tmp_path / "photos", tmp_path / "raw", val_fraction=0.0, log=lambda s: None)
     log = spy(monkeypatch)
     no_flip(monkeypatch)
+    no_numba_compile(monkeypatch)
 
     m = align_faces(str(tmp_path / "raw"), str(tmp_path / "aligned"), AlignFacesConfig(**ALIGN), record={},
                     log=logging.getLogger("test"))
@@ -158,7 +169,8 @@ def test_align_faces_with_face_alignment_offline(tmp_path, monkeypatch):
     fan_boxes = dict(log["fan"])
     assert sorted(fan_boxes) == [(96, 96, 3), (96, 384, 3)]
     np.testing.assert_allclose(fan_boxes[96, 96, 3], np.array(detected[1, 3, 96, 96][0]))
-    np.testing.assert_allclose(fan_boxes[96, 384, 3], np.array(detected[2, 3, 72, 288][0]) * [4 / 3] * 4 + [1])
+    to_photo = np.array([4 / 3] * 4 + [1])  # x0, y0, x1, y1 from 288x72 to 384x96; the score as is
+    np.testing.assert_allclose(fan_boxes[96, 384, 3], np.array(detected[2, 3, 72, 288][0]) * to_photo)
 
     [(images, faces)] = log["batch"]
     found = sorted((im.shape, plain(im), len(fs)) for im, fs in zip(images, faces))
@@ -170,6 +182,7 @@ def test_align_faces_with_face_alignment_offline(tmp_path, monkeypatch):
 
     assert m["counts"] == {"inputs": 3, "written": 2, "rejected": 1, "train": 2}
     assert [(r["file"], r["reason"]) for r in m["rejected"]] == [("in-the-wild-images/wall.png", "no face detected")]
+    assert read_manifest(tmp_path / "aligned")["rejected"] == m["rejected"]
     samples = {meta["file"]: (img, meta) for img, meta in shard_samples(tmp_path / "aligned").values()}
     assert sorted(samples) == ["in-the-wild-images/hopper.png", "in-the-wild-images/pair.png"]
     for img, meta in samples.values():

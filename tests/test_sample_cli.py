@@ -93,6 +93,8 @@ def work(tmp_path_factory) -> Path:
     save_cartoon(models / "cartoon")
     save_ldm(models / "ldm")
     save_dreambooth(models / "dreambooth")
+    save_portable(SubjectDiffusionPipeline(unet=tiny_latent_unet(), vae=tiny_vae(),  # no identifier
+                                           scheduler=DDPMScheduler(num_train_timesteps=50)), models / "dreambooth_plain")
     tiny_vae().save_pretrained(models / "vae")  # as train_vae saves it
     return root
 
@@ -169,6 +171,7 @@ def test_a_lora_adapter_samples_on_its_base(work, monkeypatch, tmp_path):
     (["models/cartoon", "--attr", "hair_color=10"], "hair_color takes a variant index 0..9"),
     (["models/cartoon", "--attr", "hair_color"], "expected NAME=INDEX"),
     (["models/dreambooth", "--class", "--guidance-scale", "2"], "does not apply to --class"),
+    (["models/dreambooth_plain", "--class"], "--class: models/dreambooth_plain was trained without an identifier"),
     (["models/vae"], "is an autoencoder (PatchAutoencoderKL): it reconstructs images, it does not sample"),
     (["models/nothing"], "models/nothing: no such folder"),
     (["models/ldm", "--steps", "0"], "--steps must be >= 1"),
@@ -211,6 +214,7 @@ def test_the_readme_commands_run_as_written(work, monkeypatch):
     assert np.array_equal(_grid_pixels(work / cartoon[cartoon.index("--out") + 1]), np.asarray(grid(images)))
 
 
+@pytest.mark.filterwarnings("ignore:'pipelines.sample' found in sys.modules")  # runpy: the test imported it
 def test_python_dash_m_runs_it_and_pipelines_stays_alone(work, monkeypatch):
     """The module's `__main__` entry (what `python -m` runs), and its import closure: nothing of tasks or flows."""
     import runpy

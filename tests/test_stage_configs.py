@@ -5,8 +5,11 @@ import inspect
 import pytest
 
 from tasks.cartoon.config import ClassifierConfig, FetchCartoonsConfig, PreprocessCartoonsConfig, TrainCartoonConfig
+from tasks.cartoon.evaluate import EvaluateCartoonConfig
 from tasks.common.config import ConfigError
 from tasks.common.params import apply_profile, load_params
+from tasks.dreambooth.config import EncodeSubjectConfig, SampleClassConfig, TrainDreamboothConfig
+from tasks.evaluation.faces import EvaluateFacesConfig
 from tasks.faces.config import AlignFacesConfig, FetchFacesConfig, PrepareSubjectConfig
 from tasks.latent.config import EncodeLatentsConfig, TrainLdmConfig, TrainVaeConfig
 from tasks.training.config import TrainConfig
@@ -23,8 +26,18 @@ CONFIGS = {
     "train_vae": TrainVaeConfig,
     "encode_latents": EncodeLatentsConfig,
     "train_ldm": TrainLdmConfig,
+    "encode_subject": EncodeSubjectConfig,
+    "sample_class": SampleClassConfig,
+    "train_dreambooth": TrainDreamboothConfig,
+    "evaluate_faces": EvaluateFacesConfig,
+    "evaluate_cartoon": EvaluateCartoonConfig,
 }
 FLOWS = {stage: f"flows.{stage}" for stage in CONFIGS}
+
+
+def test_every_stage_of_dvc_yaml_has_a_config_here():
+    stages = set(load_params(REPO / "dvc.yaml")["stages"])
+    assert stages == set(CONFIGS)
 
 
 @pytest.mark.parametrize("stage", sorted(CONFIGS))
@@ -67,3 +80,29 @@ def test_flows_take_paths_and_params_without_defaults():
         sig = inspect.signature(fn)
         assert list(sig.parameters)[-1] == "params", stage
         assert all(p.default is inspect.Parameter.empty for p in sig.parameters.values()), stage
+
+
+@pytest.mark.parametrize("stage, key, value, expected", [
+    ("preprocess_cartoons", "crop", "three hundred", "int"),
+    ("preprocess_cartoons", "val_fraction", True, "float"),
+    ("align_faces", "enable_padding", 0, "bool"),
+    ("fetch_faces", "source", 3, "str"),
+    ("preprocess_cartoons", "background", "white", "list[int]"),
+])
+def test_a_wrong_type_is_named_with_its_value(stage, key, value, expected):
+    with pytest.raises(ConfigError) as err:
+        CONFIGS[stage].from_params(section(stage, **{key: value}), stage)
+    assert str(err.value) == f"{stage}.{key}: expected {expected}, got {value!r} ({type(value).__name__})"
+
+
+def test_a_wrong_type_in_a_nested_section_is_named():
+    params = section("train_ldm")
+    params["training"]["mixed_precision"] = False  # what a YAML 1.1 reader makes of an unquoted `no`
+    with pytest.raises(ConfigError, match=r"^train_ldm.training.mixed_precision: expected str, got False \(bool\)$"):
+        TrainLdmConfig.from_params(params, "train_ldm")
+
+
+def test_params_are_read_as_yaml_1_2_the_way_dvc_writes_them(tmp_path):
+    """`dvc exp run -S` drops the quotes around "no"; YAML 1.2 still reads a string."""
+    (tmp_path / "params.yaml").write_text("s:\n  mixed_precision: no\n  flag: on\n  real: false\n")
+    assert load_params(tmp_path / "params.yaml")["s"] == {"mixed_precision": "no", "flag": "on", "real": False}

@@ -75,7 +75,7 @@ def _losses(live_dir):
 
 
 def test_same_seed_same_weights_and_resume_is_exact(tmp_path):
-    cfg = _cfg()
+    cfg = _cfg(log_every_steps=3)  # rows at 2, 3, 4, 6, 8: a row's steps never span the resume
     summary, full = _run(tmp_path, "a", cfg)
     assert summary["steps"] == 8 and summary["run"]["resumed_from_step"] is None
     _, again = _run(tmp_path, "b", cfg)
@@ -270,3 +270,35 @@ def test_skipped_optimizer_steps_leave_lr_and_ema_alone(tmp_path, monkeypatch):
     torch.manual_seed(3)
     initial = _spec({}).build_model().state_dict()
     assert all(torch.equal(initial[k], saved[k]) for k in initial)
+
+
+def test_logged_rows_are_means_of_the_steps_between(tmp_path):
+    """Logging every 5 steps changes nothing but the curve: the same weights; one row per logging step
+    (and per checkpoint, and before the last epoch) at x = the step, the mean of the steps since the
+    row before; final_loss still the mean over the last epoch's steps."""
+    one, w1 = _run(tmp_path, "one", _cfg(checkpointing_steps=100))
+    three, w3 = _run(tmp_path, "three", _cfg(checkpointing_steps=100, log_every_steps=3))
+    assert all(torch.equal(w1[k], w3[k]) for k in w1)
+    per_step = dict(_losses(tmp_path / "one" / "live"))
+    assert sorted(per_step) == list(range(1, 9))
+    rows = _losses(tmp_path / "three" / "live")
+    assert [s for s, _ in rows] == [3, 4, 6, 8]  # 3, 6: log_every_steps; 4: before the last epoch (8 - 4); 8: the end
+    for (prev, _), (step, value) in zip([(0, None)] + rows, rows):
+        assert value == pytest.approx(sum(per_step[s] for s in range(prev + 1, step + 1)) / (step - prev), rel=1e-6)
+    assert one["final_loss"] == pytest.approx(sum(per_step[s] for s in range(5, 9)) / 4, rel=1e-12)
+    assert three["final_loss"] == pytest.approx(one["final_loss"], rel=1e-6)
+
+
+def test_bad_input_fails_before_a_checkpoint_is_deleted(tmp_path):
+    """Issue 20 item 5: another run (new data) with no batch to train on fails with a clear error and
+    leaves the last good run's checkpoints, curves and model as they were."""
+    kw = dict(model_dir=str(tmp_path / "model"), checkpoint_dir=str(tmp_path / "ckpt"),
+              live_dir=str(tmp_path / "live"), show_progress=False)
+    train(_spec({}), _cfg(num_epochs=1), run_id="good data", **kw)
+    before = _files(tmp_path)
+    assert [p.name for p in list_checkpoints(tmp_path / "ckpt")] == ["checkpoint-2", "checkpoint-4"]
+    empty = _spec({})
+    empty.batches_per_epoch, empty.make_loader = 0, lambda epoch, rank, world: iter(())
+    with pytest.raises(ValueError, match="0 batches per epoch .* the training data is empty"):
+        train(empty, _cfg(num_epochs=1), run_id="bad data", **kw)
+    assert _files(tmp_path) == before

@@ -1,16 +1,14 @@
 """The GPU-worker path end to end, on loopback: one Prefect server, a process work pool,
 `prefect deploy --all` of prefect.yaml and a worker process, shared by the tests of this module, on a
-tiny project (bare git origin, folder DVC remote; tests/test_worker.py makes it).
-
-- the docs' way: `prefect deployment run --watch` of an experiment, the artifact, `dvc exp pull`;
-- `python -m flows.submit`, the one command: its refusals, a plain run brought home as its results
-  branch, an experiment on a commit whose data was never pushed, a failing stage, and Ctrl-C.
-
-Every process started here is stopped at the end.
+tiny project (bare git origin, folder DVC remote; tests/test_worker.py makes it), driven the user's
+way, with `python -m flows.submit`: its refusals, a plain run brought home as its results branch, an
+experiment on a commit whose data was never pushed, a failing stage,
+and Ctrl-C. Four worker runs, each a few seconds of work but about 20 s of CPU (a flow-run process,
+about ten dvc calls, the server's side): keep their number down. Every process started here is
+stopped at the end.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -22,11 +20,13 @@ from pathlib import Path
 import pytest
 
 from flows.local_server import _free_port as free_port, _wait_healthy as wait_healthy
-from tests.test_worker import GIT, dvc, git, make_origin, push_commit
+from tests.test_worker import GIT, dvc, git, make_origin
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+IDLE_SERVICES = ["CANCELLATION_CLEANUP", "EVENT_PERSISTER", "FOREMAN", "LATE_RUNS", "SCHEDULER",
+                 "PAUSE_EXPIRATIONS", "REPOSSESSOR", "CLEANUP_RECONCILER", "TRIGGERS", "DB_VACUUM"]
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -85,7 +85,12 @@ def loop(tmp_path_factory):
     env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", PREFECT_HOME=str(root / "prefect"), PREFECT_API_URL=url,
                PREFECT_SERVER_ANALYTICS_ENABLED="false", HF_HUB_OFFLINE="1", FACEDIFF_HOME=str(REPO),
                FACEDIFF_REPO_URL=str(origin), FACEDIFF_WORKDIR=str(root / "worker"),
-               MAKE_PID_FILE=str(root / "make.pid"))  # the slow stage says where it runs (Ctrl-C test)
+               MAKE_PID_FILE=str(root / "make.pid"),  # the slow stage says where it runs (Ctrl-C test)
+               PREFECT_WORKER_QUERY_SECONDS="2")      # a run waits up to 10 s for the worker otherwise
+    # The server's background services that these tests never need, off: on 2 cores they cost
+    # about 0.1 s of CPU a second, and more during a run (scheduling, late runs, automations, ...).
+    env.update({f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in IDLE_SERVICES},
+               PREFECT_UI_ENABLED="false")
     lb = Loopback(root, env, origin)
     lb.logs.mkdir()
     started = []
@@ -97,45 +102,14 @@ def loop(tmp_path_factory):
         started.append(server)
         wait_healthy(url, server)
         prefect(env, "work-pool", "create", "gpu", "--type", "process")
-        prefect(env, "--no-prompt", "deploy", "--all")
-        with open(lb.logs / "worker.log", "w") as log:
+        with open(lb.logs / "worker.log", "w") as log:  # starting while the deployments are made
             started.append(subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "gpu", "--limit", "1"],
                                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        prefect(env, "--no-prompt", "deploy", "--all")
         yield lb
     finally:
         for proc in reversed(started):
             stop(proc)
-
-
-def test_a_deployment_run_on_a_worker_returns_an_experiment_the_user_pulls(loop):
-    """The docs' commands: `prefect deployment run --watch`, the artifact, `dvc exp pull`."""
-    sha = push_commit(loop.origin, "second", n=4)  # the run must use the newest main
-    params = {"revision": "main", "targets": ["make"], "experiment": True, "set_params": ["make.n=6"]}
-    out = prefect(loop.env, "deployment", "run", "repro-on-worker/repro", "--params", json.dumps(params),
-                  "--watch", "--watch-timeout", "240")
-    assert "Completed" in out, out + loop.worker_log()
-    artifact = json.loads(prefect(loop.env, "artifact", "inspect", "facediff-worker-run", "--limit", "1",
-                                  "--output", "json"))
-    text = artifact[0]["data"] if isinstance(artifact, list) else artifact["data"]
-
-    # The artifact describes this run: the SHA main had after the push, the experiment, the stage, and
-    # the grids, the git-ignored one (a DVC-cached output) too.
-    assert sha in text and "experiment `worker-" in text and "`make`" in text, text
-    assert "| params.yaml | make.n | 4 | 6 |" in text, text
-    assert "| metrics/make.json | size | 6 | absent | new |" in text, text  # main has no metrics yet
-    assert "- `data/preview.png`" in text and "- `eval/grids/grid.png`" in text, text
-    name = text.split("experiment `")[1].split("`")[0]
-    runs = loop.root / "worker" / "runs"
-    assert not runs.exists() or not any(runs.iterdir())  # the checkout is deleted after a success
-
-    user = loop.clone("user-cli")
-    assert git(user, "rev-parse", "HEAD") == sha
-    assert name in dvc(user, "exp", "list", "origin")
-    dvc(user, "exp", "pull", "origin", name)
-    shown = json.loads(dvc(user, "exp", "show", "--json"))
-    revs = [r for base in shown for e in (base.get("experiments") or []) for r in e.get("revs", [])]
-    metrics = [r["data"]["metrics"]["metrics/make.json"]["data"] for r in revs if r.get("name") == name]
-    assert metrics == [{"size": 6, "nested": {"half": 3.0}}]
 
 
 def commit(user: Path, message: str, n: int | None = None) -> str:
@@ -185,9 +159,10 @@ def test_submit_an_experiment_on_a_commit_whose_data_was_never_pushed(loop):
     assert "the DVC remote lacked" in out and "data/out.txt" in out, out          # the forgotten push, named
     name = re.search(r"==> experiment (\S+): pulled", out).group(1)
     assert re.search(r"metrics/make\.json\s+size\s+7\s+8\s+1", out), out          # against the commit sent
-    grid = user / ".dvc/tmp/submit" / name / "data/preview.png"
+    grid = user / ".dvc/tmp/submit" / name / "data/preview.png"  # a DVC-cached grid, from the experiment
     assert f"  {grid.relative_to(user)}\n" in out and grid.is_file(), out
     assert git(user, "rev-parse", "HEAD") == sha and not git(user, "status", "--porcelain")
+
 
 
 def test_submit_of_a_failing_stage_says_which_and_why(loop):

@@ -127,6 +127,9 @@ def run_training(shard_dir: str, model_dir: str, checkpoint_dir: str, live_dir: 
         quality = {k: v for k, v in summary.items() if k != "run"}  # wall-clock etc. go to timings
         write_metrics(metrics_path, {"conditioning": model.conditioning, "resolution": data.resolution, **quality},
                       summary["run"])
+        from tasks.common.model_card import last_grid, write_model_card  # after the metrics: the card quotes them
+        write_model_card(model_dir, stage="train_cartoon", params=config.to_dict(), metrics_path=metrics_path,
+                         data_dirs=[shard_dir], sample_grid=last_grid(live_dir))
     return summary
 
 

@@ -2,7 +2,9 @@
 
 A stage's section of params.yaml is read into a frozen dataclass whose fields have no defaults, so
 a value missing from params.yaml is an error, not a silent fallback that disagrees with the file,
-and a key the stage does not know (a typo, a renamed param) is an error too. Nested sections
+and a key the stage does not know (a typo, a renamed param) is an error too. Every value is
+checked against its field's type (pydantic, strict: `"three hundred"` is not an int, `0` is not a
+bool), and the error names the key, the type and the value: all at start-up, before any output. Nested sections
 (`training:`, `model:`) are dataclasses of their own or plain `dict` fields when they are passed
 through to a library as keyword arguments.
 
@@ -16,6 +18,7 @@ through to a library as keyword arguments.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from typing import Any, TypeVar
 
@@ -45,12 +48,37 @@ class StageConfig:
         values = {}
         for name, value in params.items():
             sub = _config_type(hints[name])
-            nested = sub is not None and value is not None
-            values[name] = sub.from_params(value, f"{where}.{name}") if nested else value
+            if sub is not None and value is not None:
+                values[name] = sub.from_params(value, f"{where}.{name}")
+            else:
+                values[name] = _checked(value, hints[name], f"{where}.{name}")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _checked(value: Any, hint: Any, where: str) -> Any:
+    """`value` itself (not a converted copy: what the manifests record stays as written), if it has
+    the type `hint` says."""
+    from pydantic import ValidationError  # here, not at import: spawned pool workers import configs
+
+    try:
+        _adapter(hint).validate_python(value, strict=True)
+    except ValidationError:
+        raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r} ({type(value).__name__})") from None
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter(hint: Any):
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(hint)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 def _required(field: dataclasses.Field) -> bool:

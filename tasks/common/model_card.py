@@ -27,8 +27,10 @@ from pipelines.schedulers import SCHEDULERS
 from tasks.common.identity import REPO, code_identity, data_identity
 
 CARD = "README.md"
+# pipelines.dreambooth.RECORD, not imported: that module would join the closure of every stage that imports
+# this one (encode_latents, sample_class, ... through tasks/latent/vae.py).
+ADAPTER_RECORD = "dreambooth_adapter.json"
 GRID = "samples.png"  # the grid, copied into the folder so the card's picture travels with it
-ADAPTER_RECORD = "dreambooth_adapter.json"  # pipelines.dreambooth.RECORD
 GIT_PATHS = ("flows", "tasks", "pipelines", "params.yaml")  # what "dirty" means: the code and params of a run
 
 # What each training stage's folder is (title, tags, one paragraph).
@@ -76,7 +78,7 @@ def write_model_card(model_dir: str | Path, *, stage: str, params: dict, metrics
     grid = _copy_grid(sample_grid, model_dir)
     title, tags, about = STAGES[stage]
     sections = [
-        front_matter(model_dir, tags, licenses, base_model),
+        front_matter(model_dir, stage, tags, licenses, base_model),
         f"# {title}\n\n{about}\n\nWritten by the `{stage}` stage of facediff"
         + (f", starting from `{base_model}`." if base_model else "."),
         usage_section(model_dir, params),
@@ -105,7 +107,7 @@ def _copy_grid(sample_grid: str | Path | None, model_dir: Path) -> str | None:
     return GRID
 
 
-def front_matter(model_dir: Path, tags: list[str], licenses: list[tuple], base_model) -> str:
+def front_matter(model_dir: Path, stage: str, tags: list[str], licenses: list[tuple], base_model) -> str:
     license_id, license_name, _ = _combined(licenses)
     meta: dict[str, Any] = {"library_name": "diffusers", "license": license_id}
     if license_name:
@@ -113,7 +115,8 @@ def front_matter(model_dir: Path, tags: list[str], licenses: list[tuple], base_m
     meta["tags"] = ["diffusers", "facediff", *tags] + (["lora"] if is_adapter(model_dir) else [])
     if base_model:
         meta["base_model"] = str(base_model)
-        meta["base_model_relation"] = "adapter" if is_adapter(model_dir) else "finetune"
+        if stage == "train_dreambooth":  # a pretrained VAE copied by train_vae is neither
+            meta["base_model_relation"] = "adapter" if is_adapter(model_dir) else "finetune"
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---"
 
 
@@ -134,11 +137,11 @@ def usage_section(model_dir: Path, params: dict) -> str:
 
 def usage(model_dir: Path, params: dict) -> tuple[str, str]:
     """(a snippet that loads the folder and samples from it, what the snippet needs)."""
-    path = str(model_dir)
+    path = json.dumps(str(model_dir))  # a double-quoted Python string
     if is_adapter(model_dir):
         record = json.loads((model_dir / ADAPTER_RECORD).read_text())
         load = (f"from pipelines.dreambooth import load_subject_pipeline\n"
-                f"pipe = load_subject_pipeline({path!r})  # onto its base, {record['base_dir']}\n")
+                f"pipe = load_subject_pipeline({path})  # onto its base, {record['base_dir']}\n")
         call = _subject_call(bool(record["identifier"]), params)
         return _snippet(load, params, call), ("A LoRA adapter, not a whole model: this project's `pipelines` and "
                                               "`peft` put it onto its base model.")
@@ -150,29 +153,31 @@ def usage(model_dir: Path, params: dict) -> tuple[str, str]:
     name = name[1] if isinstance(name, list) else name
     if portable:
         load = (f"from diffusers import DiffusionPipeline\n"
-                f"pipe = DiffusionPipeline.from_pretrained({path!r}, trust_remote_code=True)\n")
+                f"pipe = DiffusionPipeline.from_pretrained({path}, trust_remote_code=True)\n")
         needs = f"diffusers alone: the folder carries its pipeline's code (`{index['_class_name'][0]}.py`)."
     else:
-        module = "pipelines.dreambooth" if name == "SubjectDiffusionPipeline" else "pipelines"
-        load = f"from {module} import {name}\npipe = {name}.from_pretrained({path!r})\n"
+        # Built, not written out: tasks/common/deps.py reads a literal module name as code this module runs.
+        module = "pipelines" + (".dreambooth" if name == "SubjectDiffusionPipeline" else "")
+        load = f"from {module} import {name}\npipe = {name}.from_pretrained({path})\n"
         needs = "This project's `pipelines` package (the folder does not carry its pipeline's code) and diffusers."
     return _snippet(load, params, _pipeline_call(name, model_dir, params)), needs
 
 
 def _snippet(load: str, params: dict, call: str) -> str:
+    """imports, load, the stage's sampler (the saved scheduler is the training one), the call."""
     samples = params.get("samples") or {}
-    scheduler = ""
+    imports, scheduler = "import torch\n", ""
     if samples.get("scheduler"):
         cls = SCHEDULERS[samples["scheduler"]].__name__
-        scheduler = (f"from diffusers import {cls}\n"
-                     f"pipe.scheduler = {cls}.from_config(pipe.scheduler.config)  # the stage's sampler\n")
-    return f"import torch\n{load}{scheduler}{call}images[0].save(\"sample.png\")\n"
+        imports += f"from diffusers import {cls}\n"
+        scheduler = f"pipe.scheduler = {cls}.from_config(pipe.scheduler.config)  # the stage's sampler\n"
+    return f"{imports}{load}{scheduler}{call}images[0].save(\"sample.png\")\n"
 
 
 def _pipeline_call(name: str, model_dir: Path, params: dict) -> str:
     if name == "CartoonDiffusionPipeline":
         first = json.loads((model_dir / "tau" / "config.json").read_text())["attribute_names"][0]
-        return (f"images = pipe([{{{first!r}: 0}}] * 4,  # one dict per image; unnamed attributes at random\n"
+        return (f"images = pipe([{{{json.dumps(first)}: 0}}] * 4,  # one dict per image; unnamed attributes at random\n"
                 f"              guidance_scale={_samples(params, 'guidance_scale')}, "
                 f"{_steps(params)}generator=torch.Generator().manual_seed(0)).images\n")
     if name == "SubjectDiffusionPipeline":
@@ -207,7 +212,7 @@ def _autoencoder_usage(model_dir: Path) -> tuple[str, str]:
     else:
         load, needs = f"from diffusers import {name}\n", "diffusers alone."
     encode = "vae.encode(x).latents" if name == "VQModel" else "vae.encode(x).latent_dist.mean"
-    code = (f"import torch\n{load}vae = {name}.from_pretrained({str(model_dir)!r})\n"
+    code = (f"import torch\n{load}vae = {name}.from_pretrained({json.dumps(str(model_dir))})\n"
             f"x = torch.rand(1, 3, {size}, {size}) * 2 - 1  # an image in [-1, 1]\n"
             f"with torch.no_grad():\n"
             f"    z = {encode} * vae.config.scaling_factor  # what the diffusion model sees\n"
@@ -259,10 +264,11 @@ def _licenses(data_dirs: list[str | Path], base_model) -> list[tuple]:
 
 
 def _combined(licenses: list[tuple]) -> tuple:
-    """One license for the front matter: the only one, or `other` naming the mix."""
-    if len(licenses) == 1:
-        return licenses[0]
-    return ("other", "mixed", "; ".join(words for _, _, words in licenses))
+    """One license for the front matter: the only one (however many sources share it), or `other`
+    naming the mix."""
+    words = "; ".join(words for _, _, words in licenses)
+    kinds = {(license_id, name) for license_id, name, _ in licenses}
+    return (*kinds.pop(), words) if len(kinds) == 1 else ("other", "mixed", words)
 
 
 def data_licenses(data_dir: Path) -> list[tuple]:
@@ -294,7 +300,7 @@ def _cartoon_license(fetch_json: Path) -> tuple:
 
 def _face_license(data_dir: Path, manifest: dict) -> tuple:
     """Aligned faces keep their raw record's `source` field: synthetic and folder photos have one; FFHQ
-    entries (fetched by their metadata) are the ones without."""
+    entries (fetched by their metadata) are the ones with a `file` and no `source`."""
     shards = manifest.get("all_shards") or [s for split in manifest["splits"].values() for s in split["shards"]]
     if not shards:
         return UNKNOWN
@@ -303,7 +309,9 @@ def _face_license(data_dir: Path, manifest: dict) -> tuple:
         if member is None:
             return UNKNOWN
         record = json.loads(tar.extractfile(member).read())
-    return LICENSES.get(record.get("source", "ffhq"), UNKNOWN)
+    if "source" not in record:
+        return LICENSES["ffhq"] if "file" in record else UNKNOWN
+    return LICENSES.get(record["source"], UNKNOWN)
 
 
 def model_license(model_dir: Path) -> tuple:

@@ -275,6 +275,10 @@ def run_training(subject_dir: str, class_dir: str, base_dir: str, model_dir: str
                    **_last_losses(Path(live_dir)), **{k: v for k, v in summary.items() if k != "run"}}
         timings = {**summary["run"], "stage_seconds": time.perf_counter() - t0}  # not quality metrics
         write_metrics(metrics_path, metrics, timings)
+        from tasks.common.model_card import last_grid, write_model_card  # after the metrics: the card quotes them
+        write_model_card(model_dir, stage="train_dreambooth", params=cfg.to_dict(), metrics_path=metrics_path,
+                         data_dirs=[subject_dir] + ([class_dir] if cfg.prior_preservation else []),
+                         sample_grid=last_grid(live_dir), base_model=base_dir)
     return summary
 
 

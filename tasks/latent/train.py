@@ -93,6 +93,9 @@ def run_training(latent_dir: str, vae_dir: str, model_dir: str, checkpoint_dir: 
                    "scaling_factor": manifest["vae"]["scaling_factor"], "batch_size": data.batch_size,
                    **{k: v for k, v in summary.items() if k != "run"}}  # wall-clock etc. go to timings
         write_metrics(metrics_path, metrics, summary["run"])
+        from tasks.common.model_card import last_grid, write_model_card  # after the metrics: the card quotes them
+        write_model_card(model_dir, stage="train_ldm", params=config.to_dict(), metrics_path=metrics_path,
+                         data_dirs=[latent_dir], sample_grid=last_grid(live_dir))
     return summary
 
 

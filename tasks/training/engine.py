@@ -188,13 +188,14 @@ def _to_device_async(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _mean_of_last_steps(tsv: Path, last_step: int, n: int) -> float | None:
-    """The mean loss over steps (last_step - n, last_step] from the curve, whose rows are means over
-    the steps since the row before: each row weighted by its steps inside that range."""
+def mean_of_last_steps(tsv: Path, last_step: int, n: int) -> float | None:
+    """The mean over steps (last_step - n, last_step] of a dvclive curve of the engine (`train/loss.tsv`,
+    a spec's `train/<part>.tsv`), whose rows are means over the steps since the row before: each row
+    weighted by its steps inside that range."""
     if not tsv.is_file():
         return None
     header, *rows = tsv.read_text().splitlines()
-    at_step, at_value = header.split("\t").index("step"), header.split("\t").index("loss")
+    at_step, at_value = header.split("\t").index("step"), header.split("\t").index(tsv.stem)
     start, prev, total, count = last_step - n, 0, 0.0, 0
     for row in rows:
         step, value = int(row.split("\t")[at_step]), float(row.split("\t")[at_value])
@@ -257,8 +258,10 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
     # cannot train (empty or too little data) must fail with the last good run's files intact.
     steps_per_epoch = spec.batches_per_epoch // cfg.gradient_accumulation_steps
     if steps_per_epoch < 1:
-        raise ValueError(f"{spec.batches_per_epoch} batches per epoch cannot make one optimizer step with "
-                         f"gradient_accumulation_steps={cfg.gradient_accumulation_steps}: use smaller batches")
+        raise ValueError(f"{spec.batches_per_epoch} batches per epoch (on each of {world} process(es)) cannot make "
+                         f"one optimizer step with gradient_accumulation_steps={cfg.gradient_accumulation_steps}: the "
+                         "training data is empty or smaller than a batch; use more data, smaller batches or less "
+                         f"accumulation. {checkpoint_dir} was left as it was.")
     total_steps = steps_per_epoch * cfg.num_epochs
     if cfg.max_train_steps is not None:
         total_steps = min(total_steps, cfg.max_train_steps)
@@ -408,9 +411,10 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()  # a no-op inside an accumulation window (accelerate)
                 optimizer.zero_grad(set_to_none=True)
-            pending_loss += loss.detach() / cfg.gradient_accumulation_steps  # a step's loss: its micro-batches' mean
+            accumulation = cfg.gradient_accumulation_steps  # a step's loss: the mean over its micro-batches
+            pending_loss += loss.detach() / accumulation
             for name, value in parts.items():
-                pending_parts[name] = pending_parts.get(name, 0) + value.detach().float() / cfg.gradient_accumulation_steps
+                pending_parts[name] = pending_parts.get(name, 0) + value.detach().float() / accumulation
             counters.batch_in_epoch += 1
             samples_seen += bsz * world
             if not accelerator.sync_gradients:
@@ -427,9 +431,10 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
             run_done = counters.global_step >= total_steps
             checkpoint_due = counters.global_step % cfg.checkpointing_steps == 0 or run_done
             # ---- a logging step: one dvclive row at x = the step, the mean of the steps since the last
-            # row, gathered over processes: the loop's one host sync. Checkpoint steps log too (the
-            # window then never spans a resume), and so does the step before the last epoch_len steps
-            # (final_loss below is then exactly the mean over them). The same steps on every process.
+            # row, gathered over processes: the loop's one host sync. Checkpoint steps log too (a row's
+            # steps then never span a resume), and so does the step after which the last
+            # `steps_per_epoch` steps begin (final_loss, their mean, is then exact). Every process
+            # logs at the same steps (the gather is collective).
             if (counters.global_step % cfg.log_every_steps == 0 or checkpoint_due
                     or counters.global_step == total_steps - steps_per_epoch):
                 names = sorted(pending_parts)
@@ -479,8 +484,8 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
     if is_main:
         Path(model_dir).mkdir(parents=True, exist_ok=True)
         with_ema_weights(lambda net: spec.save(net, noise_scheduler, model_dir))
-        summary["final_loss"] = _mean_of_last_steps(live_dir / "plots" / "metrics" / "train" / "loss.tsv",
-                                                    counters.global_step, steps_per_epoch)
+        summary["final_loss"] = mean_of_last_steps(live_dir / "plots" / "metrics" / "train" / "loss.tsv",
+                                                   counters.global_step, steps_per_epoch)
         live.end()
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -11,7 +11,7 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Callable
 from uuid import UUID
 
@@ -98,38 +98,44 @@ class StageProgress:
 
 @dataclass
 class LogCursor:
-    """The flow run's log lines not yet shown, oldest first (logs reach the server in batches, and
-    several may share a timestamp: the cursor re-reads from the last one and skips ids seen)."""
+    """The flow run's log lines not yet shown, oldest first.
+
+    Two processes log for a run (the worker and the flow run) and each sends its lines in batches,
+    so a line may reach the server after a later one: each read goes back `margin` before the
+    newest line shown and skips the ids already seen.
+    """
     flow_run_id: UUID
-    after: datetime | None = None
+    margin: timedelta = timedelta(seconds=10)
+    newest: datetime | None = None
     seen: set = field(default_factory=set)
 
     def new_lines(self, client, page: int = 200) -> list:
         from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterTimestamp
         from prefect.client.schemas.sorting import LogSort
 
-        fresh = []
+        after = self.newest - self.margin if self.newest else None
+        wanted = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[self.flow_run_id]),
+                           timestamp=LogFilterTimestamp(after_=after))
+        fresh, offset = [], 0
         while True:
-            logs = client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[self.flow_run_id]),
-                                     timestamp=LogFilterTimestamp(after_=self.after)),
-                sort=LogSort.TIMESTAMP_ASC, limit=page)
-            unseen = [log for log in logs if log.id not in self.seen]
-            self.seen.update(log.id for log in unseen)
-            fresh += unseen
-            if logs:
-                self.after = logs[-1].timestamp
-            if len(logs) < page or not unseen:
-                return fresh
+            logs = client.read_logs(log_filter=wanted, sort=LogSort.TIMESTAMP_ASC, limit=page, offset=offset)
+            fresh += [log for log in logs if log.id not in self.seen]
+            self.seen.update(log.id for log in logs)
+            offset += len(logs)
+            if len(logs) < page:
+                break
+        if fresh:
+            self.newest = max([self.newest or fresh[0].timestamp] + [log.timestamp for log in fresh])
+        return sorted(fresh, key=lambda log: log.timestamp)
 
 
-def follow(flow_run_id: UUID, say: Print, show_log: bool = True, poll_s: float = 1.0,
+def follow(flow_run_id: UUID, say: Print, show_log: bool = True, poll_s: float = 2.0,
            drain_s: float = 6.0, timeout_s: float | None = None):
     """Print the flow run's state changes, log lines and stage progress until it ends (or
     `timeout_s` passes); return the flow run as last read.
 
-    Log lines still in flight when the state turns final (the worker sends them every ~2 s) are
-    waited for, up to `drain_s`.
+    Every `poll_s` (the worker sends its log lines in batches every ~2 s anyway); lines still in
+    flight when the state turns final are waited for, up to `drain_s`.
     """
     from prefect import get_client
 
@@ -148,7 +154,7 @@ def follow(flow_run_id: UUID, say: Print, show_log: bool = True, poll_s: float =
                 say(f"==> flow run {run.name}: {state}{LATE_HINT if state == 'Late' else ''}")
             if run.state and run.state.is_final():
                 ended = ended or time.monotonic()
-                if (not lines and time.monotonic() - ended > drain_s / 2) or time.monotonic() - ended > drain_s:
+                if (not lines and time.monotonic() - ended >= drain_s / 3) or time.monotonic() - ended > drain_s:
                     progress.finish(run.state.timestamp, failed=not run.state.is_completed())
                     return run
             if timeout_s is not None and time.monotonic() - started > timeout_s:

@@ -93,13 +93,14 @@ def check_in_commit(repo: Path, sha: str, path: str) -> None:
         raise Refused(f"{path} is not in commit {sha[:12]}: `git add {path} && git commit`, or check the path")
 
 
-def pull_experiment(repo: Path, remote: str, name: str) -> str:
-    """`dvc exp pull` the experiment (git ref and data); return its full ref.
+def pull_experiment(repo: Path, remote: str, name: str, with_data: bool = True) -> str:
+    """`dvc exp pull` the experiment (git ref, and data unless the worker had no DVC remote to push
+    it to); return its full ref.
 
     By name, so it works whatever HEAD is now; listing it would need `dvc exp list -A` once HEAD
     is no longer the experiment's base.
     """
-    sh(repo, "dvc", "exp", "pull", remote, name)
+    sh(repo, "dvc", "exp", "pull", *(() if with_data else ("--no-cache",)), remote, name)
     refs = [r for r in sh(repo, "git", "for-each-ref", "--format=%(refname)", "refs/exps").split()
             if r.endswith(f"/{name}")]
     if not refs:
@@ -107,23 +108,26 @@ def pull_experiment(repo: Path, remote: str, name: str) -> str:
     return refs[0]
 
 
-def pull_results_branch(repo: Path, remote: str, branch: str) -> None:
-    """Switch to the results branch (a local branch tracking the remote's) and `dvc pull` its data."""
+def pull_results_branch(repo: Path, remote: str, branch: str, with_data: bool = True) -> None:
+    """Switch to the results branch (a local branch tracking the remote's) and `dvc pull` its data
+    (when the worker could push it)."""
     sh(repo, "git", "fetch", "--quiet", remote, f"+refs/heads/{branch}:refs/remotes/{remote}/{branch}")
     sh(repo, "git", "switch", "--quiet", "--track", f"{remote}/{branch}")
-    sh(repo, "dvc", "pull")
+    if with_data:
+        sh(repo, "dvc", "pull")
 
 
 def metrics_diff(repo: Path, base: str, rev: str | None = None) -> str:
     """`dvc metrics diff <base> [<rev>]`: the workspace (or an experiment) against `base`."""
-    return sh(repo, "dvc", "metrics", "diff", base, *([rev] if rev else []))
+    return sh(repo, "dvc", "metrics", "diff", base[:12], *([rev] if rev else []))  # short: a narrower table
 
 
 def copy_experiment_files(repo: Path, ref: str, name: str, paths: list[str]) -> list[Path]:
     """Copy `paths` as the experiment `ref` has them (git or DVC cache alike) to GRIDS_HOME/<name>/.
 
     The workspace stays at the user's commit (that is what an experiment is); these copies are to
-    look at. `dvc exp apply <name>` brings the whole experiment into the workspace instead.
+    look at. `dvc exp apply <name>` brings the whole experiment into the workspace instead. A file
+    whose data did not come (no DVC remote on the worker) is left out.
     """
     from dvc.api import DVCFileSystem
 
@@ -131,6 +135,9 @@ def copy_experiment_files(repo: Path, ref: str, name: str, paths: list[str]) -> 
     for rel in paths:
         dest = repo / GRIDS_HOME / name / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fs.get_file(rel, str(dest))
+        try:
+            fs.get_file(rel, str(dest))
+        except FileNotFoundError:
+            continue
         copied.append(dest.relative_to(repo))
     return copied

@@ -41,7 +41,7 @@ class RunRecord:
     stages_run: list[str] = field(default_factory=list)
     params_changed: dict = field(default_factory=dict)    # {file: {param: {"old", "new"}}}
     metrics: dict = field(default_factory=dict)           # {file: {name: value}} of the stages run
-    metrics_diff: dict = field(default_factory=dict)      # dvc metrics diff <sha> --json
+    metrics_diff: dict = field(default_factory=dict)      # dvc metrics diff <sha> --all --json
     grids: list[str] = field(default_factory=list)        # images in the outputs of the stages run
     missing_outputs: list[str] = field(default_factory=list)  # in dvc.lock, but not in the DVC remote
     pushed_data: bool = False
@@ -140,9 +140,10 @@ def commit_results(repo: Path, sha: str, run_id: str, stages: list[str]) -> tupl
     return branch, run(["git", "rev-parse", "HEAD"], repo).strip()
 
 
-def push_data(repo: Path) -> bool:
-    """`dvc push` of the outputs the workspace names; False when no DVC remote is configured."""
-    if not has_dvc_remote(repo):
+def push_data(repo: Path, has_remote: bool | None = None) -> bool:
+    """`dvc push` of the outputs the workspace names; False when no DVC remote is configured
+    (`has_remote`, when the caller knows it already: each dvc call costs a second)."""
+    if not (has_dvc_remote(repo) if has_remote is None else has_remote):
         return False
     run(["dvc", "push"], repo)
     return True
@@ -152,9 +153,10 @@ def push_branch(repo: Path, branch: str) -> None:
     run(["git", "push", "--quiet", "origin", f"HEAD:refs/heads/{branch}"], repo)
 
 
-def push_experiment(repo: Path, name: str) -> None:
+def push_experiment(repo: Path, name: str, has_remote: bool | None = None) -> None:
     """The experiment's git ref, and its data when a DVC remote is configured."""
-    run(["dvc", "exp", "push", *(() if has_dvc_remote(repo) else ("--no-cache",)), "origin", name], repo)
+    with_data = has_dvc_remote(repo) if has_remote is None else has_remote
+    run(["dvc", "exp", "push", *(() if with_data else ("--no-cache",)), "origin", name], repo)
 
 
 def declared_paths(repo: Path, stages: list[str], kinds: tuple[str, ...]) -> list[str]:

@@ -71,8 +71,8 @@ def commit_results_task(repo: str, sha: str, run_id: str, stages: list[str]) -> 
 
 
 @task(name="push_data", cache_policy=NO_CACHE, **NETWORK)
-def push_data_task(repo: str) -> bool:
-    return results.push_data(Path(repo))
+def push_data_task(repo: str, has_remote: bool) -> bool:
+    return results.push_data(Path(repo), has_remote)
 
 
 @task(name="push_branch", cache_policy=NO_CACHE, **NETWORK)
@@ -81,8 +81,8 @@ def push_branch_task(repo: str, branch: str) -> None:
 
 
 @task(name="push_experiment", cache_policy=NO_CACHE, **NETWORK)
-def push_experiment_task(repo: str, name: str) -> None:
-    results.push_experiment(Path(repo), name)
+def push_experiment_task(repo: str, name: str, has_remote: bool) -> None:
+    results.push_experiment(Path(repo), name, has_remote)
 
 
 @task(name="cleanup", cache_policy=NO_CACHE)
