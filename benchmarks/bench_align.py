@@ -97,7 +97,8 @@ def read_shards(folder: Path) -> dict[str, np.ndarray]:
 
 
 def main(argv=None) -> None:
-    from tasks.faces.fetch import fetch_synthetic, items_from_raw
+    from tasks.faces.fetch import fetch_synthetic
+    from tasks.faces.work import items_from_raw
     from tasks.faces.landmarks import check_face_alignment_weights
     from tasks.faces.work import AlignConfig, align_to_shards
 

@@ -6,6 +6,7 @@ from prefect import flow
 
 from flows._stage import run_stage, stage_task
 from tasks.common.log import get_logger
+from tasks.common.model_card import write_model_card
 from tasks.latent.config import TrainVaeConfig
 from tasks.latent.vae import prepare_vae
 
@@ -14,7 +15,11 @@ from tasks.latent.vae import prepare_vae
 def train_vae_task(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str | None,
                    config: TrainVaeConfig) -> dict:
     """Obtain the VAE (`source`: train | local folder | hub id), save it to `out_dir`; returns the metrics."""
-    return prepare_vae(shard_dir, out_dir, metrics_path, live_dir, config, log=get_logger().info)
+    metrics = prepare_vae(shard_dir, out_dir, metrics_path, live_dir, config, log=get_logger().info)
+    write_model_card(out_dir, stage="train_vae", params=config.to_dict(), metrics_path=metrics_path,
+                     data_dirs=[shard_dir], base_model=None if config.source == "train" else config.source,
+                     targets={"psnr_gain_over_bilinear_db": f">= {config.min_gain_over_bilinear_db} dB"})
+    return metrics
 
 
 @flow(name="train_vae")

@@ -56,7 +56,7 @@ def training_params(**over) -> dict:
             "mixed_precision": "no", "learning_rate": 1e-3, "adam_beta1": 0.9, "adam_beta2": 0.999,
             "adam_weight_decay": 0.0, "adam_epsilon": 1e-8, "lr_warmup_steps": 0, "max_grad_norm": 1.0,
             **SCHEDULE, "snr_gamma": None, "use_ema": True, "ema_decay": 0.9, "cond_drop_prob": 0.0, "checkpointing_steps": 2,
-            "checkpoints_total_limit": 3, "samples_every_epochs": 0, **over}
+            "checkpoints_total_limit": 3, "samples_every_epochs": 0, "log_every_steps": 1, **over}
 
 
 def db_params(**over) -> dict:

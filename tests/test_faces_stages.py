@@ -11,7 +11,8 @@ import pytest
 
 from tasks.common.download import DownloadError
 from tasks.synthetic import faces as synthetic
-from tasks.faces.fetch import METADATA, fetch_ffhq, fetch_folder, fetch_synthetic, items_from_raw
+from tasks.faces.fetch import fetch_ffhq, fetch_folder, fetch_synthetic
+from tasks.faces.work import METADATA, items_from_raw
 from tasks.faces.config import AlignFacesConfig, PrepareSubjectConfig
 from flows.align_faces import align_faces_task
 from flows.prepare_subject import fetch_subject_task, subject_report_task

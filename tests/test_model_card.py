@@ -154,16 +154,16 @@ def world(tmp_path_factory) -> Path:
 
 
 def train_vae(aligned: Path, out: Path, metrics_path: Path) -> None:
-    """train_vae's work (prepare_vae), 2 steps of a tiny autoencoder."""
+    """train_vae's task (the flow's, which writes the card), 2 steps of a tiny autoencoder."""
+    from flows.train_vae import train_vae_task
     from tasks.latent.config import TrainVaeConfig
-    from tasks.latent.vae import prepare_vae
     from tests.configs import stage_config
 
     config = stage_config(TrainVaeConfig, "train_vae", device="cpu", resolution=16, eval_batch_size=8,
                           model={"patch_size": 2, "latent_channels": 4, "hidden_channels": 8, "encoder_blocks": 1,
                                  "decoder_blocks": 1},
                           training={"max_steps": 2, "batch_size": 4, "lr_warmup_steps": 1, "log_every": 1})
-    prepare_vae(str(aligned), str(out), str(metrics_path), None, config, progress=False, log=lambda *_: None)
+    train_vae_task.fn(str(aligned), str(out), str(metrics_path), None, config)
 
 
 def save_lora(out: Path, base_dir: Path) -> None:

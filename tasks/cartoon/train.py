@@ -24,6 +24,7 @@ from tasks.common.launch import config_job_main, run_or_launch
 from tasks.common.timings import write_metrics
 from tasks.common.identity import data_identity, identity
 from tasks.training.engine import TrainSpec, train
+from tasks.common.model_card import last_grid, write_model_card
 
 
 def build_unet_and_tau(model: CartoonModelConfig, schema: AttributeSchema,
@@ -127,7 +128,6 @@ def run_training(shard_dir: str, model_dir: str, checkpoint_dir: str, live_dir: 
         quality = {k: v for k, v in summary.items() if k != "run"}  # wall-clock etc. go to timings
         write_metrics(metrics_path, {"conditioning": model.conditioning, "resolution": data.resolution, **quality},
                       summary["run"])
-        from tasks.common.model_card import last_grid, write_model_card  # after the metrics: the card quotes them
         write_model_card(model_dir, stage="train_cartoon", params=config.to_dict(), metrics_path=metrics_path,
                          data_dirs=[shard_dir], sample_grid=last_grid(live_dir))
     return summary

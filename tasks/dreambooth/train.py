@@ -44,7 +44,8 @@ from tasks.common.hashing import derive_seed
 from tasks.common.identity import data_identity, identity
 from tasks.common.launch import config_job_main, run_or_launch
 from tasks.training.config import TrainConfig
-from tasks.training.engine import TrainSpec, train
+from tasks.training.engine import TrainSpec, mean_of_last_steps, train
+from tasks.common.model_card import last_grid, write_model_card
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -272,25 +273,21 @@ def run_training(subject_dir: str, class_dir: str, base_dir: str, model_dir: str
         metrics = {"method": cfg.method, "identifier": cfg.identifier, "prior_preservation": cfg.prior_preservation,
                    "prior_loss_weight": cfg.prior_loss_weight, "base_identity": info["base"]["identity"],
                    "subject_photos": info["subject_photos"], "class_samples": info["class_samples"],
-                   **_last_losses(Path(live_dir)), **{k: v for k, v in summary.items() if k != "run"}}
+                   **_last_losses(Path(live_dir), summary), **{k: v for k, v in summary.items() if k != "run"}}
         timings = {**summary["run"], "stage_seconds": time.perf_counter() - t0}  # not quality metrics
         write_metrics(metrics_path, metrics, timings)
-        from tasks.common.model_card import last_grid, write_model_card  # after the metrics: the card quotes them
         write_model_card(model_dir, stage="train_dreambooth", params=cfg.to_dict(), metrics_path=metrics_path,
                          data_dirs=[subject_dir] + ([class_dir] if cfg.prior_preservation else []),
                          sample_grid=last_grid(live_dir), base_model=base_dir)
     return summary
 
 
-def _last_losses(live_dir: Path) -> dict:
-    """The last logged instance and prior losses (dvclive TSVs)."""
-    out = {}
-    for name in ("instance_loss", "prior_loss"):
-        tsv = live_dir / "plots" / "metrics" / "train" / f"{name}.tsv"
-        if tsv.is_file():
-            rows = tsv.read_text().splitlines()[1:]
-            out[f"final_{name}"] = float(rows[-1].split("\t")[-1]) if rows else None
-    return out
+def _last_losses(live_dir: Path, summary: dict) -> dict:
+    """The instance and prior losses over the last epoch, as the engine's `final_loss` (dvclive TSVs)."""
+    steps_per_epoch = max(1, summary["steps"] // max(1, summary["epochs"]))
+    return {f"final_{name}": mean_of_last_steps(live_dir / "plots" / "metrics" / "train" / f"{name}.tsv",
+                                                summary["steps"], steps_per_epoch)
+            for name in ("instance_loss", "prior_loss")}
 
 
 def train_dreambooth(subject_dir: str, class_dir: str, base_dir: str, model_dir: str, checkpoint_dir: str,

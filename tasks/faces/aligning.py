@@ -9,9 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.faces.config import AlignFacesConfig
-from tasks.faces.fetch import items_from_raw
 from tasks.faces.landmarks import FanLandmarks
-from tasks.faces.work import LANDMARK_SOURCES, AlignConfig, align_to_shards
+from tasks.faces.work import LANDMARK_SOURCES, AlignConfig, align_to_shards, items_from_raw
 
 
 def _align_config(config: AlignFacesConfig) -> AlignConfig:

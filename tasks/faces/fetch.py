@@ -28,19 +28,17 @@ from tasks.common.download import DownloadError, DriveQuotaError, download_file
 from tasks.faces.align import ffhq_quad
 from tasks.faces.config import FetchFacesConfig
 from tasks.faces.images import BadImage, load_rgb
-from tasks.faces.work import Item
+from tasks.faces.work import BLOCKS, METADATA
 from tasks.common.pool import imap, process_pool, resolve_workers
 from tasks.common.shards import split_of, write_json_atomic, write_manifest
 from tasks.synthetic import faces as synthetic
 
-METADATA = "ffhq-dataset-v2.json"
 # NVlabs/ffhq-dataset download_ffhq.py: the metadata file's official location and checksum.
 FFHQ_METADATA = dict(file_url="https://drive.google.com/uc?id=16N0RV4fHI6joBuKbQAoG34V_cQk7vxSA",
                      file_size=267793842, file_md5="425ae20f06a4da1d4dc0f46d40ba5fd6")
 # What to do when Google Drive (the official file_urls) refuses files for its download quota.
 DRIVE_QUOTA_HINT = ("for FFHQ, set fetch_faces.ffhq.base_url to a mirror laid out like the original, "
                     "or use photos you have with fetch_faces.source: <folder>")
-BLOCKS = {"in_the_wild": "in_the_wild", "aligned": "image", "thumbnail": "thumbnail"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 
 
@@ -244,35 +242,6 @@ def fetch_ffhq(out_dir: str | Path, *, images: str = "in_the_wild", num_images: 
     if not download_dir:
         shutil.rmtree(cache)  # the 255 MB metadata: its subset is kept instead
     return _finish(out_dir, entries, manifest)
-
-
-# --- reading a raw folder back ---------------------------------------------------------------
-
-def items_from_raw(raw_dir: str | Path, landmarks: str) -> tuple[list[Item], dict]:
-    """Items to align from a raw folder; metadata landmarks are attached only when asked for."""
-    raw_dir = Path(raw_dir)
-    meta_path = raw_dir / METADATA
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} is missing: run fetch_faces first")
-    with open(meta_path) as f:
-        entries = json.load(f)
-    try:
-        raw_manifest = json.loads((raw_dir / "manifest.json").read_text())
-    except FileNotFoundError:
-        raw_manifest = {"images": "in_the_wild"}
-    images = raw_manifest.get("images", "in_the_wild")
-    block = BLOCKS[images]
-    items = []
-    for key, e in entries.items():
-        spec = e[block]
-        lm = spec.get("face_landmarks") if (block == "in_the_wild" and landmarks == "metadata") else None
-        items.append(Item(
-            key=key, split="val" if e.get("category") == "validation" else "train",
-            path=str(raw_dir / spec["file_path"]), landmarks=lm, aligned=block != "in_the_wild",
-            md5=spec.get("file_md5"),
-            info={"file": spec["file_path"], **{k: v for k, v in (e.get("metadata") or {}).items()
-                                                 if k in ("identity", "source", "original")}}))
-    return items, raw_manifest
 
 
 # --- the stage ---------------------------------------------------------------------------

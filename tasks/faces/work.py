@@ -30,10 +30,15 @@ from tasks.faces.align import align_face
 from tasks.faces.images import BadImage, load_rgb
 from tasks.faces.landmarks import DlibLandmarks, NoFace, face_size, pick_face
 from tasks.common.hashing import file_digest
+
 from tasks.common.identity import code_identity
 from tasks.common.pool import resolve_workers, spawn_executor
 from tasks.common.shards import (MANIFEST, AtomicShardWriter, clean_stale, clear_progress, completed_run, finished_shards,
                           record_shard, run_fingerprint, shard_name, write_manifest)
+
+# The raw folder's FFHQ-style metadata file, and which of its blocks holds each kind of image.
+METADATA = "ffhq-dataset-v2.json"
+BLOCKS = {"in_the_wild": "in_the_wild", "aligned": "image", "thumbnail": "thumbnail"}
 
 # Shards are written in the main process (`finish`), with tarfile only: workers import neither webdataset
 # nor torch.
@@ -286,3 +291,32 @@ def _fan_landmarks(fan, its: list[Item], cfg: AlignConfig) -> tuple[list[Item], 
             continue
         keep.append(Item(it.key, it.split, it.path, lm.tolist(), False, it.md5, it.info))
     return keep, rejected
+
+
+# --- reading a raw folder back ---------------------------------------------------------------
+
+def items_from_raw(raw_dir: str | Path, landmarks: str) -> tuple[list[Item], dict]:
+    """Items to align from a raw folder; metadata landmarks are attached only when asked for."""
+    raw_dir = Path(raw_dir)
+    meta_path = raw_dir / METADATA
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} is missing: run fetch_faces first")
+    with open(meta_path) as f:
+        entries = json.load(f)
+    try:
+        raw_manifest = json.loads((raw_dir / "manifest.json").read_text())
+    except FileNotFoundError:
+        raw_manifest = {"images": "in_the_wild"}
+    images = raw_manifest.get("images", "in_the_wild")
+    block = BLOCKS[images]
+    items = []
+    for key, e in entries.items():
+        spec = e[block]
+        lm = spec.get("face_landmarks") if (block == "in_the_wild" and landmarks == "metadata") else None
+        items.append(Item(
+            key=key, split="val" if e.get("category") == "validation" else "train",
+            path=str(raw_dir / spec["file_path"]), landmarks=lm, aligned=block != "in_the_wild",
+            md5=spec.get("file_md5"),
+            info={"file": spec["file_path"], **{k: v for k, v in (e.get("metadata") or {}).items()
+                                                 if k in ("identity", "source", "original")}}))
+    return items, raw_manifest

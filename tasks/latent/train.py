@@ -27,6 +27,7 @@ from tasks.latent.config import LdmModelConfig, TrainLdmConfig
 from tasks.latent.loader import latent_loader
 from tasks.latent.vae import load_vae
 from tasks.training.engine import TrainSpec, train
+from tasks.common.model_card import last_grid, write_model_card
 
 def build_unet(model: LdmModelConfig, latent_shape: list[int]):
     from diffusers import UNet2DModel
@@ -93,7 +94,6 @@ def run_training(latent_dir: str, vae_dir: str, model_dir: str, checkpoint_dir: 
                    "scaling_factor": manifest["vae"]["scaling_factor"], "batch_size": data.batch_size,
                    **{k: v for k, v in summary.items() if k != "run"}}  # wall-clock etc. go to timings
         write_metrics(metrics_path, metrics, summary["run"])
-        from tasks.common.model_card import last_grid, write_model_card  # after the metrics: the card quotes them
         write_model_card(model_dir, stage="train_ldm", params=config.to_dict(), metrics_path=metrics_path,
                          data_dirs=[latent_dir], sample_grid=last_grid(live_dir))
     return summary

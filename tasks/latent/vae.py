@@ -327,10 +327,6 @@ def prepare_vae(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str |
         live.summary = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         live.end()
     write_metrics(metrics_path, metrics, timings)
-    from tasks.common.model_card import write_model_card  # after the metrics: the card quotes them
-    write_model_card(out_dir, stage="train_vae", params=config.to_dict(), metrics_path=metrics_path,
-                     data_dirs=[shard_dir], base_model=None if source == "train" else source,
-                     targets={"psnr_gain_over_bilinear_db": f">= {config.min_gain_over_bilinear_db} dB"})
     log(f"train_vae: PSNR on {len(val_images)} validation faces {psnr['vae']:.2f} dB (flat {psnr['flat']:.2f}, "
         f"bilinear f={vae_scale_factor(vae)} {psnr['bilinear']:.2f}); scaling factor {scale:.4f} "
         f"({summary['scaling_factor_source']}) -> {out_dir}")
