@@ -27,7 +27,7 @@ repro: $(STAMP)
 	$(BIN)/python -m flows.local_server $(BIN)/dvc repro
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 
 clean-venv:
 	rm -rf $(VENV)

@@ -11,15 +11,16 @@ from tasks.dreambooth.subject import encode_subject as encode
 
 
 @stage_task("encode_subject")
-def encode_subject_task(subject_dir: str, vae_dir: str, out_dir: str, cfg: EncodeSubjectConfig) -> dict:
+def encode_subject_task(subject_dir: str, base_dir: str, out_dir: str, cfg: EncodeSubjectConfig) -> dict:
     """Encode the subject's aligned photos with the base model's VAE; returns counts and the VAE identity."""
-    manifest = encode(subject_dir, vae_dir, out_dir, cfg, log=get_logger().info)
+    manifest = encode(subject_dir, base_dir, out_dir, cfg, log=get_logger().info)
     return {"counts": manifest["counts"], "vae_identity": manifest["vae"]["identity"]}
 
 
 @flow(name="encode_subject")
-def encode_subject(subject_dir: str, vae_dir: str, out_dir: str, params: dict) -> dict:
-    return encode_subject_task(subject_dir, vae_dir, out_dir, EncodeSubjectConfig.from_params(params, "encode_subject"))
+def encode_subject(subject_dir: str, base_dir: str, out_dir: str, params: dict) -> dict:
+    cfg = EncodeSubjectConfig.from_params(params, "encode_subject")
+    return encode_subject_task(subject_dir, base_dir, out_dir, cfg)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ class AttributeTau(ModelMixin, ConfigMixin, _AttributeLayout):
     An MLP of `depth` linear layers (SiLU between) whose last layer emits all tokens at once, plus a
     learned position per token and a LayerNorm (keeps the tokens on the scale attention expects).
     """
+    conditioning = "cross_attention"  # how `denoise` feeds it to the UNet
 
     @register_to_config
     def __init__(self, attribute_names: Sequence[str] = (), attribute_counts: Sequence[int] = (),
@@ -102,6 +103,7 @@ class AttributeTau(ModelMixin, ConfigMixin, _AttributeLayout):
 class AttributeProjection(ModelMixin, ConfigMixin, _AttributeLayout):
     """One-hot attribute vector (B, width) -> (B, embedding_dim) by one linear layer: the class
     embedding a `UNet2DModel(class_embed_type="identity")` adds to its time embedding."""
+    conditioning = "class_embedding"  # how `denoise` feeds it to the UNet
 
     @register_to_config
     def __init__(self, attribute_names: Sequence[str] = (), attribute_counts: Sequence[int] = (),
@@ -120,9 +122,11 @@ def denoise(unet: nn.Module, tau: nn.Module, sample: torch.Tensor, timestep, one
 
     The one place the two conditioning modes differ; training and sampling both call it.
     """
-    if isinstance(tau, AttributeTau):
+    # By name, not class: a portable folder's pipeline code and its tau component's are two copies.
+    mode = getattr(tau, "conditioning", None)
+    if mode == "cross_attention":
         return unet(sample, timestep, encoder_hidden_states=tau(onehot)).sample
-    if isinstance(tau, AttributeProjection):
+    if mode == "class_embedding":
         return unet(sample, timestep, class_labels=tau(onehot)).sample
     raise TypeError(f"unknown conditioning module {type(tau).__name__}")
 

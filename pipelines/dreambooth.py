@@ -7,14 +7,17 @@ embedding) `subject=True` samples with class label 1 (the subject) and `subject=
 model and `subject` must stay True.
 
 A LoRA fine-tune is saved as an adapter folder (ADAPTER_FILE, ADAPTER_CONFIG, RECORD), not a whole
-pipeline: `load_subject_pipeline(dir)` rebuilds the model on its base, whose path and identity the
-record holds, and refuses a base whose weights changed since.
+pipeline: `load_subject_pipeline(dir)` rebuilds the model on its base, whose paths (relative to the
+adapter folder, tried first, and absolute) and identity the record holds (`base_reference`), and
+refuses a base whose weights changed since: the adapter loads from any cwd, and after the project
+folder (adapter and base together) or the adapter alone is moved.
 
 Inference only, importable alone: nothing here imports `tasks` or `flows`.
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -23,6 +26,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from pipelines.identity import module_identity
 from pipelines.latent import LatentDiffusionPipeline
+from pipelines.ldm_base import load_latent_base
 from pipelines.outputs import check_output_type, to_output
 
 ADAPTER_FILE = "adapter_model.safetensors"   # LoRA weights (+ the identifier's embedding when there is one)
@@ -117,16 +121,41 @@ def load_subject_pipeline(model_dir: str | Path, base_dir: str | Path | None = N
         raise FileNotFoundError(f"{model_dir} holds neither a pipeline (model_index.json) nor a DreamBooth "
                                 f"adapter ({RECORD})")
     record = json.loads((model_dir / RECORD).read_text())
-    base_dir = Path(base_dir or record["base_dir"])
-    if not (base_dir / "model_index.json").is_file():
-        raise FileNotFoundError(f"the adapter's base model {base_dir} is missing (pass base_dir=)")
-    base = LatentDiffusionPipeline.from_pretrained(str(base_dir))
-    found = module_identity(base.unet)
-    if found != record["base_unet_identity"]:
-        raise ValueError(f"{model_dir} is an adapter for base UNet {record['base_unet_identity']}, but {base_dir} "
-                         f"holds UNet {found}: retrain the adapter or point base_dir at its base")
+    base = resolve_base(model_dir, record, base_dir)
     unet = apply_adapter(base.unet, model_dir, identifier=bool(record["identifier"]))
     return SubjectDiffusionPipeline(unet=unet, vae=base.vae, scheduler=base.scheduler)
+
+
+def base_reference(base_dir: str | Path, adapter_dir: str | Path, base_unet_identity: str) -> dict:
+    """What an adapter's record says of its base: where it is from the adapter folder and from `/`,
+    and which UNet it is."""
+    absolute = Path(base_dir).resolve()
+    return {"base_dir": str(absolute), "base_dir_relative": os.path.relpath(absolute, Path(adapter_dir).resolve()),
+            "base_unet_identity": base_unet_identity}
+
+
+def resolve_base(model_dir: Path, record: dict, base_dir: str | Path | None = None) -> LatentDiffusionPipeline:
+    """The adapter's base: `base_dir` if given, else the first of the recorded paths (relative to the
+    adapter folder, then absolute; records before the relative one: the path as given at training)
+    that holds a pipeline whose UNet is the recorded one."""
+    tried = {}
+    rel = record.get("base_dir_relative")
+    for cand in [Path(base_dir)] if base_dir else ([model_dir / rel] if rel else []) + [Path(record["base_dir"])]:
+        if os.path.realpath(cand) in map(os.path.realpath, tried):
+            continue  # both paths lead to the same folder
+        if not (cand / "model_index.json").is_file():
+            tried[str(cand)] = "missing"
+            continue
+        base = load_latent_base(cand)  # this project's layout or diffusers' LDMPipeline's
+        found = module_identity(base.unet)
+        if found == record["base_unet_identity"]:
+            return base
+        tried[str(cand)] = f"holds UNet {found}"
+    if all(v == "missing" for v in tried.values()):
+        raise FileNotFoundError(f"the adapter's base model is missing (tried {', '.join(tried)}; pass base_dir=)")
+    raise ValueError(f"{model_dir} is an adapter for base UNet {record['base_unet_identity']}, but "
+                     + "; ".join(f"{k}: {v}" for k, v in tried.items())
+                     + ": retrain the adapter or point base_dir at its base")
 
 
 def apply_adapter(base_unet: UNet2DModel, adapter_dir: str | Path, identifier: bool) -> UNet2DModel:

@@ -143,6 +143,30 @@ def test_lock_check_finds_changed_code_params_and_deps(tmp_path):
     assert deps.lock_problems(repo)[-1] == "new_stage: not in dvc.lock (never run)"
 
 
+def test_an_input_folder_named_by_a_param_is_kept_and_resolved(tmp_path):
+    """`- ${stage_a.folder}` (dvc.yaml templating from params.yaml): --write keeps it; the lock check
+    compares the path DVC resolves it to, and notices when the param names another folder."""
+    import yaml
+
+    repo = _repo(tmp_path)
+    (repo / "params.yaml").write_text("stage_a:\n  folder: data/raw\n")
+    line = "      - ${stage_a.folder}  # photos\n"
+    (repo / "dvc.yaml").write_text(DVC_YAML.replace("      - data/raw      # the input, with a comment\n", line))
+    assert deps.main(["--write", "--repo", str(repo)]) == 0 and deps.main(["--check", "--repo", str(repo)]) == 0
+    assert line in (repo / "dvc.yaml").read_text()
+    spec = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    lock_deps = [{"path": d, "md5": deps._md5(repo / d)} for d in spec["stage_a"]["deps"] if (repo / d).is_file()]
+    (repo / "dvc.lock").write_text(yaml.safe_dump({"stages": {
+        "stage_a": {"cmd": spec["stage_a"]["cmd"], "deps": lock_deps + [{"path": "data/raw", "md5": "x.dir"}],
+                    "params": {"params.yaml": {"stage_a": {"folder": "data/raw"}}}},
+        "other": {"cmd": "echo not a flow", "deps": [{"path": "tasks", "md5": "y.dir"}]}}}))
+    assert deps.lock_problems(repo) == []
+    (repo / "params.yaml").write_text("stage_a:\n  folder: data/mine\n")
+    assert deps.lock_problems(repo) == ["stage_a: dep data/mine is new since dvc.lock",
+                                        "stage_a: dep data/raw is gone since dvc.lock",
+                                        "stage_a: params stage_a differ from dvc.lock"]
+
+
 def test_closure_ends_on_import_cycles(tmp_path):
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks/__init__.py").write_text("")

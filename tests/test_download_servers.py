@@ -352,7 +352,7 @@ def test_ffhq_from_drive_metadata_behind_the_virus_scan_page(server, tmp_path):
 def test_ffhq_drive_quota_says_what_to_do(server, tmp_path):
     meta, photos = ffhq_metadata(server, 2)
     drive(server, {"meta": meta, **photos}, large={"meta"}, quota={"meta"})
-    with pytest.raises(DriveQuotaError, match=r"quota exceeded.*fetch_faces\.ffhq\.base_url.*source: <folder>"):
+    with pytest.raises(DriveQuotaError, match=r"quota exceeded.*fetch_faces\.ffhq\.base_url.*source: folder, photos in fetch_faces\.folder"):
         fetch_ffhq(tmp_path / "raw", **ffhq_kwargs(server, tmp_path, meta))
 
     drive(server, {"meta": meta, **photos}, large={"meta"}, quota={"img1"})  # the metadata passes, one photo not
@@ -421,7 +421,7 @@ def cartoon_archive(n: int, tag: bytes = b"") -> bytes:
 
 
 def cartoon_config(url: str) -> FetchCartoonsConfig:
-    return FetchCartoonsConfig(source="cartoonset10k", num_images=0, seed=0, workers=1,
+    return FetchCartoonsConfig(source="cartoonset10k", folder="unused", num_images=0, seed=0, workers=1,
                                urls={"cartoonset10k": url}, sha256={"cartoonset10k": None})
 
 

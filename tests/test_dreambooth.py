@@ -317,6 +317,44 @@ def test_lora_saves_only_the_adapter_and_loads_onto_its_base(world, tmp_path):
         load_subject_pipeline(model, base_dir=make_base(tmp_path / "other", seed=3))
 
 
+def test_lora_adapter_finds_its_base_from_any_cwd_and_after_a_move(world, tmp_path, monkeypatch):
+    """Recorded relative to the adapter (tried first) and absolute; the identity picks the right one."""
+    import shutil
+
+    from peft import inject_adapter_in_model
+
+    from tasks.dreambooth.train import lora_config, save_adapter
+    cfg = _config(db_params(method="lora"))
+    base = LatentDiffusionPipeline.from_pretrained(str(world / "base"))
+    unet = inject_adapter_in_model(lora_config(cfg), with_identifier(base.unet))
+    project = tmp_path / "project"
+    shutil.copytree(world / "base", project / "models" / "ldm")
+    monkeypatch.chdir(project)
+    save_adapter(unet, cfg, "models/ldm", module_identity(base.unet), "models/dreambooth")  # paths as the stage gives them
+    record = json.loads((project / "models/dreambooth/dreambooth_adapter.json").read_text())
+    assert record["base_dir"] == str(project / "models/ldm") and record["base_dir_relative"] == "../ldm"
+    x, t = torch.randn(1, 4, 8, 8), torch.tensor([10])
+
+    def out(model_dir):
+        with torch.no_grad():
+            return load_subject_pipeline(model_dir).unet(x, t, class_labels=torch.tensor([1])).sample
+
+    want = out("models/dreambooth")
+    monkeypatch.chdir(tmp_path)  # another cwd
+    assert torch.equal(out(project / "models/dreambooth"), want)
+    shutil.copytree(project / "models/dreambooth", tmp_path / "alone")  # the adapter alone: the absolute path
+    assert torch.equal(out(tmp_path / "alone"), want)
+    shutil.move(project, tmp_path / "moved")  # the project moved: the absolute path is gone, the relative one holds
+    assert torch.equal(out(tmp_path / "moved/models/dreambooth"), want)
+    make_base(tmp_path / "moved/models/other", seed=3)  # a wrong base at the relative path, none at the absolute
+    shutil.rmtree(tmp_path / "moved/models/ldm")
+    (tmp_path / "moved/models/other").rename(tmp_path / "moved/models/ldm")
+    with pytest.raises(ValueError, match="adapter for base UNet .* holds UNet"):
+        out(tmp_path / "moved/models/dreambooth")
+    with pytest.raises(FileNotFoundError, match="base model is missing"):
+        out(tmp_path / "alone")
+
+
 def test_full_finetune_pipeline_round_trip_and_subject_choice(world, tmp_path):
     _train(world, tmp_path, db_params(identifier=False, training={"num_epochs": 1}))
     pipe = load_subject_pipeline(tmp_path / "model")

@@ -28,3 +28,25 @@ def test_face_stages_repro_and_cache(tmp_path):
     again = repro(repo, "align_faces", "prepare_subject")
     assert "Running stage" not in again.stdout
     assert_up_to_date(repo, "fetch_faces", "align_faces", "prepare_subject")
+
+
+def test_a_photo_added_to_the_input_folder_makes_fetch_faces_stale(tmp_path):
+    """fetch_faces.folder is a dvc.yaml dep (`${fetch_faces.folder}`, from params.yaml): DVC hashes its files."""
+    import numpy as np
+    import PIL.Image
+
+    from tests.e2e import dvc
+
+    repo = copy_repo(tmp_path, {"fetch_faces": {"source": "folder"}})
+    photos, rng = repo / "data/inputs/faces", np.random.default_rng(0)
+
+    def add(name):
+        PIL.Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(photos / name)
+
+    add("a.png"), add("b.png")
+    repro(repo, "fetch_faces")
+    assert read_manifest(repo / "data/faces/raw")["counts"]["images"] == 2  # README.md skipped
+    assert_up_to_date(repo, "fetch_faces")
+    add("c.png")
+    out = dvc(repo, "status", "fetch_faces").stdout
+    assert "changed deps" in out and "data/inputs/faces" in out, out

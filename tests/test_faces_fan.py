@@ -153,7 +153,7 @@ def test_align_faces_with_face_alignment_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(landmarks, "DETECT_MAX_SIDE", 288)  # the 384-px photos are searched at 288x72
     place_random_weights(tmp_path / "torch" / "hub" / "checkpoints")
     write_photos(tmp_path / "photos")
-    fetch_folder(tmp_path / "photos", tmp_path / "raw", val_fraction=0.0, log=lambda s: None)
+    fetch_folder(tmp_path / "photos", tmp_path / "raw", near_duplicate_bits=6, val_fraction=0.0, log=lambda s: None)
     log = spy(monkeypatch)
     no_flip(monkeypatch)
     no_numba_compile(monkeypatch)

@@ -78,16 +78,19 @@ def test_rejections_no_face_tiny_face_non_image_truncated(tmp_path):
 
     src = tmp_path / "photos"
     src.mkdir()
-    PIL.Image.fromarray(data.astronaut()).save(src / "astronaut.png")
-    PIL.Image.fromarray(data.astronaut()).resize((1024, 1024)).save(src / "big_astronaut.jpg", quality=90)
+    astronaut = PIL.Image.fromarray(data.astronaut())
+    astronaut.save(src / "astronaut.png")
+    big = PIL.Image.new("RGB", (1024, 1024), (30, 30, 30))  # another photo (a resized copy would be a duplicate)
+    big.paste(astronaut.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT), (300, 200))
+    big.save(src / "big_astronaut.jpg", quality=90)
     PIL.Image.new("RGB", (200, 150), (90, 120, 60)).save(src / "wall.png")              # no face
-    PIL.Image.fromarray(data.astronaut()).resize((300, 300)).save(src / "small.png")    # tiny face (~54 px)
+    astronaut.crop((0, 0, 400, 400)).resize((235, 235)).save(src / "small.png")         # tiny face (~54 px)
     (src / "notes.jpg").write_text("not a photo")                                       # non-image
     buf = io.BytesIO()
     PIL.Image.fromarray(data.astronaut()).save(buf, format="JPEG")
     (src / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])            # truncated
     raw = tmp_path / "raw"
-    fetch_folder(src, raw, val_fraction=0.0, log=lambda s: None)
+    fetch_folder(src, raw, near_duplicate_bits=6, val_fraction=0.0, log=lambda s: None)
     align = {**ALIGN, "min_face_size": 80, "output_size": 128, "transform_size": 512}
     m = align_faces_task.fn(str(raw), str(tmp_path / "aligned"), AlignFacesConfig(landmarks="dlib", **align), record={})
     reasons = {r.get("file") or r["key"]: r["reason"] for r in m["rejected"]}
@@ -99,6 +102,52 @@ def test_rejections_no_face_tiny_face_non_image_truncated(tmp_path):
     assert read_manifest(tmp_path / "aligned")["rejected"] == m["rejected"]
 
 
+def test_duplicates_are_dropped_and_reported_distinct_faces_kept(tmp_path):
+    """Three copies of one photo once made a 1 train / 2 validation split and a 59 dB PSNR."""
+    import shutil
+
+    drawn = tmp_path / "drawn"  # 8 photos, 2 per identity: different photos of one person are kept
+    fetch_synthetic(drawn, num_images=8, num_identities=4, seed=0, image_size=160, workers=1, progress=False)
+    src = tmp_path / "photos"
+    src.mkdir()
+    (src / "README.md").write_text("what to put here: skipped, not a rejection")
+    for p in sorted(drawn.rglob("*.png")):
+        shutil.copy(p, src / f"face{p.stem}.png")
+    first = PIL.Image.open(src / "face00000.png")
+    shutil.copy(src / "face00000.png", src / "same_bytes.png")
+    first.save(src / "same_pixels.webp", lossless=True)
+    first.resize((120, 120), PIL.Image.Resampling.BICUBIC).save(src / "small_jpeg.jpg", quality=80)
+    first.resize((480, 480), PIL.Image.Resampling.LANCZOS).save(src / "upscaled.png")
+    log = []
+    m = fetch_folder(src, tmp_path / "raw", near_duplicate_bits=6, val_fraction=0.5, log=log.append)
+    reasons = {r["file"]: r["reason"] for r in m["rejected"]}
+    assert reasons["same_bytes.png"] == reasons["same_pixels.webp"] == "duplicate of face00000 (identical pixels)"
+    assert reasons["small_jpeg.jpg"].startswith("duplicate of face00000 (near: difference hashes")
+    assert reasons["upscaled.png"].startswith("duplicate of face00000 (near")
+    assert len(reasons) == 4 and m["counts"] == {"files": 12, "images": 8, "rejected": 4, "duplicates": 4}
+    assert "rejected small_jpeg.jpg: duplicate of face00000" in "\n".join(log)
+    meta = json.loads((tmp_path / "raw" / METADATA).read_text())
+    assert sorted(meta) == [f"face{i:05d}" for i in range(8)]
+
+
+def test_subject_folder_drops_duplicates_and_a_path_as_source_is_refused(tmp_path):
+    from tasks.common.config import ConfigError
+    from tasks.faces.config import FetchFacesConfig
+
+    src = tmp_path / "me"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    one, two = (PIL.Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(2))
+    one.save(src / "a.png"), one.save(src / "b.png"), two.save(src / "c.png")
+    cfg = stage_config(PrepareSubjectConfig, "prepare_subject", source="folder", folder=str(src), landmarks="dlib")
+    fetch_subject_task.fn(str(tmp_path / "raw"), cfg, {})
+    m = read_manifest(tmp_path / "raw")
+    assert m["rejected"] == [{"key": "b", "file": "b.png", "reason": "duplicate of a (identical pixels)"}]
+    assert m["counts"]["images"] == 2
+    with pytest.raises(ConfigError, match="fetch_faces.source must be one of synthetic, ffhq, folder.*fetch_faces.folder"):
+        stage_config(FetchFacesConfig, "fetch_faces", source=str(src))
+
+
 def test_exif_orientation_is_applied(tmp_path):
     src = tmp_path / "photos"
     src.mkdir()
@@ -106,7 +155,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif = PIL.Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     img.save(src / "rotated.jpg", exif=exif)
-    fetch_folder(src, tmp_path / "raw", log=lambda s: None)
+    fetch_folder(src, tmp_path / "raw", near_duplicate_bits=6, log=lambda s: None)
     meta = json.loads((tmp_path / "raw" / METADATA).read_text())
     assert meta["rotated"]["in_the_wild"]["pixel_size"] == [40, 60]
 

@@ -26,10 +26,10 @@ def test_stage_runs_with_a_temporary_prefect_server(tmp_path):
 
 
 def test_a_failing_stage_exits_nonzero_with_the_reason(tmp_path):
-    repo = copy_repo(tmp_path, {"fetch_cartoons": {"source": "no/such/folder"}})
+    repo = copy_repo(tmp_path, {"fetch_cartoons": {"source": "folder", "folder": "no/such/folder"}})
     proc = run_flow(repo, "flows.fetch_cartoons", "--out-dir", "out")
     assert proc.returncode != 0
-    assert "stage fetch_cartoons failed: FileNotFoundError: source 'no/such/folder' is neither" in proc.stderr
+    assert "stage fetch_cartoons failed: FileNotFoundError: fetch_cartoons.folder 'no/such/folder' is neither" in proc.stderr
 
 
 def test_path_arguments():

@@ -197,6 +197,17 @@ def test_pretrained_config_scaling_factor_is_kept(aligned, vae_dir, tmp_path):
     assert vae_identity(load_vae(tmp_path / "vae")) == vae_identity(load_vae(vae_dir))
 
 
+def test_a_psnr_on_too_few_validation_faces_is_flagged_unreliable(aligned, vae_dir, tmp_path, caplog):
+    run = lambda n: prepare_vae(str(aligned), str(tmp_path / "vae"), str(tmp_path / "m.json"), None,  # noqa: E731
+                                vae_config(source=str(vae_dir), resolution=32, min_val_images=n), progress=False,
+                                log=lambda *_: None)
+    few = run(1000)
+    assert few["reliable"] is False and few["target_met"] is False
+    assert json.loads((tmp_path / "m.json").read_text())["reliable"] is False
+    assert f"measured on only {few['val_images']} validation faces" in caplog.text and "reliable false" in caplog.text
+    assert run(few["val_images"])["reliable"] is True
+
+
 def test_hub_vae_offline_fails_fast_with_how_to(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache

@@ -51,7 +51,7 @@ def test_kill_9_of_a_stage_takes_its_server_along(tmp_path):
 def test_a_failing_stage_says_why_in_one_line_without_tracebacks(tmp_path):
     from tests.e2e import copy_repo
 
-    repo = copy_repo(tmp_path / "repo", {"fetch_cartoons": {"source": "no/such/folder"}})
+    repo = copy_repo(tmp_path / "repo", {"fetch_cartoons": {"source": "folder", "folder": "no/such/folder"}})
     env = {k: v for k, v in _env().items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
     proc = subprocess.run([sys.executable, "-m", "flows.fetch_cartoons", "--out-dir", "out"], cwd=repo, env=env,
@@ -59,6 +59,6 @@ def test_a_failing_stage_says_why_in_one_line_without_tracebacks(tmp_path):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr + proc.stdout
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("stage fetch_cartoons failed: FileNotFoundError: source 'no/such/folder'"), last
+    assert last.startswith("stage fetch_cartoons failed: FileNotFoundError: fetch_cartoons.folder 'no/such/folder'"), last
     saved = repo / ".dvc/tmp/fetch_cartoons.traceback.txt"
     assert f"(traceback in {saved.relative_to(repo)})" in last and "Traceback" in saved.read_text()

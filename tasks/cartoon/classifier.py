@@ -58,6 +58,9 @@ def run_classifier_training(shard_dir: str, model_dir: str, metrics_path: str, c
                                 config.hidden_dim)
     opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = len(train_x) // batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"{len(train_x)} training images in {shard_dir} are smaller than one batch "
+                         f"({batch_size}): use more data or a smaller batch_size")
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.learning_rate, total_steps=epochs * steps_per_epoch,
                                                 pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)

@@ -13,7 +13,8 @@ from tasks.training.config import TrainConfig
 
 @dataclass(frozen=True)
 class FetchCartoonsConfig(StageConfig):
-    source: str                    # synthetic | cartoonset10k | cartoonset100k | a folder or .tgz
+    source: str                    # synthetic | cartoonset10k | cartoonset100k | folder
+    folder: str                    # source folder: a folder or .tgz in Cartoon Set's format (a dvc.yaml dep)
     num_images: int                # synthetic only
     seed: int                      # synthetic only
     workers: int                   # 0 = all cores

@@ -3,7 +3,7 @@
 - `synthetic`: drawn here (tasks/synthetic/cartoons.py), deterministic for a seed, offline;
 - `cartoonset10k` / `cartoonset100k`: the official archive, downloaded with resume, retries and
   checksum verification, then extracted safely;
-- a local folder or .tgz in the same format.
+- `folder`: the local folder or .tgz in the same format that `folder` names (a dvc.yaml dep).
 """
 from __future__ import annotations
 
@@ -85,10 +85,8 @@ def import_local(path: str, out_dir: str) -> int:
     if src.is_file() and src.name.endswith(ARCHIVE_SUFFIXES):
         return len(safe_extract(src, out_dir))
     if not src.is_dir():
-        raise FileNotFoundError(
-            f"source {path!r} is neither 'synthetic', one of {OFFICIAL}, a folder nor a "
-            f"{'/'.join(ARCHIVE_SUFFIXES)} archive"
-        )
+        raise FileNotFoundError(f"fetch_cartoons.folder {path!r} is neither a folder nor a "
+                                f"{'/'.join(ARCHIVE_SUFFIXES)} archive")
     files = [p for p in sorted(src.rglob("*")) if p.suffix in (".png", ".csv") and p.is_file()]
     if not files:
         raise FileNotFoundError(f"{src} holds no .png/.csv files")
@@ -118,8 +116,11 @@ def fetch_cartoons(out_dir: str, config: FetchCartoonsConfig, download_dir: str)
         archive, info = download_archive(url, download_dir, (sha256 or {}).get(source))
         record.update(url=url, archive_size=info["size"], archive_sha256=info["sha256"],
                       archive_checksum=info["checksum"], files=len(safe_extract(archive, out_dir)))
+    elif source == "folder":
+        record.update(folder=config.folder, files=import_local(config.folder, out_dir))
     else:
-        record.update(files=import_local(source, out_dir))
+        raise ValueError(f"fetch_cartoons.source must be synthetic, {', '.join(OFFICIAL)} or folder, got {source!r} "
+                         "(a folder or .tgz of your own goes in fetch_cartoons.folder)")
     record["images"] = sum(1 for _ in out.rglob("*.png"))
     write_json_atomic(out / "fetch.json", record)
     log.info("fetch_cartoons: %d images from %s in %s", record["images"], source, out)

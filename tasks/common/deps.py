@@ -3,7 +3,8 @@
 A stage's cmd is `python -m flows.<stage> ...`; the code it runs is the module import closure of
 that flow (tasks/common/identity.py `stage_code`, the same function the code identities of
 checkpoints and shards use). Its deps in dvc.yaml must list exactly those files (files, not directories: a directory dep would also re-run
-the stage for unrelated files and hides which code counts); data deps (upstream outs) are kept.
+the stage for unrelated files and hides which code counts); data deps (upstream outs, an input folder
+named by a param: `${fetch_faces.folder}`) are kept as written.
 
     python -m tasks.common.deps --check   # exit 1, naming every missing or stale code dep
     python -m tasks.common.deps --write   # rewrite the code deps in place; the rest of the file untouched
@@ -177,6 +178,14 @@ def _lookup(params: dict, dotted: str):
 
 
 _MISSING = object()
+TEMPLATE = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
+
+
+def resolve(dep: str, params: dict) -> str:
+    """A dep as DVC reads it: `${section.key}` replaced by params.yaml's value (dvc.yaml templating;
+    an input folder named by a param). Left as written when the param is missing."""
+    return TEMPLATE.sub(lambda m: m.group(0) if _lookup(params, m.group(1)) is _MISSING
+                        else str(_lookup(params, m.group(1))), dep)
 
 
 def _md5(path: Path) -> str:
@@ -205,9 +214,9 @@ def lock_problems(repo: Path = REPO) -> list[str]:
         if entry is None:
             problems.append(f"{stage}: not in dvc.lock (never run)")
             continue
-        if " ".join(str(spec.get("cmd", "")).split()) != " ".join(str(entry.get("cmd", "")).split()):
+        if " ".join(resolve(str(spec.get("cmd", "")), params).split()) != " ".join(str(entry.get("cmd", "")).split()):
             problems.append(f"{stage}: cmd differs from the one dvc.lock recorded")
-        wanted = [str(d) for d in spec.get("deps") or []]
+        wanted = [resolve(str(d), params) for d in spec.get("deps") or []]
         recorded = {d["path"]: d for d in entry.get("deps") or []}
         for dep in sorted(set(wanted) ^ set(recorded)):
             problems.append(f"{stage}: dep {dep} is {'new' if dep in wanted else 'gone'} since dvc.lock")

@@ -11,9 +11,12 @@ import io
 import json
 import os
 import shutil
+import sys
 import tarfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
+
+from tasks.common.identity import identity
 
 MANIFEST = "manifest.json"
 
@@ -220,64 +223,91 @@ def shard_paths(dataset_dir: str | Path, split: str) -> list[str]:
     return paths
 
 
-# Resumable stages: a shard counts as finished once its tar is in place and its record (with the
-# fingerprint of everything that made it) is written to `.progress/<shard>.json`. A rerun keeps
-# finished shards whose fingerprint still matches and redoes the rest; the records are removed
-# when the manifest is written.
+# Resumable stages (align_faces, encode_latents, sample_class): one protocol, ResumableShards. A
+# stage names every shard it will write with the fingerprint of everything that makes its bytes
+# (inputs, params, code: tasks.common.identity). A shard is finished once its tar is in place
+# (AtomicShardWriter) and its record, with that fingerprint, is in `.progress/<shard>.json`. A run
+# returns at once when the folder holds the finished output of the same fingerprints (`completed`),
+# else keeps the shards finished with the same fingerprint and deletes everything else (`resume`),
+# writes the rest (`write`) and ends with the manifest, which drops the records (`finalise`).
 PROGRESS = ".progress"
 
 
-def finished_shards(out_dir: str | Path, fingerprints: dict[str, str]) -> dict[str, dict]:
-    """{shard name: record} for shards an earlier run finished with the same fingerprint."""
-    out_dir, done = Path(out_dir), {}
-    for name, fp in fingerprints.items():
+class ResumableShards:
+    def __init__(self, out_dir: str | Path, fingerprints: dict[str, str],
+                 on_shard: Callable[[str], None] | None = None):
+        self.out_dir, self.fingerprints, self.on_shard = Path(out_dir), fingerprints, on_shard
+        self.fingerprint = identity(sorted(fingerprints.items()))  # the run's: goes in the manifest
+        self.done: dict[str, dict] = {}  # {shard name: record} of the finished shards
+        self.removed = 0  # files `resume` deleted
+
+    def completed(self) -> dict[str, Any] | None:
+        """The manifest, if the folder already holds the finished output of this run."""
         try:
-            rec = json.loads((out_dir / PROGRESS / f"{name}.json").read_text())
+            manifest = json.loads((self.out_dir / MANIFEST).read_text())
         except (OSError, ValueError):
-            continue
-        if rec.get("fingerprint") == fp and (rec.get("count") == 0 or (out_dir / name).is_file()):
-            done[name] = rec
-    return done
-
-
-def record_shard(out_dir: str | Path, name: str, record: dict[str, Any]) -> None:
-    """Mark shard `name` finished; `record` must hold its `fingerprint` and `count`."""
-    (Path(out_dir) / PROGRESS).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(Path(out_dir) / PROGRESS / f"{name}.json", record)
-
-
-def clean_stale(out_dir: str | Path, keep: set[str]) -> int:
-    """Delete everything in `out_dir` but the finished shards in `keep` and their records
-    (half-written .tmp files, shards of other inputs, an old manifest). Returns how many went."""
-    out_dir, removed = Path(out_dir), 0
-    for p in out_dir.iterdir():
-        if p.name == PROGRESS or p.name in keep:
-            continue
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-        removed += 1
-    for p in (out_dir / PROGRESS).glob("*"):
-        if p.name.removesuffix(".json") not in keep:
-            p.unlink()
-            removed += 1
-    return removed
-
-
-def clear_progress(out_dir: str | Path) -> None:
-    shutil.rmtree(Path(out_dir) / PROGRESS, ignore_errors=True)
-
-
-def run_fingerprint(fingerprints: dict[str, str]) -> str:
-    """One fingerprint for a whole run: its shards' fingerprints together."""
-    return hashlib.sha256(json.dumps(sorted(fingerprints.items())).encode()).hexdigest()[:24]
-
-
-def completed_run(out_dir: str | Path, run_fp: str) -> dict[str, Any] | None:
-    """The manifest, if `out_dir` already holds the finished output of the run `run_fp`."""
-    out_dir = Path(out_dir)
-    try:
-        manifest = json.loads((out_dir / MANIFEST).read_text())
-    except (OSError, ValueError):
+            return None
+        if manifest.get("fingerprint") == self.fingerprint \
+                and all((self.out_dir / n).is_file() for n in manifest.get("all_shards", [])):
+            return manifest
         return None
-    if manifest.get("fingerprint") == run_fp and all((out_dir / n).is_file() for n in manifest.get("all_shards", [])):
+
+    def finished(self) -> dict[str, dict]:
+        """{shard name: record} for the shards finished (by any run) with this run's fingerprints."""
+        done = {}
+        for name, fp in self.fingerprints.items():
+            try:
+                rec = json.loads((self.out_dir / PROGRESS / f"{name}.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if rec.get("fingerprint") == fp and (rec.get("count") == 0 or (self.out_dir / name).is_file()):
+                done[name] = rec
+        return done
+
+    def resume(self, clean: bool = True, barrier: Callable[[], None] = lambda: None) -> dict[str, dict]:
+        """Keep what an earlier run finished with the same fingerprints (returned, as `done`) and
+        delete everything else: half-written .tmp files, shards of other inputs, an old manifest.
+        Several processes: all read the records, then the one with `clean` deletes."""
+        self.done = self.finished()
+        barrier()
+        if clean:
+            for p in self.out_dir.iterdir():
+                if p.name != PROGRESS and p.name not in self.done:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+                    self.removed += 1
+            for p in (self.out_dir / PROGRESS).glob("*"):
+                if p.name.removesuffix(".json") not in self.done:
+                    p.unlink()
+                    self.removed += 1
+        barrier()
+        return self.done
+
+    def write(self, split: str, index: int, samples: Iterable[dict[str, Any]], record: dict | None = None) -> dict:
+        """Write shard `<split>-<index>.tar` (no file when `samples` is empty) and mark it finished
+        with `record` and its count and fingerprint; returns that record."""
+        name = shard_name(split, index)
+        with AtomicShardWriter(self.out_dir, split, max_count=sys.maxsize, start_index=index) as writer:
+            for sample in samples:
+                writer.write(sample)
+        rec = {**(record or {}), "count": sum(writer.shard_counts), "fingerprint": self.fingerprints[name]}
+        (self.out_dir / PROGRESS).mkdir(exist_ok=True)
+        write_json_atomic(self.out_dir / PROGRESS / f"{name}.json", rec)
+        self.done[name] = rec
+        if self.on_shard is not None:
+            self.on_shard(name)
+        return rec
+
+    def records(self) -> dict[str, dict]:
+        """Every shard's record, read back (other processes wrote some); an error if one is missing."""
+        done = self.finished()
+        if missing := [n for n in self.fingerprints if n not in done]:
+            raise RuntimeError(f"{self.out_dir}: shards not finished: {missing[:5]}")
+        return done
+
+    def finalise(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Write the manifest (it carries this run's fingerprint) and drop the progress records."""
+        if manifest.get("fingerprint") != self.fingerprint:
+            raise ValueError("the manifest must carry the run's fingerprint, or no rerun finds it complete")
+        write_manifest(self.out_dir, manifest)
+        shutil.rmtree(self.out_dir / PROGRESS, ignore_errors=True)
         return manifest
-    return None

@@ -7,20 +7,26 @@ from pathlib import Path
 
 from pipelines import LatentDiffusionPipeline
 from pipelines.identity import module_identity
+from pipelines.ldm_base import load_latent_base, vae_folder
 from tasks.common.shards import read_manifest
 from tasks.latent.vae import vae_identity
 
 
 def load_base(base_dir: str | Path) -> LatentDiffusionPipeline:
-    """The base latent diffusion model (train_ldm's output), on the CPU, in eval mode."""
-    if not (Path(base_dir) / "model_index.json").is_file():
-        raise FileNotFoundError(f"{base_dir} holds no latent diffusion pipeline (model_index.json missing): "
-                                f"run the train_ldm stage first")
-    pipe = LatentDiffusionPipeline.from_pretrained(str(base_dir))
+    """The base latent diffusion model (params `dreambooth_base`: train_ldm's output, or a downloaded
+    diffusers LDMPipeline such as CompVis/ldm-celebahq-256; pipelines/ldm_base.py), on the CPU, in
+    eval mode."""
+    pipe = load_latent_base(base_dir)
     pipe.unet.eval().requires_grad_(False)
     pipe.vae.eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def base_vae_dir(base_dir: str | Path) -> Path:
+    """The folder of the base model's own autoencoder (`vae/`, or `vqvae/` in an LDMPipeline folder):
+    what encode_subject encodes the subject's photos with."""
+    return vae_folder(base_dir)
 
 
 def base_identity(pipe: LatentDiffusionPipeline) -> dict:

@@ -4,16 +4,15 @@ The samples stay latents (no decode / re-encode round trip) in the latent shard 
 encode_latents (`mean.npy` = the sampled latent, unscaled; `std.npy` = 0), so one loader reads
 subject and class latents alike. Shard i holds samples [i * shard_size, ...) drawn from a generator
 seeded by (seed, i): a shard does not depend on the others, so a killed run resumes per shard
-(the `.progress` records of tasks/common/shards.py) and the result is the same as an uninterrupted
-run. The shard fingerprint holds the base model's identity (UNet weights + config, VAE identity),
-the sampler, steps, seed, count and the fingerprint of the sampling code (tasks/common/codeprint.py),
+(tasks.common.shards.ResumableShards) and the result is the same as an uninterrupted run. The
+shard fingerprint holds the base model's identity (UNet weights + config, VAE identity), the
+sampler, steps, seed, count and the stage's code identity (tasks/common/identity.py),
 so samples of another base model are never reused (diffusers' script counts files in a folder and
 would reuse them).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from pathlib import Path
@@ -25,9 +24,8 @@ import torch
 from pipelines import make_scheduler
 from pipelines.outputs import to_output
 from tasks.common.grid import square_grid
-from tasks.common.identity import code_identity  # other sampling code samples again
-from tasks.common.shards import (AtomicShardWriter, clean_stale, clear_progress, completed_run, finished_shards,
-                                 record_shard, run_fingerprint, shard_name, write_manifest)
+from tasks.common.identity import code_identity, identity  # other sampling code samples again
+from tasks.common.shards import ResumableShards, shard_name
 from tasks.dreambooth.base import base_identity, load_base
 from tasks.dreambooth.config import SampleClassConfig
 from tasks.latent.encode import KIND, iter_latents
@@ -49,8 +47,7 @@ def plan(cfg: SampleClassConfig) -> list[tuple[int, int, int]]:
 def shard_fingerprints(items, base: dict, cfg: SampleClassConfig) -> dict[str, str]:
     common = {"base": base["identity"], "scheduler": cfg.scheduler, "steps": cfg.num_inference_steps,
               "seed": cfg.seed, "format": FORMAT_VERSION, "code": code_identity()}
-    return {shard_name("train", i): hashlib.sha256(json.dumps({**common, "index": i, "count": c}, sort_keys=True)
-                                                   .encode()).hexdigest()[:24] for i, _, c in items}
+    return {shard_name("train", i): identity({**common, "index": i, "count": c}) for i, _, c in items}
 
 
 def sample_latents(pipe, count: int, seed: int, cfg: SampleClassConfig, device: torch.device) -> torch.Tensor:
@@ -73,44 +70,34 @@ def sample_class(base_dir: str, out_dir: str, grid_path: str, cfg: SampleClassCo
     base = base_identity(pipe)
     pipe.scheduler = make_scheduler(cfg.scheduler, pipe.scheduler.config)
     items = plan(cfg)
-    fps = shard_fingerprints(items, base, cfg)
-    run_fp = run_fingerprint(fps)
+    shards = ResumableShards(out, shard_fingerprints(items, base, cfg), on_shard=shard_callback)
     out.mkdir(parents=True, exist_ok=True)
-    if (old := completed_run(out, run_fp)) is not None and Path(grid_path).is_file():
+    if (old := shards.completed()) is not None and Path(grid_path).is_file():
         log(f"sample_class: {out} already holds these samples (base {base['identity']}); nothing to do")
         return old
-    done = finished_shards(out, fps)
-    removed = clean_stale(out, set(done))
+    done = shards.resume()
     log(f"sample_class: {len(items)} shards, {len(done)} already sampled from base {base['identity']}, "
-        f"{len(items) - len(done)} to do; removed {removed} stale files")
+        f"{len(items) - len(done)} to do; removed {shards.removed} stale files")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else "cpu" if cfg.device == "auto" else cfg.device)
     pipe.to(device)
     scale = float(pipe.vae.config.scaling_factor)
     t0, made = time.perf_counter(), 0
     for index, first, count in items:
-        name = shard_name("train", index)
-        if name in done:
+        if shard_name("train", index) in done:
             continue
         z = sample_latents(pipe, count, shard_seed(cfg.seed, index), cfg, device) / scale  # unscaled, as VAE latents
         mean = z.numpy().astype(np.float16)
-        with AtomicShardWriter(out, "train", max_count=count, start_index=index) as writer:
-            for j in range(count):
-                key = f"class-{first + j:06d}"
-                writer.write({"__key__": key, "mean.npy": mean[j], "std.npy": np.zeros_like(mean[j]),
-                              "json": {"key": key}})
-        record_shard(out, name, {"count": count, "fingerprint": fps[name]})
+        keys = [f"class-{first + j:06d}" for j in range(count)]
+        shards.write("train", index, ({"__key__": key, "mean.npy": mean[j], "std.npy": np.zeros_like(mean[j]),
+                                       "json": {"key": key}} for j, key in enumerate(keys)))
         made += count
-        if shard_callback is not None:
-            shard_callback(name)
     seconds = time.perf_counter() - t0
     rate = made / seconds if made and seconds > 0 else None
     log(f"sample_class: sampled {made} latents in {seconds:.1f} s ({rate or 0:.2f} images/s on {device})")
-    manifest = _manifest(out, base_dir, base, pipe, cfg, items, run_fp, rate)
+    manifest = _manifest(out, base_dir, base, pipe, cfg, items, shards.fingerprint, rate)
     write_grid(pipe, out, manifest, grid_path, cfg.grid_images)
-    write_manifest(out, manifest)
-    clear_progress(out)
-    return manifest
+    return shards.finalise(manifest)
 
 
 def _manifest(out: Path, base_dir: str, base: dict, pipe, cfg: SampleClassConfig, items, run_fp: str,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tasks.common.shards import read_manifest
+from tasks.dreambooth.base import base_vae_dir
 from tasks.dreambooth.config import EncodeSubjectConfig
 from tasks.latent.encode import encode_latents
 
@@ -20,9 +21,11 @@ def check_enough_photos(subject: dict, subject_dir: str) -> None:
                      f"prepare_subject.min_photos={min_photos}. Rejected: {listing}")
 
 
-def encode_subject(subject_dir: str, vae_dir: str, out_dir: str, cfg: EncodeSubjectConfig, *, log=print) -> dict:
-    """Encode the subject photos prepare_subject kept; returns the latent manifest."""
+def encode_subject(subject_dir: str, base_dir: str, out_dir: str, cfg: EncodeSubjectConfig, *, log=print) -> dict:
+    """Encode the subject photos prepare_subject kept with the base model's own autoencoder (`vae/`,
+    or `vqvae/` of an LDMPipeline folder); returns the latent manifest."""
     check_enough_photos(read_manifest(subject_dir), subject_dir)
+    vae_dir = str(base_vae_dir(base_dir))
     return encode_latents(subject_dir, vae_dir, out_dir, resolution=None, flip=cfg.flip, batch_size=cfg.batch_size,
                           device=cfg.device, precision=cfg.precision, num_processes=1, params=cfg.to_dict(),
                           progress=False, log=log)

@@ -34,7 +34,7 @@ from pipelines import make_scheduler
 from pipelines.outputs import to_output
 from pipelines.portable import save_portable
 from pipelines.dreambooth import (ADAPTER_CONFIG, ADAPTER_FILE, CLASS_LABEL, RECORD, SUBJECT_LABEL,
-                                  SubjectDiffusionPipeline, with_identifier)
+                                  SubjectDiffusionPipeline, base_reference, with_identifier)
 from tasks.common.shards import read_manifest, write_json_atomic
 from tasks.common.timings import write_metrics
 from tasks.dreambooth.base import base_identity, check_compatible, load_base
@@ -185,8 +185,8 @@ def save_adapter(unet: UNet2DModel, cfg: TrainDreamboothConfig, base_dir: str, b
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / ADAPTER_FILE))
     write_json_atomic(out / ADAPTER_CONFIG, lora_settings(cfg))
-    write_json_atomic(out / RECORD, {"base_dir": str(base_dir), "base_unet_identity": base_unet_id,
-                                     "identifier": cfg.identifier, "method": "lora"})
+    write_json_atomic(out / RECORD, {**base_reference(base_dir, out, base_unet_id), "identifier": cfg.identifier,
+                                     "method": "lora"})
 
 
 # ---------------------------------------------------------------------------------------- spec
@@ -208,6 +208,10 @@ def dreambooth_spec(subject_dir: str, class_dir: str | None, base_dir: str, cfg:
     check_compatible(ident, base_dir, subject_dir, class_dir if cfg.prior_preservation else None)
     check_schedule(train_cfg, base.scheduler)
     subject = LatentSet(subject_dir)
+    if tuple(subject.mean.shape[1:]) != tuple(base.latent_shape):  # e.g. 64 px photos for a 256 px base
+        raise ValueError(f"{subject_dir} latents are {list(subject.mean.shape[1:])}, but the base model {base_dir} "
+                         f"denoises {list(base.latent_shape)}: align the subject at the base's resolution "
+                         f"(prepare_subject) and re-run encode_subject")
     klass = LatentSet(class_dir) if cfg.prior_preservation else None
     scale = float(base.vae.config.scaling_factor)
     weight = cfg.prior_loss_weight if cfg.prior_preservation else None

@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 from pipelines import LatentDiffusionPipeline, make_scheduler
 from pipelines.autoencoder import vae_scale_factor
 from pipelines.dreambooth import load_subject_pipeline
+from pipelines.ldm_base import load_latent_base
 from tasks.common.config import StageConfig
 from tasks.common.shards import read_manifest
 from tasks.evaluation import metrics as M
@@ -109,15 +110,16 @@ def vae_round_trip(pipe, images: list[np.ndarray]) -> list[np.ndarray]:
 
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     with torch.no_grad():
-        z = pipe.vae.encode(x.to(pipe.vae.device, pipe.vae.dtype)).latent_dist.mean
+        encoded = pipe.vae.encode(x.to(pipe.vae.device, pipe.vae.dtype))
+        # a VQModel has no posterior: its latents are the encoder output before quantisation
+        z = encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents
         out = pipe.decode_latents(z * pipe.vae.config.scaling_factor).float().cpu()
     return list(((out.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
 
 
 def load_base_pipeline(base_dir: str | Path):
-    if not (Path(base_dir) / "model_index.json").is_file():
-        raise FileNotFoundError(f"{base_dir} is not a saved pipeline (no model_index.json): run train_ldm first")
-    return LatentDiffusionPipeline.from_pretrained(str(base_dir))
+    """The DreamBooth base (params `dreambooth_base`), in this project's layout or diffusers' LDMPipeline's."""
+    return load_latent_base(base_dir)
 
 
 def untrained_pipeline(base_pipe, seed: int):

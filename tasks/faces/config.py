@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.common.config import StageConfig
+from tasks.common.config import ConfigError, StageConfig
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,22 @@ class FfhqConfig(StageConfig):
 
 @dataclass(frozen=True)
 class FetchFacesConfig(StageConfig):
-    source: str                    # synthetic | ffhq | a folder of photos
+    source: str                    # synthetic | ffhq | folder (the photos in `folder`)
+    folder: str                    # a dvc.yaml dep: adding, removing or changing a photo reruns the stage
+    near_duplicate_bits: int       # folder: difference hashes this close are duplicates (tasks/faces/fetch.py)
     val_fraction: float
     workers: int
     synthetic: SyntheticFacesConfig
     ffhq: FfhqConfig
+
+    def __post_init__(self):
+        check_source("fetch_faces", self.source, ("synthetic", "ffhq", "folder"))
+
+
+def check_source(stage: str, source: str, known: tuple[str, ...]) -> None:
+    if source not in known:
+        raise ConfigError(f"{stage}.source must be one of {', '.join(known)}, got {source!r} (your own photos go in "
+                          f"{stage}.folder, which dvc.yaml tracks, with source: folder)")
 
 
 @dataclass(frozen=True)
@@ -66,7 +77,9 @@ SUBJECT_SHARD_SIZE = 10_000
 
 @dataclass(frozen=True)
 class PrepareSubjectConfig(StageConfig):
-    source: str                    # synthetic | a folder of one person's photos
+    source: str                    # synthetic | folder (one person's photos in `folder`)
+    folder: str                    # a dvc.yaml dep, as fetch_faces.folder
+    near_duplicate_bits: int
     synthetic: SyntheticSubjectConfig
     landmarks: str
     output_size: int
@@ -80,6 +93,7 @@ class PrepareSubjectConfig(StageConfig):
     dlib_upsample: int
 
     def __post_init__(self):
+        check_source("prepare_subject", self.source, ("synthetic", "folder"))
         if self.source != "synthetic" and self.landmarks == "metadata":
             raise ValueError("prepare_subject: a folder of photos has no landmarks in metadata: "
                              "use landmarks: dlib or face_alignment")

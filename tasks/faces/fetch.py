@@ -6,7 +6,8 @@ training/validation; `image`, `thumbnail` and `in_the_wild` blocks with `file_pa
 when known) next to the files it names, plus `manifest.json` (counts, params, rejections).
 
 - ffhq: NVlabs' metadata and files, every file verified by size and md5 (tasks.common.download).
-- a folder: photos of any size and format Pillow reads, EXIF orientation applied, saved as PNG.
+- a folder: photos of any size and format Pillow reads, EXIF orientation applied, saved as PNG;
+  duplicates (identical pixels, or a difference hash within `near_duplicate_bits`) are rejected.
 - synthetic: drawn by tasks.synthetic.faces, landmarks exact.
 
 No prefect and no torch at module level (the synthetic drawing runs in spawned processes).
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import PIL.Image
 
 from tasks.common.download import DownloadError, DriveQuotaError, download_file
 from tasks.faces.align import ffhq_quad
@@ -38,7 +40,8 @@ FFHQ_METADATA = dict(file_url="https://drive.google.com/uc?id=16N0RV4fHI6joBuKbQ
                      file_size=267793842, file_md5="425ae20f06a4da1d4dc0f46d40ba5fd6")
 # What to do when Google Drive (the official file_urls) refuses files for its download quota.
 DRIVE_QUOTA_HINT = ("for FFHQ, set fetch_faces.ffhq.base_url to a mirror laid out like the original, "
-                    "or use photos you have with fetch_faces.source: <folder>")
+                    "or use photos you have: fetch_faces.source: folder, photos in fetch_faces.folder")
+FOLDER_README = "README.md"  # what an input folder is for: not a photo, skipped
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 
 
@@ -128,24 +131,57 @@ def _safe_key(stem: str, taken: set[str]) -> str:
     return key
 
 
-def fetch_folder(src: str | Path, out_dir: str | Path, *, val_fraction: float = 0.1, all_training: bool = False,
-                 params: dict | None = None, log: Callable[[str], None] = print) -> dict:
-    """Copy every readable photo of `src` (recursively) as an upright RGB PNG; reject the rest."""
+def difference_hash(img: PIL.Image.Image) -> int:
+    """64-bit dHash: the photo in 9x8 grey (box-averaged), one bit per pixel brighter than its right
+    neighbour. A resized or re-encoded copy lands a few bits away; two different photos, about 32."""
+    g = np.asarray(img.convert("L").resize((9, 8), PIL.Image.Resampling.BOX), dtype=np.int16)
+    return int(np.packbits(g[:, 1:] > g[:, :-1]).view(">u8")[0])
+
+
+class Duplicates:
+    """The photos seen so far, by decoded pixels and by difference hash: `check` names the first one a
+    photo duplicates (a copy in another format or size, or re-encoded), or returns None."""
+
+    def __init__(self, max_bits: int, capacity: int):
+        self.max_bits, self.pixels, self.keys = max_bits, {}, []
+        self.hashes = np.zeros(capacity, np.uint64)
+
+    def check(self, key: str, img: PIL.Image.Image) -> str | None:
+        digest = hashlib.sha256(repr(img.size).encode() + img.tobytes()).hexdigest()
+        if digest in self.pixels:
+            return f"duplicate of {self.pixels[digest]} (identical pixels)"
+        h, n = difference_hash(img), len(self.keys)
+        bits = np.bitwise_count(self.hashes[:n] ^ np.uint64(h))
+        if n and bits.min() <= self.max_bits:
+            i = int(bits.argmin())
+            return f"duplicate of {self.keys[i]} (near: difference hashes {int(bits[i])} of 64 bits apart)"
+        self.pixels[digest], self.hashes[n] = key, h
+        self.keys.append(key)
+        return None
+
+
+def fetch_folder(src: str | Path, out_dir: str | Path, *, near_duplicate_bits: int, val_fraction: float = 0.1,
+                 all_training: bool = False, params: dict | None = None, log: Callable[[str], None] = print) -> dict:
+    """Copy every readable photo of `src` (recursively) as an upright RGB PNG; reject the rest,
+    duplicates of an earlier photo (in name order) included."""
     src = Path(src).expanduser()
     if not src.is_dir():
-        raise FileNotFoundError(f"source folder {src} does not exist (source must be 'synthetic', 'ffhq' "
-                                f"or a folder of photos)")
+        raise FileNotFoundError(f"photo folder {src} does not exist (set the stage's `folder` param to yours)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name != FOLDER_README)
     entries, rejected, taken = {}, [], set()
+    seen = Duplicates(near_duplicate_bits, len(files))
     for p in files:
         rel_src = p.relative_to(src).as_posix()
         key = _safe_key(p.relative_to(src).with_suffix("").as_posix().replace("/", "_"), taken)
         try:
             img = load_rgb(p)
+            reason = seen.check(key, img)
         except BadImage as exc:
-            rejected.append({"key": key, "file": rel_src, "reason": str(exc)})
+            reason = str(exc)
+        if reason:
+            rejected.append({"key": key, "file": rel_src, "reason": reason})
             continue
         rel = f"in-the-wild-images/{key}.png"
         dest = out_dir / rel
@@ -164,9 +200,10 @@ def fetch_folder(src: str | Path, out_dir: str | Path, *, val_fraction: float = 
     for r in rejected:
         log(f"rejected {r['file']}: {r['reason']}")
     if not entries:
-        raise ValueError(f"no usable photo in {src} ({len(rejected)} files rejected)")
+        raise ValueError(f"no usable photo in {src} ({len(rejected)} files rejected): put your photos there")
+    dups = sum(r["reason"].startswith("duplicate of ") for r in rejected)
     manifest = {"kind": "faces_raw", "source": "folder", "images": "in_the_wild", "folder": str(src),
-                "counts": {"files": len(files), "images": len(entries), "rejected": len(rejected)},
+                "counts": {"files": len(files), "images": len(entries), "rejected": len(rejected), "duplicates": dups},
                 "params": params or {}, "rejected": rejected}
     return _finish(out_dir, entries, manifest)
 
@@ -261,6 +298,7 @@ def fetch_faces(out_dir: str, config: FetchFacesConfig, log) -> str:
                        metadata_size=ffhq.metadata_size, num_threads=ffhq.num_threads, retries=ffhq.retries,
                        params=params, log=log.info)
     else:
-        m = fetch_folder(source, out_dir, val_fraction=config.val_fraction, params=params, log=log.warning)
+        m = fetch_folder(config.folder, out_dir, near_duplicate_bits=config.near_duplicate_bits,
+                         val_fraction=config.val_fraction, params=params, log=log.warning)
     log.info(f"fetch_faces ({m['source']}): {m['counts']} -> {out_dir}")
     return str(out_dir)

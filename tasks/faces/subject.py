@@ -20,7 +20,8 @@ def fetch_subject(out_dir: str, config: PrepareSubjectConfig, record: dict[str, 
                             max_rotation=float(syn.max_rotation), subject=True, workers=config.workers,
                             params=record, progress=False)
     else:
-        m = fetch_folder(config.source, out_dir, all_training=True, params=record, log=log.warning)
+        m = fetch_folder(config.folder, out_dir, near_duplicate_bits=config.near_duplicate_bits, all_training=True,
+                         params=record, log=log.warning)
     log.info(f"prepare_subject photos ({m['source']}): {m['counts']} -> {out_dir}")
     return str(out_dir)
 

@@ -1,12 +1,9 @@
 """Aligning a set of photos into WebDataset shards, in a process pool, resumable shard by shard.
 
 Inputs are mapped to shards once and for all: split by a hash of the key (tasks.common.shards.split_of),
-then, in key order, `shard_size` inputs per shard. A shard is finished when its tar has been
-renamed into place and its progress record `.progress/<shard>.json` (rejections, count, and the
-fingerprint of everything that determines its bytes: the input file hashes, the params and this
-package's code) has been written. A run that finds finished shards with the current fingerprint
-keeps them; anything else in the folder (a `.tmp`, a shard of other params or other inputs) is
-deleted first. The manifest is written last and the progress records are then removed.
+then, in key order, `shard_size` inputs per shard. Resumption is tasks.common.shards.ResumableShards:
+a shard's record holds its rejections and uses, and its fingerprint is everything that determines
+its bytes (the input file hashes, the params and the stage's code).
 
 The DVC stage declares its out with `persist: true`, so DVC does not delete the folder before
 running the stage again after a kill; the fingerprint makes reuse safe.
@@ -15,7 +12,6 @@ No prefect and no torch at module level: this module is imported by spawned work
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from concurrent.futures import FIRST_COMPLETED, wait
@@ -31,10 +27,9 @@ from tasks.faces.images import BadImage, load_rgb
 from tasks.faces.landmarks import DlibLandmarks, NoFace, face_size, pick_face
 from tasks.common.hashing import file_digest
 
-from tasks.common.identity import code_identity
+from tasks.common.identity import code_identity, identity
 from tasks.common.pool import resolve_workers, spawn_executor
-from tasks.common.shards import (MANIFEST, AtomicShardWriter, clean_stale, clear_progress, completed_run, finished_shards,
-                          record_shard, run_fingerprint, shard_name, write_manifest)
+from tasks.common.shards import ResumableShards, shard_name
 
 # The raw folder's FFHQ-style metadata file, and which of its blocks holds each kind of image.
 METADATA = "ffhq-dataset-v2.json"
@@ -142,10 +137,7 @@ def plan_shards(items: list[Item], shard_size: int) -> list[tuple[str, int, list
 
 
 def shard_fingerprint(base: str, shard_items: list[Item]) -> str:
-    h = hashlib.sha256(base.encode())
-    for it in shard_items:
-        h.update(json.dumps([it.key, it.md5 or _file_md5(it.path), it.landmarks, it.aligned]).encode())
-    return h.hexdigest()[:24]
+    return identity(base, [[it.key, it.md5 or _file_md5(it.path), it.landmarks, it.aligned] for it in shard_items])
 
 
 def _file_md5(path: str) -> str:
@@ -170,33 +162,23 @@ def align_to_shards(items: list[Item], out_dir: str | Path, cfg: AlignConfig, *,
     base_fp = json.dumps({"cfg": cfg.__dict__, "code": code_identity(), "shard_size": shard_size},
                          sort_keys=True)
     plan = plan_shards(items, shard_size)
-    fps = {shard_name(s, i): shard_fingerprint(base_fp, its) for s, i, its in plan}
-    run_fp = run_fingerprint(fps)
-    if (old := completed_run(out_dir, run_fp)) is not None:
+    shards = ResumableShards(out_dir, {shard_name(s, i): shard_fingerprint(base_fp, its) for s, i, its in plan})
+    if (old := shards.completed()) is not None:
         log(f"{out_dir}: already complete for these inputs and params; nothing to do")
         return old
-    (out_dir / MANIFEST).unlink(missing_ok=True)
 
     # Finished shards from an earlier (killed) run of the same inputs and params.
-    done = finished_shards(out_dir, fps)
-    removed = clean_stale(out_dir, set(done))
+    done = shards.resume()
     pending = [(s, i, its) for s, i, its in plan if shard_name(s, i) not in done]
     n_pending = sum(len(its) for _, _, its in pending)
     log(f"{len(plan)} shards: {len(done)} already finished, {len(pending)} to do ({n_pending} images, "
-        f"{workers} processes, landmarks {cfg.landmarks}); removed {removed} stale files")
+        f"{workers} processes, landmarks {cfg.landmarks}); removed {shards.removed} stale files")
 
     def finish(split: str, idx: int, results: list[dict]) -> None:
-        name = shard_name(split, idx)
         ok = sorted((r for r in results if "png" in r), key=lambda r: r["key"])
-        if ok:
-            with AtomicShardWriter(out_dir, split, max_count=len(ok), start_index=idx) as w:
-                for r in ok:
-                    w.write({"__key__": r["key"], "png": r["png"], "json": r["json"]})
-        rec = {"fingerprint": fps[name], "split": split, "count": len(ok),
-               "used": [{"key": r["key"], "file": r["json"].get("file")} for r in ok],
-               "rejected": sorted((r for r in results if "reason" in r), key=lambda r: r["key"])}
-        record_shard(out_dir, name, rec)
-        done[name] = rec
+        shards.write(split, idx, ({"__key__": r["key"], "png": r["png"], "json": r["json"]} for r in ok),
+                     {"split": split, "used": [{"key": r["key"], "file": r["json"].get("file")} for r in ok],
+                      "rejected": sorted((r for r in results if "reason" in r), key=lambda r: r["key"])})
 
     if pending:
         with spawn_executor(min(workers, max(1, n_pending))) as pool, \
@@ -260,14 +242,12 @@ def align_to_shards(items: list[Item], out_dir: str | Path, cfg: AlignConfig, *,
         "splits": splits,
         "all_shards": all_shards,
         "params": params,
-        "fingerprint": run_fp,
+        "fingerprint": shards.fingerprint,
         "rejected": rejected,
         **({"used": used} if list_used else {}),
         **(extra_manifest or {}),
     }
-    write_manifest(out_dir, manifest)
-    clear_progress(out_dir)
-    return manifest
+    return shards.finalise(manifest)
 
 
 def _fan_landmarks(fan, its: list[Item], cfg: AlignConfig) -> tuple[list[Item], list[dict]]:

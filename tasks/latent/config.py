@@ -42,6 +42,7 @@ class TrainVaeConfig(StageConfig):
     eval_images: int | None
     device: str
     min_gain_over_bilinear_db: float  # target: validation PSNR at least this far above the bilinear reference
+    min_val_images: int            # fewer: the PSNR is flagged reliable: false
     model: VaeModelConfig          # source train only
     training: VaeTrainingConfig    # source train only
 

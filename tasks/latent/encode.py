@@ -6,24 +6,19 @@ optionally `mean_flip.npy` / `std_flip.npy` (the horizontally flipped face) and 
 Storing the posterior's moments rather than one sample (as NVlabs' EDM2 does) lets training draw
 a fresh z = mean + std * eps each time.
 
-Resumption. A shard is finished when its tar has been renamed into place and its record
-`.progress/<shard>.json` written. The record carries the shard's fingerprint: the VAE identity
-(hash of its weights and config), the input shard's md5, the params that change the bytes
-(resolution, resample, flip) and FORMAT_VERSION. A run keeps finished shards whose fingerprint
-matches and deletes everything else first; the manifest is written last. The DVC out is declared
-`persist: true`, so a killed run leaves its finished shards for the next one, and the fingerprint
-makes that safe: a new VAE (the `models/vae` dep changed) matches no record, so every shard is
+Resumption (tasks.common.shards.ResumableShards): a shard's fingerprint is the VAE identity (hash
+of its weights and config), the input shard's md5, the params that change the bytes (resolution,
+resample, flip), FORMAT_VERSION and the stage's code identity. The DVC out is declared `persist:
+true`, so a killed run leaves its finished shards for the next one, and the fingerprint makes that
+safe: a new VAE (the `models/vae` dep changed) or resolution matches no record, so every shard is
 encoded again; params that do not change the bytes (batch size, device, processes) match, so
-nothing is. Code edits re-run the stage (DVC deps) but keep the shards unless FORMAT_VERSION is
-bumped, which is the rule for any change to what is stored.
+nothing is; a code edit encodes everything again. FORMAT_VERSION names a change of what is stored.
 
 Several processes: `num_processes` > 1 re-launches this module under `accelerate launch`; each
 process encodes its own shards (pending[rank::world]) on its own device, rank 0 writes the manifest.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import tarfile
 import time
@@ -34,11 +29,10 @@ import numpy as np
 import torch
 
 from tasks.common.hashing import file_digest
-from tasks.common.identity import code_identity  # other code re-encodes
+from tasks.common.identity import code_identity, identity  # other code re-encodes
 from tasks.common.launch import job_main, launch
 from tasks.latent.images import decode_png, iter_shard, to_model_input
-from tasks.common.shards import (AtomicShardWriter, clean_stale, clear_progress, completed_run, finished_shards,
-                          read_manifest, record_shard, run_fingerprint, shard_name, write_manifest)
+from tasks.common.shards import ResumableShards, read_manifest, shard_name
 from tasks.latent.vae import add_sums, latent_variance, load_vae, moment_sums, posterior_moments, vae_identity
 
 FORMAT_VERSION = 1  # bump when what a latent shard stores changes
@@ -66,9 +60,9 @@ def plan(aligned_dir: str | Path) -> list[tuple[str, int, Path]]:
 
 
 def shard_fingerprints(items: list[tuple[str, int, Path]], vae_id: str, resolution: int, flip: bool) -> dict[str, str]:
-    base = json.dumps({"vae": vae_id, "resolution": resolution, "resample": "lanczos", "flip": bool(flip),
-                       "format": FORMAT_VERSION, "code": code_identity()}, sort_keys=True)
-    return {p.name: hashlib.sha256((base + p.name + file_digest(p, "md5")).encode()).hexdigest()[:24] for _, _, p in items}
+    base = {"vae": vae_id, "resolution": resolution, "resample": "lanczos", "flip": bool(flip),
+            "format": FORMAT_VERSION, "code": code_identity()}
+    return {p.name: identity(base, p.name, file_digest(p, "md5")) for _, _, p in items}
 
 
 def encode_batch(vae, images: np.ndarray, device: torch.device, precision: str) -> tuple[np.ndarray, np.ndarray]:
@@ -80,29 +74,28 @@ def encode_batch(vae, images: np.ndarray, device: torch.device, precision: str) 
     return mean.float().cpu().numpy().astype(np.float16), std.float().cpu().numpy().astype(np.float16)
 
 
-def encode_shard(vae, src: Path, out_dir: Path, split: str, idx: int, *, resolution: int, flip: bool,
+def encode_shard(vae, src: Path, shards: ResumableShards, split: str, idx: int, *, resolution: int, flip: bool,
                  batch_size: int, device: torch.device, precision: str, on_images: Callable[[int], None]) -> dict:
-    """Encode one aligned shard into the latent shard of the same name; returns its record (sans fingerprint)."""
+    """Encode one aligned shard into the latent shard of the same name; returns its record."""
 
     keys, images = [], []
     for key, png in iter_shard(src):
         keys.append(key)
         images.append(decode_png(png, resolution))
-    sums = None
-    with AtomicShardWriter(out_dir, split, max_count=max(1, len(keys)), start_index=idx) as writer:
-        for i in range(0, len(keys), batch_size):
-            batch = np.stack(images[i:i + batch_size])
-            mean, std = encode_batch(vae, batch, device, precision)
-            sums = add_sums(sums, moment_sums(torch.from_numpy(mean), torch.from_numpy(std)))
+    samples, sums = [], None
+    for i in range(0, len(keys), batch_size):
+        batch = np.stack(images[i:i + batch_size])
+        mean, std = encode_batch(vae, batch, device, precision)
+        sums = add_sums(sums, moment_sums(torch.from_numpy(mean), torch.from_numpy(std)))
+        if flip:
+            mean_f, std_f = encode_batch(vae, batch[:, :, ::-1], device, precision)
+        for j, key in enumerate(keys[i:i + batch_size]):
+            sample = {"__key__": key, "mean.npy": mean[j], "std.npy": std[j], "json": {"key": key}}
             if flip:
-                mean_f, std_f = encode_batch(vae, batch[:, :, ::-1], device, precision)
-            for j, key in enumerate(keys[i:i + batch_size]):
-                sample = {"__key__": key, "mean.npy": mean[j], "std.npy": std[j], "json": {"key": key}}
-                if flip:
-                    sample.update({"mean_flip.npy": mean_f[j], "std_flip.npy": std_f[j]})
-                writer.write(sample)
-            on_images(len(batch))
-    return {"split": split, "count": len(keys), "sums": sums}
+                sample.update({"mean_flip.npy": mean_f[j], "std_flip.npy": std_f[j]})
+            samples.append(sample)
+        on_images(len(batch))
+    return shards.write(split, idx, samples, {"split": split, "sums": sums})
 
 
 def _resolve_device(device: str, local_rank: int = 0) -> torch.device:
@@ -143,21 +136,17 @@ def _encode_process(aligned_dir, vae_dir, out_dir, *, resolution, flip, batch_si
     if resolution is None:  # the size the VAE was trained or saved for
         size = vae.config.sample_size
         resolution = int(size if isinstance(size, int) else size[0])
-    fps = shard_fingerprints(items, vae_id, resolution, flip)
-    run_fp = run_fingerprint(fps)
+    shards = ResumableShards(out, shard_fingerprints(items, vae_id, resolution, flip), on_shard=shard_callback)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     barrier()
-    if (old := completed_run(out, run_fp)) is not None:
+    if (old := shards.completed()) is not None:
         log(f"encode_latents: {out} already holds these latents (VAE {vae_id}); nothing to do")
         return old
-    done = finished_shards(out, fps)
-    barrier()  # every rank has read the records before rank 0 cleans
+    done = shards.resume(clean=rank == 0, barrier=barrier)  # every rank reads the records before rank 0 cleans
     if rank == 0:
-        removed = clean_stale(out, set(done))
         log(f"encode_latents: {len(items)} shards, {len(done)} already encoded by VAE {vae_id}, "
-            f"{len(items) - len(done)} to do; removed {removed} stale files")
-    barrier()
+            f"{len(items) - len(done)} to do; removed {shards.removed} stale files")
     pending = [it for it in items if it[2].name not in done]
     mine = pending[rank::world]
     dev = _resolve_device(device, local_rank)
@@ -176,11 +165,8 @@ def _encode_process(aligned_dir, vae_dir, out_dir, *, resolution, flip, batch_si
         bar.update(n)
 
     for split, idx, src in mine:
-        rec = encode_shard(vae, src, out, split, idx, resolution=resolution, flip=flip, batch_size=batch_size,
-                           device=dev, precision=precision, on_images=on_images)
-        record_shard(out, src.name, {**rec, "fingerprint": fps[src.name]})
-        if shard_callback is not None:
-            shard_callback(src.name)
+        encode_shard(vae, src, shards, split, idx, resolution=resolution, flip=flip, batch_size=batch_size,
+                     device=dev, precision=precision, on_images=on_images)
     bar.close()
     seconds = time.perf_counter() - t0
     throughput = n_images / seconds if seconds > 0 and n_images else None
@@ -190,10 +176,7 @@ def _encode_process(aligned_dir, vae_dir, out_dir, *, resolution, flip, batch_si
     if rank != 0:
         return {}
     # ---- manifest (rank 0): the source of truth for readers
-    records = finished_shards(out, fps)
-    missing = [p.name for _, _, p in items if p.name not in records]
-    if missing:
-        raise RuntimeError(f"shards not encoded: {missing[:5]}")
+    records = shards.records()
     splits: dict[str, dict] = {}
     sums_train = None
     for split, idx, src in items:
@@ -239,12 +222,10 @@ def _encode_process(aligned_dir, vae_dir, out_dir, *, resolution, flip, batch_si
         "source": {"dir": str(aligned_dir), "fingerprint": aligned.get("fingerprint")},
         "params": params or {},
         "format_version": FORMAT_VERSION,
-        "fingerprint": run_fp,
+        "fingerprint": shards.fingerprint,
         "throughput_images_per_second": throughput,
     }
-    write_manifest(out, manifest)
-    clear_progress(out)
-    return manifest
+    return shards.finalise(manifest)
 
 
 def iter_latents(path: str | Path):

@@ -25,7 +25,7 @@ from tasks.common.shards import MANIFEST, read_manifest
 from tasks.common.timings import write_metrics
 from tasks.latent.config import LdmModelConfig, TrainLdmConfig
 from tasks.latent.loader import latent_loader
-from tasks.latent.vae import load_vae
+from tasks.latent.vae import load_vae, vae_identity
 from tasks.training.engine import TrainSpec, train
 from tasks.common.model_card import last_grid, write_model_card
 
@@ -46,6 +46,9 @@ def ldm_spec(latent_dir: str, vae_dir: str, config: TrainLdmConfig) -> TrainSpec
     data, model, samples, cfg = config.data, config.model, config.samples, config.training
     manifest = read_manifest(latent_dir)
     vae = load_vae(vae_dir)
+    if manifest["vae"]["identity"] != vae_identity(vae):  # another VAE's latents: a check before any deletion
+        raise ValueError(f"{latent_dir} was encoded by VAE {manifest['vae']['identity']}, but {vae_dir} is VAE "
+                         f"{vae_identity(vae)}: re-run encode_latents")
     scale = float(vae.config.scaling_factor)
     if abs(scale - float(manifest["vae"]["scaling_factor"])) > 1e-6 * max(1.0, abs(scale)):
         raise ValueError(f"{vae_dir}'s scaling factor {scale} differs from the one {latent_dir} was encoded with "

@@ -307,6 +307,7 @@ def prepare_vae(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str |
     summary.update(scaling_factor=scale, scaling_factor_source="config" if config_scale is not None else "measured",
                    scaling_factor_measured=measured)
     psnr = reconstruction_psnr(vae, val_images, eval_batch_size, dev)
+    reliable = len(val_images) >= config.min_val_images
     vae = vae.to("cpu")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     vae.save_pretrained(out_dir)
@@ -315,7 +316,8 @@ def prepare_vae(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str |
         "psnr_val_flat_db": psnr["flat"],          # reference: each face's mean colour
         "psnr_val_bilinear_db": psnr["bilinear"],  # reference: bilinear down-up by the VAE's factor
         "psnr_gain_over_bilinear_db": psnr["vae"] - psnr["bilinear"],
-        "target_met": psnr["vae"] - psnr["bilinear"] >= config.min_gain_over_bilinear_db,
+        "target_met": reliable and psnr["vae"] - psnr["bilinear"] >= config.min_gain_over_bilinear_db,
+        "reliable": reliable,                      # measured on at least min_val_images faces
         "val_images": int(len(val_images)),
         "resolution": resolution,
         "downsample_factor": vae_scale_factor(vae),
@@ -330,7 +332,12 @@ def prepare_vae(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str |
     log(f"train_vae: PSNR on {len(val_images)} validation faces {psnr['vae']:.2f} dB (flat {psnr['flat']:.2f}, "
         f"bilinear f={vae_scale_factor(vae)} {psnr['bilinear']:.2f}); scaling factor {scale:.4f} "
         f"({summary['scaling_factor_source']}) -> {out_dir}")
-    if not metrics["target_met"]:
+    if not reliable:
+        get_logger().warning(
+            f"train_vae: the PSNR ({psnr['vae']:.2f} dB) is measured on only {len(val_images)} validation faces, fewer "
+            f"than min_val_images {config.min_val_images}: not a reliable figure (metrics: reliable false). Add "
+            "photos (duplicates are dropped by fetch_faces) or raise fetch_faces.val_fraction")
+    elif not metrics["target_met"]:
         get_logger().warning(
             f"train_vae: target missed: PSNR {psnr['vae']:.2f} dB is {metrics['psnr_gain_over_bilinear_db']:+.2f} dB "
             f"against the bilinear reference; the target is {config.min_gain_over_bilinear_db:+.1f} dB "

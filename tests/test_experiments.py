@@ -1,0 +1,167 @@
+"""Issue 20 end to end, in a copy of the repo with tiny params: DVC experiments run for real.
+
+- `dvc exp run -S` on every training section (train_cartoon with a nested key, train_vae, train_ldm,
+  train_dreambooth): DVC rewrites params.yaml with its YAML 1.2 writer (`mixed_precision: no`
+  unquoted) and every stage still reads it, uses the overrides and does not resume a checkpoint
+  made under other params;
+- the README's "Comparing runs" commands, parsed from README.md and run verbatim on that repo: each
+  exits 0, the `--temp` experiment runs evaluate_cartoon alone (checkpoints are not outs, so a fresh
+  copy does not see the training stages as changed), and `dvc exp show`'s table fits 120 columns.
+
+One module-scoped repo: the cartoon chain as the baseline, then one experiment that trains the face
+chain from scratch and the cartoon model again (the face chain runs once, under DVC's params.yaml).
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from tests.e2e import REPO, _env, copy_repo, dvc, repro
+from tests.test_cache_truth import TINY as CARTOON
+from tests.test_dreambooth_e2e import TINY as FACES
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # 20 stage runs; each imports torch + diffusers
+TINY = {**FACES, **CARTOON,
+        "train_attribute_classifier": {"epochs": 1, "batch_size": 16},
+        # a judge trained for one epoch on 36 images reads little: count whatever beats chance
+        "evaluate_cartoon": {"guidance_scales": [0, 2], "num_samples": 4, "num_inference_steps": 2, "batch_size": 4,
+                             "grid_images": 4, "min_ceiling": 0.0, "min_ceiling_over_chance": 1.0},
+        "evaluate_faces": {"num_samples": 4, "batch_size": 4, "num_inference_steps": 2, "grid_images": 4,
+                           "k_nearest": 1, "kid": {"num_subsets": 3, "subset_size": 4}, "features": {"workers": 1}}}
+EXP = "all-training"
+OVERRIDES = {"train_cartoon.training.learning_rate": "5.0e-4",  # nested; the baseline's is 2.0e-3
+             "train_vae.training.max_steps": "3",              # the baseline's: 4
+             "train_ldm.training.num_epochs": "2",             # 1
+             "train_dreambooth.prior_loss_weight": "0.5"}      # 1.0
+TRAINING = ("train_cartoon", "train_vae", "train_ldm", "train_dreambooth")
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+WIDTH = 120
+
+
+def readme_commands() -> list[str]:
+    """The first bash block of the README's "Comparing runs", one entry per command."""
+    section = (REPO / "README.md").read_text().split("## Comparing runs", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    assert all(len(line) <= WIDTH for line in block.splitlines()), "README lines wider than the terminal"
+    lines = block.replace("\\\n", " ").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def _git(repo, *args: str) -> str:
+    return subprocess.run(GIT + list(args), cwd=repo, check=True, capture_output=True, text=True).stdout
+
+
+def _shell(repo, command: str) -> subprocess.CompletedProcess:
+    """A README line as a user's shell runs it; stages that run share one Prefect server (faster)."""
+    argv = ["bash", "-c", command]
+    if "dvc repro" in command or "dvc exp run" in command:
+        argv = [sys.executable, "-m", "flows.local_server", *argv]
+    env = {**_env(), "PREFECT_HOME": str(repo / ".prefect"), "COLUMNS": "1000",  # rich squeezes nothing
+           "GIT_AUTHOR_NAME": "u", "GIT_AUTHOR_EMAIL": "u@u", "GIT_COMMITTER_NAME": "u",
+           "GIT_COMMITTER_EMAIL": "u@u", "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "commit.gpgsign",
+           "GIT_CONFIG_VALUE_0": "false"}
+    return subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True)
+
+
+def _ran(out: str) -> set[str]:
+    return set(re.findall(r"Running stage '(\w+)'", out))
+
+
+def _exp_rev(repo, name: str) -> str:
+    rows = json.loads(dvc(repo, "exp", "show", "-A", "--json").stdout)
+    revs = [r["rev"] for row in rows for e in row.get("experiments") or [] if e["name"] == name for r in e["revs"]]
+    assert len(revs) == 1, f"experiment {name}: {revs}"
+    return revs[0]
+
+
+def _lr_curve(repo, rev: str) -> dict[int, float]:
+    tsv = _git(repo, "show", f"{rev}:dvclive/train_cartoon/plots/metrics/train/lr.tsv").splitlines()[1:]
+    return {int(step): float(lr) for step, lr in (row.split("\t") for row in tsv)}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """The cartoon chain committed as the baseline on main, then the experiment on every training section."""
+    repo = copy_repo(tmp_path_factory.mktemp("experiments"), TINY)
+    _git(repo, "branch", "-M", "main")
+    repro(repo, "evaluate_cartoon")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "cartoon baseline")
+    baseline = _git(repo, "rev-parse", "HEAD").strip()
+    sets = [arg for key, value in OVERRIDES.items() for arg in ("-S", f"{key}={value}")]
+    out = dvc(repo, "exp", "run", "-n", EXP, *sets, server=True).stdout
+    return {"repo": repo, "baseline": baseline, "exp_out": out, "rev": _exp_rev(repo, EXP)}
+
+
+def test_an_experiment_overrides_every_training_stage(lab):
+    repo, rev = lab["repo"], lab["rev"]
+    assert set(TRAINING) | {"evaluate_cartoon", "evaluate_faces"} <= _ran(lab["exp_out"])
+    assert not _ran(lab["exp_out"]) & {"fetch_cartoons", "preprocess_cartoons", "train_attribute_classifier"}
+
+    # DVC wrote params.yaml itself (YAML 1.2: the quotes around "no" are gone) and the stages read it.
+    params = _git(repo, "show", f"{rev}:params.yaml")
+    assert re.search(r"^\s+mixed_precision: no\b", params, flags=re.M), params
+    rows = json.loads(dvc(repo, "exp", "show", "-A", "--json").stdout)
+    data = next(r["data"] for row in rows for e in row.get("experiments") or [] for r in e["revs"] if r["rev"] == rev)
+    values = data["params"]["params.yaml"]["data"]
+    for key, value in OVERRIDES.items():
+        section = values
+        for part in key.split("."):
+            section = section[part]
+        assert section == pytest.approx(float(value)), key
+
+    def metrics(name: str) -> dict:
+        return json.loads(_git(repo, "show", f"{rev}:metrics/{name}.json"))
+
+    assert metrics("train_vae")["training"]["steps"] == 3
+    assert metrics("train_ldm")["epochs"] == 2
+    assert metrics("train_dreambooth")["prior_loss_weight"] == 0.5
+    assert metrics("train_dreambooth")["final_prior_loss"] > 0
+    # the nested learning rate: the same schedule at a quarter of the baseline's height
+    base, exp = _lr_curve(repo, lab["baseline"]), _lr_curve(repo, rev)
+    assert base.keys() == exp.keys() and all(exp[s] == pytest.approx(base[s] / 4) for s in base)
+    assert {"reliable_accuracy_vs_ceiling", "best_guidance"} <= metrics("evaluate_cartoon").keys()
+    assert "face_detect_rate" in metrics("evaluate_faces")
+    # The workspace held the baseline's train_cartoon checkpoints: other params, so not resumed.
+    timings = json.loads(_git(repo, "show", f"{rev}:metrics/timings/train_cartoon.json"))
+    assert timings["resumed_from_step"] is None
+
+
+def test_the_readme_compare_runs_commands(lab):
+    repo = lab["repo"]
+    commands = readme_commands()
+    assert [c for c in commands if c.startswith("dvc exp show")], commands
+    for command in commands:
+        proc = _shell(repo, command)
+        assert proc.returncode == 0, f"{command}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        argv = shlex.split(command)
+        if argv[:3] == ["dvc", "exp", "run"]:
+            ran = _ran(proc.stdout)
+            if "--temp" in argv:  # a fresh copy without checkpoints/: nothing upstream looks changed
+                assert ran == {"evaluate_cartoon"}, proc.stdout[-3000:]
+            else:
+                assert ran == {"train_cartoon", "evaluate_cartoon"}, proc.stdout[-3000:]
+                timings = json.loads((repo / "metrics/timings/train_cartoon.json").read_text())
+                assert timings["resumed_from_step"] is None  # the checkpoints were the baseline's lr
+        elif argv[:3] == ["dvc", "exp", "show"]:
+            table = proc.stdout
+            wide = [line for line in table.splitlines() if len(line) > WIDTH]
+            assert not wide, "\n".join(wide)
+            assert "…" not in table, table  # nothing collapsed or cut
+            for column in ("reliable_accuracy_vs_ceiling", "evaluate_cartoon.seed",
+                           "train_cartoon.training.learning_rate", "seed-1", "lr-low"):
+                assert column in table, table
+            # no dep md5s (metrics/attribute_classifier.json is a dep of evaluate_cartoon), no metric echoes
+            assert "metrics/" not in table and "method" not in table and "Created" not in table, table
+        elif argv[:3] == ["dvc", "metrics", "diff"]:
+            assert "metrics/train_cartoon.json" in proc.stdout or "final_loss" in proc.stdout, proc.stdout
+        elif argv[:3] == ["dvc", "params", "diff"]:
+            assert "train_cartoon.training.learning_rate" in proc.stdout, proc.stdout
+    # after `dvc exp apply`: the workspace holds the experiment, and params.yaml is DVC's
+    assert "learning_rate: 0.001" in (repo / "params.yaml").read_text() or \
+        "learning_rate: 1e-3" in (repo / "params.yaml").read_text()
