@@ -24,14 +24,14 @@ from typing import Any
 import yaml
 
 from pipelines.schedulers import SCHEDULERS
-from tasks.common.identity import REPO, code_identity, data_identity
+from tasks.common.identity import REPO, code_identity, data_identity, stage_code
 
 CARD = "README.md"
 # pipelines.dreambooth.RECORD, not imported: that module would join the closure of every stage that imports
 # this one (encode_latents, sample_class, ... through tasks/latent/vae.py).
 ADAPTER_RECORD = "dreambooth_adapter.json"
 GRID = "samples.png"  # the grid, copied into the folder so the card's picture travels with it
-GIT_PATHS = ("flows", "tasks", "pipelines", "params.yaml")  # what "dirty" means: the code and params of a run
+GIT_PATHS = ("flows", "tasks", "pipelines")  # the code, when no stage is named
 
 # What each training stage's folder is (title, tags, one paragraph).
 STAGES = {
@@ -333,10 +333,10 @@ def read_front_matter(text: str) -> dict:
 
 # ---------------------------------------------------------------------------------------------- provenance
 
-def git_state() -> dict[str, Any]:
-    """The commit the code was checked out at and whether the code or params had uncommitted changes
-    (None for both outside a git checkout). Only GIT_PATHS count: a stage's own outputs (metrics,
-    dvc.lock) are always uncommitted while `dvc repro` runs."""
+def git_state(stage: str | None = None) -> dict[str, Any]:
+    """The newest commit that changed the stage's code (its module import closure) and whether that code
+    has uncommitted changes (None for both outside a git checkout). Not HEAD: a card must be a function
+    of the stage's deps, so that `dvc repro -f`, a later commit or the GPU worker write the same bytes."""
     def git(*args: str) -> str | None:
         try:
             proc = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30)
@@ -344,18 +344,20 @@ def git_state() -> dict[str, Any]:
             return None
         return proc.stdout.strip() if proc.returncode == 0 else None
 
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
+    files = [p.relative_to(REPO).as_posix() for p in stage_code([f"flows.{stage}"], REPO)] if stage else list(GIT_PATHS)
+    commit = git("log", "-1", "--format=%H", "--", *files)
+    if not commit:
         return {"commit": None, "dirty": None}
-    changes = git("status", "--porcelain", "--", *GIT_PATHS)
+    changes = git("status", "--porcelain", "--", *files)
     return {"commit": commit, "dirty": None if changes is None else bool(changes)}
 
 
 def provenance_section(stage: str, params: dict) -> str:
-    state = git_state()
-    dirty = {True: " plus uncommitted changes to the code or params.yaml", False: " (clean)",
+    state = git_state(stage)
+    dirty = {True: " plus uncommitted changes to it", False: " (clean)",
              None: " (changes unknown)"}[state["dirty"]]
-    commit = f"git commit `{state['commit']}`{dirty}" if state["commit"] else "outside a git checkout"
+    commit = (f"its code as of git commit `{state['commit']}`{dirty}" if state["commit"]
+              else "outside a git checkout")
     return (f"## How it was made\n\n- stage `{stage}` (`dvc repro {stage}`), {commit}\n"
             f"- code identity `{code_identity(stage)}` (the stage's code and library versions: "
             f"tasks/common/identity.py)\n\n"
