@@ -27,6 +27,7 @@ from pipelines import (AttributeProjection, CartoonDiffusionPipeline, LatentDiff
                        save_portable)
 from pipelines.dreambooth import SubjectDiffusionPipeline, module_identity, with_identifier
 from tasks.common import model_card
+from tasks.common.identity import stage_code
 from tasks.common.model_card import flatten, last_grid, read_front_matter, write_model_card
 from tasks.common.shards import AtomicShardWriter, split_of, write_manifest
 from tasks.common.timings import write_metrics
@@ -209,9 +210,12 @@ def test_a_card_is_true_to_the_stage_outputs(world, name):
     params = yaml.safe_load(re.search(r"```yaml\n(.*?)```", text, flags=re.S).group(1))
     stage = next(iter(params))
     assert params[stage] == (section(stage, method="lora") if name == "lora" else section(stage))
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
-    if head.returncode == 0:
-        assert f"git commit `{head.stdout.strip()}`" in text
+    # The newest commit of the stage's code (not HEAD: the card must depend on the stage's deps alone).
+    files = [p.relative_to(REPO).as_posix() for p in stage_code([f"flows.{stage}"])]
+    last = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%H", "--", *files],
+                          capture_output=True, text=True)
+    if last.returncode == 0 and last.stdout.strip():
+        assert f"git commit `{last.stdout.strip()}`" in text
 
 
 def test_licenses_and_base_models_follow_the_data(world):
