@@ -32,6 +32,7 @@ from tasks.common.model_card import flatten, last_grid, read_front_matter, write
 from tasks.common.shards import AtomicShardWriter, split_of, write_manifest
 from tasks.common.timings import write_metrics
 from tests.configs import section
+from tests.test_sample_cli import tiny_latent_unet
 
 REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
@@ -93,13 +94,6 @@ def tiny_vae() -> PatchAutoencoderKL:
                               sample_size=16, scaling_factor=0.5)
 
 
-def tiny_unet() -> UNet2DModel:
-    torch.manual_seed(0)
-    return UNet2DModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       attention_head_dim=8, norm_num_groups=8)
-
-
 def save_cartoon(out: Path) -> None:
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
@@ -124,7 +118,7 @@ def world(tmp_path_factory) -> Path:
     subject = latents_of(root / "data/subject_latents", aligned_faces(root / "data/subject", "synthetic", n=4))
     models = root / "models"
 
-    ldm = LatentDiffusionPipeline(unet=tiny_unet(), vae=tiny_vae(), scheduler=DDPMScheduler(num_train_timesteps=50))
+    ldm = LatentDiffusionPipeline(unet=tiny_latent_unet(), vae=tiny_vae(), scheduler=DDPMScheduler(num_train_timesteps=50))
     save_portable(ldm, models / "ldm")  # as train_ldm saves it
     card_for(models / "ldm", "train_ldm", {"latent_shape": [4, 8, 8], "scaling_factor": 0.5, "steps": 3,
                                            "final_loss": 0.123456789012345}, root,
@@ -133,7 +127,7 @@ def world(tmp_path_factory) -> Path:
     klass = root / "data/class_latents"
     klass.mkdir()
     write_manifest(klass, {"kind": "faces_latents", "base": {"dir": str(models / "ldm"), "identity": "x"}})
-    unet = with_identifier(tiny_unet())
+    unet = with_identifier(tiny_latent_unet())
     with torch.no_grad():
         unet.class_embedding.weight.normal_(0, 1, generator=torch.Generator().manual_seed(1))
     save_portable(SubjectDiffusionPipeline(unet=unet, vae=tiny_vae(), scheduler=DDPMScheduler(num_train_timesteps=50)),
