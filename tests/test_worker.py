@@ -167,6 +167,28 @@ def test_marked_folders_are_reused_and_deleted(tmp_path):
     assert not (work / "runs" / "r1").exists()
 
 
+def test_runs_claiming_one_new_folder_at_once_all_succeed(tmp_path):
+    for attempt in range(20):  # the race was: one run saw the folder, then the other's marker in it
+        work, errors = tmp_path / f"w{attempt}", []
+
+        def claim():
+            try:
+                checkout.claim_folder(work)
+                (work / "mirrors").mkdir(exist_ok=True)
+            except Exception as err:  # noqa: BLE001 - collected for the assertion
+                errors.append(err)
+
+        threads = [threading.Thread(target=claim) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(checkout.NotOwned):
+        checkout.claim_folder(tmp_path / "a-file")
+
+
 # --- revisions, mirrors, isolation ----------------------------------------------------------------
 
 def test_main_is_resolved_again_after_a_new_commit_is_pushed(tmp_path):

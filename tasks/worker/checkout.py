@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 import re
 import shutil
 from contextlib import contextmanager
@@ -70,13 +71,18 @@ def claim_folder(path: Path) -> Path:
     """Create `path` (or accept it when it carries MARKER) and mark it as the worker's.
 
     An existing folder without the marker that is not empty is refused: it belongs to someone.
+    Safe when several runs claim one folder at once: one listing decides, and a run that saw the
+    folder empty only adds the marker another run may have written already.
     """
     path = path.expanduser().absolute()
-    if path.exists() and not (path / MARKER).is_file():
-        if not path.is_dir() or any(path.iterdir()):
-            raise NotOwned(f"{path} exists and was not created by the worker (no {MARKER} in it): "
-                           "choose an empty or new folder for workdir")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        names = set(os.listdir(path))
+    except (FileExistsError, NotADirectoryError):  # a file stands there
+        names = {"(a file)"}
+    if names and not (MARKER in names and (path / MARKER).is_file()):
+        raise NotOwned(f"{path} exists and was not created by the worker (no {MARKER} in it): "
+                       "choose an empty or new folder for workdir")
     (path / MARKER).write_text("created by the facediff GPU worker; it may delete what is under this folder\n")
     return path
 
