@@ -23,7 +23,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tasks.cartoon.config import ClassifierConfig, TrainCartoonConfig  # noqa: E402
-from tasks.common.shards import AtomicShardWriter, read_manifest, write_manifest  # noqa: E402
+from tasks.common.shards import AtomicShardWriter, plain_tar_members, read_manifest, write_manifest  # noqa: E402
 from tasks.latent.config import TrainLdmConfig, TrainVaeConfig  # noqa: E402
 from tests.configs import stage_config  # noqa: E402
 from tests.test_cartoon_model_stages import SCHEMA, TINY_MODEL, _image  # noqa: E402
@@ -88,22 +88,41 @@ def one_train_shard(good: Path, bad: Path) -> Path:
     return bad
 
 
+def truncated_train_shards(good: Path, bad: Path) -> Path:
+    """A copy of dataset `good` whose training shards are cut after their first sample, at a tar
+    member boundary (a valid but shorter tar): a truncated copy or download. The manifest is `good`'s
+    with a note added, so the data's identity is new (another dataset, not the finished run's)."""
+    shutil.copytree(good, bad)
+    manifest = read_manifest(bad)
+    write_manifest(bad, {**manifest, "note": "its training shards were truncated"})
+    for name in manifest["splits"]["train"]["shards"]:
+        data = (bad / name).read_bytes()
+        members = plain_tar_members(data)
+        first = members[0][0].split(".", 1)[0]
+        _, start, size = [m for m in members if m[0].split(".", 1)[0] == first][-1]
+        (bad / name).write_bytes(data[:start + -(-size // 512) * 512])
+    return bad
+
+
 # ------------------------------------------------------------------------------------------ cartoon track
 
-def make_cartoon_shards(out: Path) -> Path:
+def make_cartoon_shards(out: Path, damaged_png: bool = False) -> Path:
     """32 train + 8 val 16x16 cartoons in shards of 4, in preprocess_cartoons' format (the drawing of
-    test_cartoon_model_stages)."""
+    test_cartoon_model_stages); `damaged_png`: every training image's bytes cut in half (and a note in the
+    manifest, which a stage would write with new data: its identity)."""
     rng = np.random.default_rng(0)
     splits = {}
     for split, n in (("train", 32), ("val", 8)):
         with AtomicShardWriter(out, split, max_count=4) as w:
             for i in range(n):
                 attrs = [int(rng.integers(c)) for c in SCHEMA.counts]
-                w.write({"__key__": f"{split}{i:03d}", "png": _image(attrs, rng),
+                png = _image(attrs, rng)
+                w.write({"__key__": f"{split}{i:03d}", "png": png[:len(png) // 2] if damaged_png and split == "train" else png,
                          "attrs.json": json.dumps(attrs).encode()})
         splits[split] = {"shards": w.shards, "count": n, "shard_counts": w.shard_counts}
     write_manifest(out, {"schema": SCHEMA.to_json(), "splits": splits,
-                         "counts": {s: v["count"] for s, v in splits.items()}})
+                         "counts": {s: v["count"] for s, v in splits.items()},
+                         **({"note": "damaged images"} if damaged_png else {})})
     return out
 
 
@@ -112,7 +131,9 @@ def cartoon_shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("cartoon_data")
     good = make_cartoon_shards(root / "good")
     return good, {"no_train": empty_train_split(good, root / "no_train"),
-                  "one_train_shard": one_train_shard(good, root / "one_train_shard")}
+                  "one_train_shard": one_train_shard(good, root / "one_train_shard"),
+                  "truncated": truncated_train_shards(good, root / "truncated"),
+                  "damaged_png": make_cartoon_shards(root / "damaged_png", damaged_png=True)}
 
 
 def test_train_cartoon_on_bad_data_keeps_the_good_run(tmp_path, cartoon_shards):
@@ -130,7 +151,10 @@ def test_train_cartoon_on_bad_data_keeps_the_good_run(tmp_path, cartoon_shards):
     train_cartoon_task.fn(str(good), *paths, config)
     before = snapshot(out)
     for name, reason in (("no_train", "0 train shard"),  # the shard loader's check
-                         ("one_train_shard", "0 batches per epoch .* training data is empty")):  # the engine's
+                         ("one_train_shard", "0 batches per epoch .* training data is empty"),  # the engine's
+                         # found while training, after the good run's checkpoints were set aside:
+                         ("truncated", r"train-\d+\.tar: 1 samples where the manifest lists 4"),
+                         ("damaged_png", "sample 'train.*' cannot be read .* damaged or changed")):
         with pytest.raises(ValueError, match=reason):
             train_cartoon_task.fn(str(bad[name]), *paths, config)
         assert_intact(out, before, ("model", "ckpt", "live", "metrics.json", "timings"))
@@ -193,6 +217,7 @@ def latents(tmp_path_factory, faces):
         encode_latents(str(aligned), str(root / name), str(root / f"{name}_latents"), resolution=16, batch_size=8,
                        progress=False)
     empty_train_split(root / "vae_latents", root / "no_train")
+    truncated_train_shards(root / "vae_latents", root / "truncated")
     one_train_shard(root / "vae_latents", root / "one_train_shard")
     return root
 
@@ -212,7 +237,8 @@ def test_train_ldm_on_bad_latents_keeps_the_good_run(tmp_path, latents):
     for bad, reason in (("other_vae_latents", "was encoded by VAE .* re-run encode_latents"),
                         ("same_scale_vae_latents", "was encoded by VAE .* re-run encode_latents"),  # same factor
                         ("no_train", "0 train shard"),
-                        ("one_train_shard", "0 batches per epoch .* training data is empty")):
+                        ("one_train_shard", "0 batches per epoch .* training data is empty"),
+                        ("truncated", "1 samples where the manifest lists")):
         with pytest.raises(ValueError, match=reason):
             train_ldm_task.fn(str(latents / bad), str(latents / "vae"), *paths, config)
         assert_intact(out, before, ("model", "ckpt", "live", "metrics.json", "timings"))

@@ -12,7 +12,7 @@ import webdataset as wds
 from webdataset.cache import StreamingOpen
 from webdataset.tariterators import tar_file_expander
 
-from tasks.common.shard_loader import _tar_files
+from tasks.common.shard_loader import ShardDataError, _tar_files
 from tasks.common.shards import AtomicShardWriter, TarShardWriter, plain_tar_members
 
 
@@ -129,4 +129,7 @@ def test_loader_reads_files_as_webdatasets_reader_does(tmp_path):
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     urls = [str(plain), str(other), str(tmp_path / "meta.tar")]
-    assert list(_tar_files([{"url": u} for u in urls])) == _expander(urls)
+    counts = {str(plain): 12, str(other): 5, str(tmp_path / "meta.tar"): 1}
+    assert list(_tar_files([{"url": u} for u in urls], counts)) == _expander(urls)
+    with pytest.raises(ShardDataError, match="plain.tar: 12 samples where the manifest lists 13"):
+        list(_tar_files([{"url": str(plain)}], {str(plain): 13}))

@@ -1,7 +1,6 @@
 """The shared training engine on a tiny unconditional UNet and an in-memory dataset (no shards)."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 from diffusers import UNet2DModel
@@ -235,6 +234,8 @@ def test_code_change_discards_checkpoints(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "code_identity", lambda: "other code")
     fresh = train(_spec({}), cfg, **kw)
     assert fresh["run"]["resumed_from_step"] is None and fresh["steps"] == 4
+    # The old run's state was kept aside while this one trained, and dropped once it finished.
+    assert not (tmp_path / "ck" / engine.PREVIOUS_RUN).exists()
 
 
 def test_resume_refuses_another_accumulation_or_process_count(tmp_path):

@@ -16,7 +16,9 @@ from __future__ import annotations
 import mmap
 import random
 import re
+import tarfile
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
@@ -24,7 +26,7 @@ from urllib.parse import urlparse
 import webdataset as wds
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 from webdataset.cache import StreamingOpen
-from webdataset.tariterators import group_by_keys, tar_file_expander
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
 from tasks.common.shards import plain_tar_members, read_manifest, shard_paths
 
@@ -50,26 +52,53 @@ class _SeededShuffle:
         return wds.filters._shuffle(samples, self.bufsize, min(self.bufsize, 100), rng)
 
 
-def _tar_files(sources: Iterator[dict]) -> Iterator[dict]:
+class ShardDataError(ValueError):
+    """A shard that does not hold what its manifest says: truncated, damaged or replaced."""
+
+
+def _damaged(url: str, what: str) -> ShardDataError:
+    folder = Path(urlparse(url).path).parent
+    return ShardDataError(f"{url}: {what}. The shard was damaged or changed after its stage wrote it: restore it "
+                          f"(`dvc checkout {folder}`) or re-run the stage that writes {folder}")
+
+
+def _tar_files(sources: Iterator[dict], counts: dict[str, int]) -> Iterator[dict]:
     """The files of each shard as webdataset's `tar_file_expander` yields them ({fname, data,
     __url__, __local_path__}, then `{}` at the end of each shard), with plain local shards (what
     AtomicShardWriter writes) parsed directly instead of through tarfile: ~20 us a cartoon sample
     (two files, grouping included) instead of ~90, which was a third of its cost at 64 px.
-    Anything else goes to webdataset's own reader."""
+    Anything else goes to webdataset's own reader.
+
+    Each shard must hold the `counts[url]` samples its manifest lists: a shard cut at a member
+    boundary reads as a valid, shorter tar, and would silently train on less."""
     for source in sources:
         url = source["url"]
-        parsed = urlparse(url)
-        if parsed.scheme in ("", "file"):
-            with _mapped(parsed.path) as tar:
-                members = plain_tar_members(tar) if tar is not None else None
-                if members is not None:
-                    for name, start, size in members:
-                        if not _is_meta(name):
-                            yield {"fname": name, "data": tar[start:start + size], "__url__": url,
-                                   "__local_path__": parsed.path}
-                    yield {}
-                    continue
+        keys: set[str] = set()
+        for entry in _shard_files(source):
+            if entry:
+                keys.add(base_plus_ext(entry["fname"])[0])
+            yield entry
+        if len(keys) != counts[url]:
+            raise _damaged(url, f"{len(keys)} samples where the manifest lists {counts[url]}")
+
+
+def _shard_files(source: dict) -> Iterator[dict]:
+    url = source["url"]
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        with _mapped(parsed.path) as tar:
+            members = plain_tar_members(tar) if tar is not None else None
+            if members is not None:
+                for name, start, size in members:
+                    if not _is_meta(name):
+                        yield {"fname": name, "data": tar[start:start + size], "__url__": url,
+                               "__local_path__": parsed.path}
+                yield {}
+                return
+    try:
         yield from tar_file_expander(StreamingOpen()([source]))
+    except tarfile.TarError as err:
+        raise _damaged(url, f"not a readable tar ({err.args[0] if err.args else err})") from None
 
 
 @contextmanager
@@ -91,12 +120,25 @@ def _is_meta(name: str) -> bool:
     return ("/" not in name and name.startswith("__") and name.endswith("__")) or bool(_META.match(name))
 
 
+def _named_errors(to_tensors: Callable[[dict], Any]) -> Callable[[dict], Any]:
+    """`to_tensors` whose failure on a sample (an image that does not decode) names the shard and key."""
+    def convert(sample: dict) -> Any:
+        try:
+            return to_tensors(sample)
+        except Exception as err:  # noqa: BLE001 - re-raised with where it happened
+            raise _damaged(sample.get("__url__", "?"), f"sample {sample.get('__key__')!r} cannot be read "
+                                                      f"({type(err).__name__}: {err})") from err
+    return convert
+
+
 class _ShardPipeline(wds.DataPipeline, wds.FluidInterface):
     """wds.WebDataset's stages for a fixed, already ordered shard list (no shard shuffle, no
     node split, no cache), reading shards with `_tar_files`."""
 
-    def __init__(self, urls: list[str]):
-        super().__init__(wds.SimpleShardList(urls), wds.split_by_worker, _tar_files, group_by_keys)
+    def __init__(self, shards: list[tuple[str, int]]):
+        counts = dict(shards)
+        super().__init__(wds.SimpleShardList([url for url, _ in shards]), wds.split_by_worker,
+                         partial(_tar_files, counts=counts), group_by_keys)
 
 
 class ShardLoader:
@@ -134,14 +176,14 @@ class ShardLoader:
             count_batches([c for _, c in rank_shards(r)], batch_size, self.workers, drop_last)
             for r in range(world_size)
         )
-        dataset = _ShardPipeline([p for p, _ in rank_shards(rank)])
+        dataset = _ShardPipeline(rank_shards(rank))
         if decode:
             dataset = dataset.decode()
         if shuffle and shuffle_buffer > 1:
             dataset = dataset.compose(_SeededShuffle(shuffle_buffer, seed, epoch, rank))
         # Batched per worker, a partial last batch kept unless drop_last: what DataLoader(batch_size=
         # batch_size, drop_last=drop_last) did with an iterable dataset.
-        dataset = dataset.map(to_tensors).batched(batch_size, collation_fn=collate, partial=not drop_last)
+        dataset = dataset.map(_named_errors(to_tensors)).batched(batch_size, collation_fn=collate, partial=not drop_last)
         self._loader = DataLoader(dataset, batch_size=None, num_workers=self.workers, persistent_workers=False)
 
     def __len__(self) -> int:

@@ -53,6 +53,7 @@ from tasks.training.memory import measured_adam_state_mb, memory_anatomy
 
 CHECKPOINT_PREFIX = "checkpoint-"
 FINGERPRINT = "fingerprint.json"
+PREVIOUS_RUN = ".previous-run"  # another run's state, kept until this run ends
 LIVE_COPY = "dvclive"  # inside a checkpoint: the dvclive folder at that step
 
 
@@ -143,10 +144,16 @@ def _check_layout(marker: dict, layout: dict, checkpoint_dir: Path) -> None:
             "to start afresh.")
 
 
-def _prepare_checkpoint_dir(checkpoint_dir: Path, run_key: str, layout: dict, is_main: bool, log) -> None:
-    """Keep checkpoints only if this code wrote them for this run (same key); drop them otherwise.
+def _prepare_checkpoint_dir(checkpoint_dir: Path, live_dir: Path, run_key: str, layout: dict, is_main: bool,
+                            log) -> None:
+    """Keep checkpoints only if this code wrote them for this run (same key); set others aside.
 
-    Every process checks (so all raise together); only the main process deletes and writes."""
+    Another run's checkpoints, marker and dvclive folder move to `<checkpoint_dir>/.previous-run`,
+    where they stay until this run finishes (`_drop_previous`) or is put back if it fails before its
+    first checkpoint (`_put_back_previous`): a run on bad data loses nothing of the last good one. A
+    `.previous-run` that is already there holds the last finished run; what stands beside it then
+    belongs to an unfinished one and is deleted. Every process checks (so all raise together); only
+    the main process moves and writes."""
     marker = _read_marker(checkpoint_dir)
     if marker.get("run_id") == run_key:
         _check_layout(marker, layout, checkpoint_dir)
@@ -157,12 +164,36 @@ def _prepare_checkpoint_dir(checkpoint_dir: Path, run_key: str, layout: dict, is
         stale = list_checkpoints(checkpoint_dir)
         if stale:
             log.warning(f"{checkpoint_dir}: {len(stale)} checkpoint(s) of another run (code, params or data "
-                        "changed); starting afresh")
-        for p in stale:
-            shutil.rmtree(p)
+                        f"changed); starting afresh, the old ones kept in {PREVIOUS_RUN} until this run ends")
+        previous = checkpoint_dir / PREVIOUS_RUN
+        keep = not previous.is_dir()
+        previous.mkdir(exist_ok=True)
+        for p in [*stale, checkpoint_dir / FINGERPRINT, live_dir]:
+            if p.exists():
+                shutil.move(p, previous / (p.name if p != live_dir else LIVE_COPY)) if keep else \
+                    (shutil.rmtree(p) if p.is_dir() else p.unlink())
         (checkpoint_dir / FINGERPRINT).write_text(json.dumps({"run_id": run_key, **layout}) + "\n")
     for tmp in checkpoint_dir.glob("*.tmp"):  # a save cut short by a kill
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _put_back_previous(checkpoint_dir: Path, live_dir: Path) -> None:
+    """Undo `_prepare_checkpoint_dir`'s setting aside, for a run that failed before any checkpoint."""
+    previous = checkpoint_dir / PREVIOUS_RUN
+    if not previous.is_dir() or list_checkpoints(checkpoint_dir):
+        return
+    for p in (checkpoint_dir / FINGERPRINT, live_dir):
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    for p in previous.iterdir():
+        shutil.move(p, live_dir if p.name == LIVE_COPY else checkpoint_dir / p.name)
+    previous.rmdir()
+
+
+def _drop_previous(checkpoint_dir: Path) -> None:
+    shutil.rmtree(checkpoint_dir / PREVIOUS_RUN, ignore_errors=True)
 
 
 def _restore_live(checkpoint: Path, live_dir: Path) -> None:
@@ -299,7 +330,7 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
     # ---------------------------------------------------------------- resume
     run_key = identity(run_id, code_identity())
     layout = {"processes": world, "gradient_accumulation_steps": cfg.gradient_accumulation_steps}
-    _prepare_checkpoint_dir(checkpoint_dir, run_key, layout, is_main, log)
+    _prepare_checkpoint_dir(checkpoint_dir, live_dir, run_key, layout, is_main, log)
     accelerator.wait_for_everyone()
     found = list_checkpoints(checkpoint_dir)
     resumed_from = None
@@ -309,184 +340,191 @@ def train(spec: TrainSpec, cfg: TrainConfig, *, model_dir: str, checkpoint_dir: 
         log.info(f"resumed from {resumed_from} at step {counters.global_step} (epoch {counters.epoch}, "
                  f"batch {counters.batch_in_epoch})")
 
-    live = None
-    if is_main:
-        if resumed_from is not None:
-            _restore_live(resumed_from, live_dir)
-        elif live_dir.is_dir():
-            shutil.rmtree(live_dir)  # a fresh run starts fresh curves
-        live = Live(dir=str(live_dir), resume=resumed_from is not None, save_dvc_exp=False, dvcyaml=None)
-        live.step = counters.global_step
-
-    def save_checkpoint() -> None:
-        accelerator.wait_for_everyone()
-        final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{counters.global_step}"
-        tmp = checkpoint_dir / (final.name + ".tmp")
-        accelerator.save_state(str(tmp))  # main process writes the shared state; each rank its RNG
-        accelerator.wait_for_everyone()
+    try:
+        live = None
         if is_main:
-            if live_dir.is_dir():  # the curves and grids so far travel with the checkpoint
-                shutil.copytree(live_dir, tmp / LIVE_COPY)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)  # a checkpoint is visible only once complete
-            keep = cfg.checkpoints_total_limit
-            if keep is not None:
-                for old in list_checkpoints(checkpoint_dir)[:-keep]:
-                    shutil.rmtree(old)
-        accelerator.wait_for_everyone()
+            if resumed_from is not None:
+                _restore_live(resumed_from, live_dir)
+            elif live_dir.is_dir():
+                shutil.rmtree(live_dir)  # a fresh run starts fresh curves
+            live = Live(dir=str(live_dir), resume=resumed_from is not None, save_dvc_exp=False, dvcyaml=None)
+            live.step = counters.global_step
 
-    def with_ema_weights(fn: Callable[[nn.Module], Any]) -> Any:
-        net = accelerator.unwrap_model(model)
-        if ema is None:
-            return fn(net)
-        ema.store(net.parameters())
-        ema.copy_to(net.parameters())
-        try:
-            return fn(net)
-        finally:
-            ema.restore(net.parameters())
+        def save_checkpoint() -> None:
+            accelerator.wait_for_everyone()
+            final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{counters.global_step}"
+            tmp = checkpoint_dir / (final.name + ".tmp")
+            accelerator.save_state(str(tmp))  # main process writes the shared state; each rank its RNG
+            accelerator.wait_for_everyone()
+            if is_main:
+                if live_dir.is_dir():  # the curves and grids so far travel with the checkpoint
+                    shutil.copytree(live_dir, tmp / LIVE_COPY)
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)  # a checkpoint is visible only once complete
+                keep = cfg.checkpoints_total_limit
+                if keep is not None:
+                    for old in list_checkpoints(checkpoint_dir)[:-keep]:
+                        shutil.rmtree(old)
+            accelerator.wait_for_everyone()
 
-    def log_samples(epoch: int, last: bool) -> None:
-        """A grid every `samples_every_epochs` epochs and always one at the end of the run (a
-        declared grid folder must never be empty, whatever the epoch count)."""
-        if is_main and spec.sample_grid is not None and cfg.samples_every_epochs > 0 \
-                and ((epoch + 1) % cfg.samples_every_epochs == 0 or last):
-            was_training = model.training
-            model.eval()
-            grid = with_ema_weights(lambda net: spec.sample_grid(net, noise_scheduler, epoch))
-            model.train(was_training)
-            live.log_image(f"samples/epoch-{epoch + 1:03d}.png", grid)
-
-    # ---------------------------------------------------------------- loop
-    log.info(f"training {anatomy['trainable_parameters']:,} parameters for {total_steps} steps "
-             f"({steps_per_epoch} per epoch, {world} process(es), accumulation {cfg.gradient_accumulation_steps})")
-    progress = tqdm(total=total_steps, initial=counters.global_step, desc="train", unit="step",
-                    disable=not (is_main and show_progress), dynamic_ncols=True)
-    samples_seen, train_time = 0, 0.0
-    # The losses since the last logging step, summed on the device: reading a device value on the host
-    # waits for every queued kernel, so that happens only at logging steps.
-    pending_loss = torch.zeros((), device=accelerator.device)
-    pending_parts: dict[str, torch.Tensor] = {}  # the spec's extra loss terms, likewise
-    pending_steps = 0
-    model.train()
-    while counters.global_step < total_steps:
-        epoch = counters.epoch
-        batches = iter(spec.make_loader(epoch, rank, world))
-        # Deterministic loader: skip what the checkpointed run had consumed of this epoch.
-        for _ in itertools.islice(batches, counters.batch_in_epoch):
-            pass
-        t0 = time.perf_counter()
-        while counters.batch_in_epoch < micro_per_epoch and counters.global_step < total_steps:
+        def with_ema_weights(fn: Callable[[nn.Module], Any]) -> Any:
+            net = accelerator.unwrap_model(model)
+            if ema is None:
+                return fn(net)
+            ema.store(net.parameters())
+            ema.copy_to(net.parameters())
             try:
-                batch = next(batches)
-            except StopIteration:
-                raise RuntimeError(f"the loader of epoch {epoch} ended after {counters.batch_in_epoch} batches; "
-                                   f"the spec promised {spec.batches_per_epoch}") from None
-            if cuda:  # from pinned memory the copy is queued, not waited for (a pageable one syncs the stream)
-                batch = _to_device_async(batch, accelerator.device)
-            x0, cond = spec.prepare_batch(batch, accelerator.device)
-            bsz = x0.shape[0]
-            generator.manual_seed(noise_seed(cfg.seed, rank, epoch * micro_per_epoch + counters.batch_in_epoch))
-            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-            timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,),
-                                      generator=generator, device=x0.device)
-            if cfg.cond_drop_prob > 0 and spec.null_condition is not None:
-                drop = torch.rand(bsz, generator=generator, device=x0.device) < cfg.cond_drop_prob
-                cond = spec.null_condition(cond, drop)
-            noisy = noise_scheduler.add_noise(x0, noise, timesteps)
-            if cfg.prediction_type == "epsilon":
-                target = noise
-            else:  # v = sqrt(a) * eps - sqrt(1 - a) * x0
-                target = noise_scheduler.get_velocity(x0, noise, timesteps)
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    pred = spec.predict(model, noisy, timesteps, cond)
-                if spec.loss is None:
-                    loss, parts = denoising_loss(pred.float(), target.float(), timesteps, noise_scheduler, cfg), {}
-                else:
-                    loss, parts = spec.loss(pred.float(), target.float(), cond)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()  # a no-op inside an accumulation window (accelerate)
-                optimizer.zero_grad(set_to_none=True)
-            accumulation = cfg.gradient_accumulation_steps  # a step's loss: the mean over its micro-batches
-            pending_loss += loss.detach() / accumulation
-            for name, value in parts.items():
-                pending_parts[name] = pending_parts.get(name, 0) + value.detach().float() / accumulation
-            counters.batch_in_epoch += 1
-            samples_seen += bsz * world
-            if not accelerator.sync_gradients:
-                continue
-            # ---- one optimizer step done (or skipped by the fp16 grad scaler on inf/nan gradients:
-            # then the weights did not move, so neither may the LR schedule nor the EMA)
-            if not accelerator.optimizer_step_was_skipped:
-                lr_scheduler.step()
-                if ema is not None:
-                    ema.step(accelerator.unwrap_model(model).parameters())
-            counters.global_step += 1
-            pending_steps += 1
-            epoch_done = counters.batch_in_epoch >= micro_per_epoch
-            run_done = counters.global_step >= total_steps
-            checkpoint_due = counters.global_step % cfg.checkpointing_steps == 0 or run_done
-            # ---- a logging step: one dvclive row at x = the step, the mean of the steps since the last
-            # row, gathered over processes: the loop's one host sync. Checkpoint steps log too (a row's
-            # steps then never span a resume), and so does the step after which the last
-            # `steps_per_epoch` steps begin (final_loss, their mean, is then exact). Every process
-            # logs at the same steps (the gather is collective).
-            if (counters.global_step % cfg.log_every_steps == 0 or checkpoint_due
-                    or counters.global_step == total_steps - steps_per_epoch):
-                names = sorted(pending_parts)
-                sums = torch.stack([pending_loss, *(pending_parts[k] for k in names)])
-                means = (accelerator.gather(sums[None]).mean(0) / pending_steps).tolist()
-                if is_main:
-                    live.step = counters.global_step
-                    for name, value in zip(["loss", *names], means):
-                        live.log_metric(f"train/{name}", value)
-                    live.log_metric("train/lr", lr_scheduler.get_last_lr()[0])
-                    live.next_step()
-                progress.update(pending_steps)
-                progress.set_postfix(loss=f"{means[0]:.4f}", epoch=epoch + 1)
-                pending_loss.zero_()
-                pending_parts.clear()
-                pending_steps = 0
-            if epoch_done or run_done:
-                train_time += time.perf_counter() - t0
-                log_samples(epoch, last=run_done)  # before the checkpoint, which keeps a copy
-                t0 = time.perf_counter()
-            if epoch_done:  # counters point at the next epoch before a checkpoint records them
-                counters.epoch, counters.batch_in_epoch = epoch + 1, 0
-            if checkpoint_due:
-                save_checkpoint()
-            if step_callback is not None:
-                step_callback(counters.global_step)
-            if epoch_done:
-                break
-    progress.close()
+                return fn(net)
+            finally:
+                ema.restore(net.parameters())
 
-    # ---------------------------------------------------------------- outputs
-    accelerator.wait_for_everyone()
-    # What the run made (deterministic: the same after a resume) apart from how the run went
-    # (wall-clock, resume point, memory), which callers write to a file of its own.
-    summary = {
-        "steps": counters.global_step,
-        "epochs": counters.epoch,
-        "processes": world,
-        "final_loss": None,
-        "run": {
-            "samples_per_second": samples_seen / train_time if train_time > 0 else None,
-            "train_seconds": train_time,
-            "resumed_from_step": int(resumed_from.name[len(CHECKPOINT_PREFIX):]) if resumed_from else None,
-            "memory_anatomy": {**anatomy, "adam_state_mb_measured": measured_adam_state_mb(optimizer)},
-        },
-    }
+        def log_samples(epoch: int, last: bool) -> None:
+            """A grid every `samples_every_epochs` epochs and always one at the end of the run (a
+            declared grid folder must never be empty, whatever the epoch count)."""
+            if is_main and spec.sample_grid is not None and cfg.samples_every_epochs > 0 \
+                    and ((epoch + 1) % cfg.samples_every_epochs == 0 or last):
+                was_training = model.training
+                model.eval()
+                grid = with_ema_weights(lambda net: spec.sample_grid(net, noise_scheduler, epoch))
+                model.train(was_training)
+                live.log_image(f"samples/epoch-{epoch + 1:03d}.png", grid)
+
+        # ---------------------------------------------------------------- loop
+        log.info(f"training {anatomy['trainable_parameters']:,} parameters for {total_steps} steps "
+                 f"({steps_per_epoch} per epoch, {world} process(es), accumulation {cfg.gradient_accumulation_steps})")
+        progress = tqdm(total=total_steps, initial=counters.global_step, desc="train", unit="step",
+                        disable=not (is_main and show_progress), dynamic_ncols=True)
+        samples_seen, train_time = 0, 0.0
+        # The losses since the last logging step, summed on the device: reading a device value on the host
+        # waits for every queued kernel, so that happens only at logging steps.
+        pending_loss = torch.zeros((), device=accelerator.device)
+        pending_parts: dict[str, torch.Tensor] = {}  # the spec's extra loss terms, likewise
+        pending_steps = 0
+        model.train()
+        while counters.global_step < total_steps:
+            epoch = counters.epoch
+            batches = iter(spec.make_loader(epoch, rank, world))
+            # Deterministic loader: skip what the checkpointed run had consumed of this epoch.
+            for _ in itertools.islice(batches, counters.batch_in_epoch):
+                pass
+            t0 = time.perf_counter()
+            while counters.batch_in_epoch < micro_per_epoch and counters.global_step < total_steps:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    raise RuntimeError(f"the loader of epoch {epoch} ended after {counters.batch_in_epoch} batches; "
+                                       f"the spec promised {spec.batches_per_epoch}") from None
+                if cuda:  # from pinned memory the copy is queued, not waited for (a pageable one syncs the stream)
+                    batch = _to_device_async(batch, accelerator.device)
+                x0, cond = spec.prepare_batch(batch, accelerator.device)
+                bsz = x0.shape[0]
+                generator.manual_seed(noise_seed(cfg.seed, rank, epoch * micro_per_epoch + counters.batch_in_epoch))
+                noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,),
+                                          generator=generator, device=x0.device)
+                if cfg.cond_drop_prob > 0 and spec.null_condition is not None:
+                    drop = torch.rand(bsz, generator=generator, device=x0.device) < cfg.cond_drop_prob
+                    cond = spec.null_condition(cond, drop)
+                noisy = noise_scheduler.add_noise(x0, noise, timesteps)
+                if cfg.prediction_type == "epsilon":
+                    target = noise
+                else:  # v = sqrt(a) * eps - sqrt(1 - a) * x0
+                    target = noise_scheduler.get_velocity(x0, noise, timesteps)
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        pred = spec.predict(model, noisy, timesteps, cond)
+                    if spec.loss is None:
+                        loss, parts = denoising_loss(pred.float(), target.float(), timesteps, noise_scheduler, cfg), {}
+                    else:
+                        loss, parts = spec.loss(pred.float(), target.float(), cond)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.max_grad_norm is not None:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    optimizer.step()  # a no-op inside an accumulation window (accelerate)
+                    optimizer.zero_grad(set_to_none=True)
+                accumulation = cfg.gradient_accumulation_steps  # a step's loss: the mean over its micro-batches
+                pending_loss += loss.detach() / accumulation
+                for name, value in parts.items():
+                    pending_parts[name] = pending_parts.get(name, 0) + value.detach().float() / accumulation
+                counters.batch_in_epoch += 1
+                samples_seen += bsz * world
+                if not accelerator.sync_gradients:
+                    continue
+                # ---- one optimizer step done (or skipped by the fp16 grad scaler on inf/nan gradients:
+                # then the weights did not move, so neither may the LR schedule nor the EMA)
+                if not accelerator.optimizer_step_was_skipped:
+                    lr_scheduler.step()
+                    if ema is not None:
+                        ema.step(accelerator.unwrap_model(model).parameters())
+                counters.global_step += 1
+                pending_steps += 1
+                epoch_done = counters.batch_in_epoch >= micro_per_epoch
+                run_done = counters.global_step >= total_steps
+                checkpoint_due = counters.global_step % cfg.checkpointing_steps == 0 or run_done
+                # ---- a logging step: one dvclive row at x = the step, the mean of the steps since the last
+                # row, gathered over processes: the loop's one host sync. Checkpoint steps log too (a row's
+                # steps then never span a resume), and so does the step after which the last
+                # `steps_per_epoch` steps begin (final_loss, their mean, is then exact). Every process
+                # logs at the same steps (the gather is collective).
+                if (counters.global_step % cfg.log_every_steps == 0 or checkpoint_due
+                        or counters.global_step == total_steps - steps_per_epoch):
+                    names = sorted(pending_parts)
+                    sums = torch.stack([pending_loss, *(pending_parts[k] for k in names)])
+                    means = (accelerator.gather(sums[None]).mean(0) / pending_steps).tolist()
+                    if is_main:
+                        live.step = counters.global_step
+                        for name, value in zip(["loss", *names], means):
+                            live.log_metric(f"train/{name}", value)
+                        live.log_metric("train/lr", lr_scheduler.get_last_lr()[0])
+                        live.next_step()
+                    progress.update(pending_steps)
+                    progress.set_postfix(loss=f"{means[0]:.4f}", epoch=epoch + 1)
+                    pending_loss.zero_()
+                    pending_parts.clear()
+                    pending_steps = 0
+                if epoch_done or run_done:
+                    train_time += time.perf_counter() - t0
+                    log_samples(epoch, last=run_done)  # before the checkpoint, which keeps a copy
+                    t0 = time.perf_counter()
+                if epoch_done:  # counters point at the next epoch before a checkpoint records them
+                    counters.epoch, counters.batch_in_epoch = epoch + 1, 0
+                if checkpoint_due:
+                    save_checkpoint()
+                if step_callback is not None:
+                    step_callback(counters.global_step)
+                if epoch_done:
+                    break
+        progress.close()
+
+        # ---------------------------------------------------------------- outputs
+        accelerator.wait_for_everyone()
+        # What the run made (deterministic: the same after a resume) apart from how the run went
+        # (wall-clock, resume point, memory), which callers write to a file of its own.
+        summary = {
+            "steps": counters.global_step,
+            "epochs": counters.epoch,
+            "processes": world,
+            "final_loss": None,
+            "run": {
+                "samples_per_second": samples_seen / train_time if train_time > 0 else None,
+                "train_seconds": train_time,
+                "resumed_from_step": int(resumed_from.name[len(CHECKPOINT_PREFIX):]) if resumed_from else None,
+                "memory_anatomy": {**anatomy, "adam_state_mb_measured": measured_adam_state_mb(optimizer)},
+            },
+        }
+        if is_main:
+            Path(model_dir).mkdir(parents=True, exist_ok=True)
+            with_ema_weights(lambda net: spec.save(net, noise_scheduler, model_dir))
+            summary["final_loss"] = mean_of_last_steps(live_dir / "plots" / "metrics" / "train" / "loss.tsv",
+                                                       counters.global_step, steps_per_epoch)
+            live.end()
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+    except Exception:  # bad data, a crash: a fresh run that saved nothing gives the last run back
+        if is_main and resumed_from is None:
+            _put_back_previous(checkpoint_dir, live_dir)
+        raise
     if is_main:
-        Path(model_dir).mkdir(parents=True, exist_ok=True)
-        with_ema_weights(lambda net: spec.save(net, noise_scheduler, model_dir))
-        summary["final_loss"] = mean_of_last_steps(live_dir / "plots" / "metrics" / "train" / "loss.tsv",
-                                                   counters.global_step, steps_per_epoch)
-        live.end()
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+        _drop_previous(checkpoint_dir)
     return summary
