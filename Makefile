@@ -26,8 +26,10 @@ $(STAMP): requirements.lock pyproject.toml
 repro: $(STAMP)
 	$(BIN)/python -m flows.local_server $(BIN)/dvc repro
 
+# Two pytest processes (pytest-xdist), each taking whole test files (module fixtures are built once):
+# the end-to-end files spend much of their time in dvc, git and Prefect start-ups.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs -n 2 --dist loadfile
 
 clean-venv:
 	rm -rf $(VENV)

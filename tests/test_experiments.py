@@ -23,7 +23,7 @@ import pytest
 
 from tests.e2e import REPO, _env, copy_repo, dvc, repro
 from tests.test_cache_truth import TINY as CARTOON
-from tests.test_dreambooth_e2e import TINY as FACES
+from tests.test_face_chain_e2e import TINY as FACES
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # 20 stage runs; each imports torch + diffusers
 TINY = {**FACES, **CARTOON,
