@@ -32,18 +32,26 @@ def copy_repo(dst: Path, overlay: dict | None = None) -> Path:
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
     if overlay:
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-            yaml.safe_dump(overlay, f)
-        try:
-            subprocess.run([sys.executable, "-m", "tasks.common.params", "apply", f.name], cwd=dst, env=_env(),
-                           check=True, capture_output=True)
-        finally:
-            os.unlink(f.name)
+        apply_params(dst, overlay)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
     subprocess.run(git + ["add", "-A"], cwd=dst, check=True)
     subprocess.run(git + ["commit", "-qm", "copy"], cwd=dst, check=True)
     return dst
+
+
+def apply_params(repo: Path, overlay: dict | str | Path) -> None:
+    """`python -m tasks.common.params apply` in `repo`: a profile file, or a dict merged as one."""
+    if not isinstance(overlay, dict):
+        subprocess.run([sys.executable, "-m", "tasks.common.params", "apply", str(overlay)], cwd=repo, env=_env(),
+                       check=True, capture_output=True)
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(overlay, f)
+    try:
+        apply_params(repo, f.name)
+    finally:
+        os.unlink(f.name)
 
 
 def dvc(repo: Path, *args: str, server: bool = False, check: bool = True) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tasks.common.shards import read_manifest
-from tests.e2e import assert_up_to_date, copy_repo, dvc, repro
+from tests.e2e import apply_params, assert_up_to_date, copy_repo, dvc, repro
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # nine stages from scratch
 SMALL = {"fetch_faces": {"synthetic": {"num_images": 24}},
@@ -20,18 +20,6 @@ SMALL = {"fetch_faces": {"synthetic": {"num_images": 24}},
                        "model": {"block_out_channels": [16, 32], "norm_num_groups": 8},
                        "training": {"num_epochs": 1, "samples_every_epochs": 1},
                        "samples": {"num_images": 2, "num_inference_steps": 2}}}
-
-
-def _overlay(repo, section: dict) -> None:
-    import subprocess
-    import sys
-    import tempfile
-
-    import yaml
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(section, f)
-    subprocess.run([sys.executable, "-m", "tasks.common.params", "apply", f.name], cwd=repo, check=True, capture_output=True)
 
 
 TINY = {**SMALL,
@@ -82,23 +70,23 @@ def test_face_chain_repro_and_cache_rules(tmp_path):
     assert_up_to_date(repo, "train_dreambooth")
 
     # A training param: only train_dreambooth runs; the class samples are not drawn again.
-    _overlay(repo, {"train_dreambooth": {"prior_loss_weight": 0.5}})
+    apply_params(repo, {"train_dreambooth": {"prior_loss_weight": 0.5}})
     out = repro(repo, "train_dreambooth").stdout
     assert "Running stage 'train_dreambooth'" in out and "Running stage 'sample_class'" not in out
     # A sampling param: sampled again (and the fine-tuning follows).
-    _overlay(repo, {"sample_class": {"seed": 1}})
+    apply_params(repo, {"sample_class": {"seed": 1}})
     out = repro(repo, "train_dreambooth").stdout
     assert "Running stage 'sample_class'" in out and "Running stage 'encode_subject'" not in out
     assert read_manifest(repo / "data/faces/class_latents")["fingerprint"] != klass["fingerprint"]
     assert_up_to_date(repo, "train_dreambooth")
 
     # A train_ldm param: only train_ldm runs again.
-    _overlay(repo, {"train_ldm": {"training": {"seed": 1}}})
+    apply_params(repo, {"train_ldm": {"training": {"seed": 1}}})
     out = repro(repo, "train_ldm").stdout
     assert "Running stage 'train_ldm'" in out and "Running stage 'encode_latents'" not in out
 
     # A new VAE: the latents are encoded again, keyed by the new identity.
-    _overlay(repo, {"train_vae": {"training": {"seed": 1}}})
+    apply_params(repo, {"train_vae": {"training": {"seed": 1}}})
     out = repro(repo, "encode_latents").stdout
     assert "Running stage 'train_vae'" in out and "Running stage 'encode_latents'" in out
     new = read_manifest(repo / "data/faces/latents")
