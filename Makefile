@@ -27,9 +27,9 @@ repro: $(STAMP)
 	$(BIN)/python -m flows.local_server $(BIN)/dvc repro
 
 # Two pytest processes (pytest-xdist), each taking whole test files (module fixtures are built once):
-# the end-to-end files spend much of their time in dvc, git and Prefect start-ups.
+# the end-to-end files spend much of their time in dvc, git and Prefect start-ups. The 12 slowest tests are listed at the end.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -rs -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -rs -n 2 --dist loadfile --durations=12
 
 clean-venv:
 	rm -rf $(VENV)

@@ -190,11 +190,16 @@ def test_trained_tiny_vae_beats_the_psnr_floor(tmp_path):
 
 
 def test_pretrained_config_scaling_factor_is_kept(aligned, vae_dir, tmp_path):
-    metrics = prepare_vae(str(aligned), str(tmp_path / "vae"), str(tmp_path / "m.json"), None,
+    live = tmp_path / "live"
+    metrics = prepare_vae(str(aligned), str(tmp_path / "vae"), str(tmp_path / "m.json"), str(live),
                           vae_config(source=str(vae_dir), resolution=32), progress=False, log=lambda *_: None)
     assert metrics["scaling_factor"] == 0.5 and metrics["scaling_factor_source"] == "config"
     assert metrics["scaling_factor_measured"] > 0
     assert vae_identity(load_vae(tmp_path / "vae")) == vae_identity(load_vae(vae_dir))
+    # No training curve, but the plots folder dvc.yaml declares holds the evaluation (found by the
+    # ffhq256 profile chain: `dvc repro` failed on the missing folder).
+    row = (live / "plots" / "metrics" / "train_vae" / "psnr_val_vae_db.tsv").read_text().splitlines()
+    assert row[0].split("\t") == ["step", "psnr_val_vae_db"] and float(row[1].split("\t")[1]) == metrics["psnr_val_db"]
 
 
 def test_a_psnr_on_too_few_validation_faces_is_flagged_unreliable(aligned, vae_dir, tmp_path, caplog):

@@ -266,6 +266,16 @@ def fit_vae(train_images: np.ndarray, model: dict, training: dict, resolution: i
                  "images_per_second": step * bs / seconds}
 
 
+def _fresh_live(live_dir: str):
+    """A dvclive folder started afresh (dvc.yaml declares its plots for every source)."""
+    import shutil
+
+    from dvclive import Live
+
+    shutil.rmtree(live_dir, ignore_errors=True)
+    return Live(dir=live_dir, save_dvc_exp=False, dvcyaml=None)
+
+
 def prepare_vae(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str | None, config: TrainVaeConfig, *,
                 progress: bool = True, log=print) -> dict:
     """The train_vae stage's work: obtain the VAE, fix its scaling factor, save it, report PSNR.
@@ -284,12 +294,7 @@ def prepare_vae(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str |
     live = None
     if source == "train":
         if live_dir:
-            import shutil
-
-            from dvclive import Live
-
-            shutil.rmtree(live_dir, ignore_errors=True)
-            live = Live(dir=live_dir, save_dvc_exp=False, dvcyaml=None)
+            live = _fresh_live(live_dir)
         vae, fit = fit_vae(train_images, model, training, resolution, dev, live=live, progress=progress, log=log)
         timings = {k: fit.pop(k) for k in ("seconds", "images_per_second")}  # not quality metrics
         summary["training"] = fit
@@ -307,6 +312,10 @@ def prepare_vae(shard_dir: str, out_dir: str, metrics_path: str, live_dir: str |
     summary.update(scaling_factor=scale, scaling_factor_source="config" if config_scale is not None else "measured",
                    scaling_factor_measured=measured)
     psnr = reconstruction_psnr(vae, val_images, eval_batch_size, dev)
+    if live is None and live_dir:  # a pretrained VAE has no curves: its evaluation is the folder's one row
+        live = _fresh_live(live_dir)
+        for name in ("vae", "bilinear", "flat"):
+            live.log_metric(f"train_vae/psnr_val_{name}_db", psnr[name])
     reliable = len(val_images) >= config.min_val_images
     vae = vae.to("cpu")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
