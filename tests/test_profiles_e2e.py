@@ -12,9 +12,9 @@ and synthetic faces for FFHQ (offline): about 7 minutes on 2 cores, most of it t
 suite's 15-minute budget has, so it is marked `scale` and left out of `make test`; run it with
 `.venv/bin/python -m pytest -m scale tests/test_profiles_e2e.py`. It found that `dvc repro` failed
 after `train_vae` with a pretrained VAE: the stage wrote no dvclive folder, which dvc.yaml declares.
-With 10 faces instead of 16 (latent training shards of 8 and 1 samples, 2 loader workers) its
-`train_ldm` fails with "DataLoader worker exited unexpectedly with exit code 1", only inside the
-stage (the same loader in a plain script reads those shards): not understood yet.
+With 10 faces (latent training shards of 8 and 1 samples, the profile's loader workers) it found
+that a DataLoader worker which runs out of shards first stopped `train_ldm` inside a Prefect flow
+(tests/test_loader_workers.py).
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def ffhq256_on_cpu(vae: str) -> dict:
     workers kept. Offline stand-ins: synthetic faces for FFHQ, a local VAE folder for the hub id; and
     encode_latents on the CPU (the profile says cuda)."""
     return {
-        "fetch_faces": {"source": "synthetic", "synthetic": {"num_images": 16}},
+        "fetch_faces": {"source": "synthetic", "synthetic": {"num_images": 10}},
         "align_faces": {"shard_size": 8},
         "train_vae": {"source": vae, "eval_images": 4, "eval_batch_size": 4, "min_val_images": 1},
         "encode_latents": {"device": "cpu", "batch_size": 8},

@@ -17,6 +17,7 @@ import mmap
 import random
 import re
 import tarfile
+import threading
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -131,6 +132,15 @@ def _named_errors(to_tensors: Callable[[dict], Any]) -> Callable[[dict], Any]:
     return convert
 
 
+def _forget_parent_exit_hooks(_worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: a worker is a fork of the training process and must not run
+    that process's thread-exit hooks when it ends. Prefect (3.8) registers one per service and,
+    after its own fork reset, that hook fails an assert: a worker that runs out of shards before
+    the others (uneven shards, e.g. 9 samples in shards of 8) exited with code 1, and torch stopped
+    the run with "DataLoader worker exited unexpectedly". The worker's own data needs none of them."""
+    getattr(threading, "_threading_atexits", []).clear()
+
+
 class _ShardPipeline(wds.DataPipeline, wds.FluidInterface):
     """wds.WebDataset's stages for a fixed, already ordered shard list (no shard shuffle, no
     node split, no cache), reading shards with `_tar_files`."""
@@ -184,7 +194,8 @@ class ShardLoader:
         # Batched per worker, a partial last batch kept unless drop_last: what DataLoader(batch_size=
         # batch_size, drop_last=drop_last) did with an iterable dataset.
         dataset = dataset.map(_named_errors(to_tensors)).batched(batch_size, collation_fn=collate, partial=not drop_last)
-        self._loader = DataLoader(dataset, batch_size=None, num_workers=self.workers, persistent_workers=False)
+        self._loader = DataLoader(dataset, batch_size=None, num_workers=self.workers, persistent_workers=False,
+                                  worker_init_fn=_forget_parent_exit_hooks if self.workers else None)
 
     def __len__(self) -> int:
         return self.num_batches
