@@ -8,6 +8,12 @@
   exits 0, the `--temp` experiment runs evaluate_cartoon alone (checkpoints are not outs, so a fresh
   copy does not see the training stages as changed), and `dvc exp show`'s table fits 120 columns.
 
+- the face chain that experiment built (faces -> VAE -> latents -> LDM -> subject latents + class
+  samples -> DreamBooth), applied with `dvc exp apply` in a copy: its models sample, and the cache
+  rules of both model stages hold (nothing reruns; a DreamBooth training param re-runs only
+  train_dreambooth, the class samples stay; a sampling param samples again; a train_ldm param
+  re-runs only train_ldm; a new VAE re-encodes the latents).
+
 One module-scoped repo: the cartoon chain as the baseline, then one experiment that trains the face
 chain from scratch and the cartoon model again (the face chain runs once, under DVC's params.yaml).
 """
@@ -16,16 +22,34 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 
-from tests.e2e import REPO, _env, copy_repo, dvc, repro
+from tasks.common.shards import read_manifest
+from tests.e2e import REPO, _env, apply_params, assert_up_to_date, copy_repo, dvc, repro
 from tests.test_cache_truth import TINY as CARTOON
-from tests.test_face_chain_e2e import TINY as FACES
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # 20 stage runs; each imports torch + diffusers
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # about 30 stage runs; each imports torch + diffusers
+SMALL = {"fetch_faces": {"synthetic": {"num_images": 24}},
+         "align_faces": {"shard_size": 10, "transform_size": 512, "output_size": 64},
+         "train_vae": {"resolution": 32, "training": {"max_steps": 4, "batch_size": 4}},
+         "encode_latents": {"batch_size": 8},
+         "train_ldm": {"data": {"batch_size": 4},
+                       "model": {"block_out_channels": [16, 32], "norm_num_groups": 8},
+                       "training": {"num_epochs": 1, "samples_every_epochs": 1},
+                       "samples": {"num_images": 2, "num_inference_steps": 2}}}
+FACES = {**SMALL,
+         "prepare_subject": {"synthetic": {"num_photos": 4}, "output_size": 64, "transform_size": 512,
+                            "min_photos": 3},
+         "sample_class": {"num_class_samples": 6, "num_inference_steps": 2, "batch_size": 4, "shard_size": 4,
+                          "grid_images": 4},
+         "train_dreambooth": {"instance_batch_size": 2, "class_batch_size": 2,
+                              "samples": {"num_images": 2, "num_inference_steps": 2},
+                              "training": {"num_epochs": 2, "samples_every_epochs": 2, "checkpointing_steps": 2}}}
 TINY = {**FACES, **CARTOON,
         "train_attribute_classifier": {"epochs": 1, "batch_size": 16},
         # a judge trained for one epoch on 36 images reads little: count whatever beats chance
@@ -132,6 +156,76 @@ def test_an_experiment_overrides_every_training_stage(lab):
     assert timings["resumed_from_step"] is None
 
 
+@pytest.fixture(scope="module")
+def face_chain(lab, tmp_path_factory):
+    """A copy of the lab repo with the experiment's face chain in the workspace (`dvc exp apply`)."""
+    repo = tmp_path_factory.mktemp("face-chain") / "repo"
+    shutil.copytree(lab["repo"], repo, symlinks=True)
+    dvc(repo, "exp", "apply", EXP)
+    return repo
+
+
+def test_the_face_chain_samples_and_keeps_its_cache_rules(face_chain):
+    repo = face_chain
+    assert_up_to_date(repo)
+    # The latent track.
+    vae_metrics = json.loads((repo / "metrics/train_vae.json").read_text())
+    assert vae_metrics["psnr_val_db"] > 0 and vae_metrics["downsample_factor"] == 4
+    latents = read_manifest(repo / "data/faces/latents")
+    assert latents["vae"]["identity"] == vae_metrics["vae_identity"] and latents["latent_shape"] == [4, 8, 8]
+    assert latents["counts"]["images"] == 24
+    ldm = json.loads((repo / "metrics/train_ldm.json").read_text())
+    assert ldm["vae_identity"] == vae_metrics["vae_identity"] and ldm["steps"] >= 1
+    from pipelines import LatentDiffusionPipeline
+
+    pipe = LatentDiffusionPipeline.from_pretrained(repo / "models/ldm")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(batch_size=1, num_inference_steps=2, output_type="np",
+                generator=torch.Generator().manual_seed(0)).images.shape == (1, 32, 32, 3)
+
+    # DreamBooth.
+    subject, klass = read_manifest(repo / "data/faces/subject_latents"), read_manifest(repo / "data/faces/class_latents")
+    assert subject["counts"]["images"] == 4 and klass["counts"]["images"] == 6
+    assert subject["vae"]["identity"] == klass["vae"]["identity"] == klass["base"]["vae"]
+    metrics = json.loads((repo / "metrics/train_dreambooth.json").read_text())
+    assert metrics["steps"] == 4 and metrics["base_identity"] == klass["base"]["identity"]
+    assert metrics["final_instance_loss"] > 0 and metrics["final_prior_loss"] > 0
+    assert (repo / "eval/dreambooth/class_samples.png").is_file()
+    assert list((repo / "dvclive/train_dreambooth/plots/images").rglob("*.png"))
+    from pipelines.dreambooth import load_subject_pipeline
+
+    pipe = load_subject_pipeline(repo / "models/dreambooth")
+    assert pipe.has_identifier
+    images = pipe(batch_size=1, subject=False, num_inference_steps=2, output_type="np",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 32, 32, 3)
+
+    # A training param: only train_dreambooth runs; the class samples are not drawn again.
+    apply_params(repo, {"train_dreambooth": {"prior_loss_weight": 0.25}})  # the experiment's: 0.5
+    out = repro(repo, "train_dreambooth").stdout
+    assert "Running stage 'train_dreambooth'" in out and "Running stage 'sample_class'" not in out
+    # A sampling param: sampled again (and the fine-tuning follows).
+    apply_params(repo, {"sample_class": {"seed": 1}})
+    out = repro(repo, "train_dreambooth").stdout
+    assert "Running stage 'sample_class'" in out and "Running stage 'encode_subject'" not in out
+    assert read_manifest(repo / "data/faces/class_latents")["fingerprint"] != klass["fingerprint"]
+    assert_up_to_date(repo, "train_dreambooth")
+
+    # A train_ldm param: only train_ldm runs again.
+    apply_params(repo, {"train_ldm": {"training": {"seed": 1}}})
+    out = repro(repo, "train_ldm").stdout
+    assert "Running stage 'train_ldm'" in out and "Running stage 'encode_latents'" not in out
+
+    # A new VAE: the latents are encoded again, keyed by the new identity.
+    apply_params(repo, {"train_vae": {"training": {"seed": 1}}})
+    out = repro(repo, "encode_latents").stdout
+    assert "Running stage 'train_vae'" in out and "Running stage 'encode_latents'" in out
+    new = read_manifest(repo / "data/faces/latents")
+    assert new["vae"]["identity"] != latents["vae"]["identity"]
+    assert new["vae"]["identity"] == json.loads((repo / "metrics/train_vae.json").read_text())["vae_identity"]
+    assert "train_ldm" in dvc(repo, "status", "train_ldm").stdout  # stale now
+
+
 def test_the_readme_compare_runs_commands(lab):
     repo = lab["repo"]
     commands = readme_commands()
@@ -165,3 +259,4 @@ def test_the_readme_compare_runs_commands(lab):
     # after `dvc exp apply`: the workspace holds the experiment, and params.yaml is DVC's
     assert "learning_rate: 0.001" in (repo / "params.yaml").read_text() or \
         "learning_rate: 1e-3" in (repo / "params.yaml").read_text()
+
