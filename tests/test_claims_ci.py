@@ -50,7 +50,8 @@ def _ci(tmp_path, install_ok: bool, extra_env: dict | None = None) -> tuple[subp
 def test_ci_updates_apt_before_installing_chromium_then_runs_the_tests(tmp_path):
     proc, calls = _ci(tmp_path, install_ok=True)
     assert proc.returncode == 0, proc.stderr
-    assert [c.split()[:2] for c in calls] == [["apt-get", "update"], ["apt-get", "install"], ["make", "test"]]
+    assert [c.split()[:2] for c in calls] == [["apt-get", "update"], ["apt-get", "install"], ["make", "test"],
+                                              ["make", "test-scale"]]
     assert "chromium" in calls[1]
 
 
@@ -65,4 +66,4 @@ def test_ci_fails_loudly_when_chromium_cannot_be_installed(tmp_path):
 def test_ci_can_be_told_to_leave_chromium_alone(tmp_path, setting):
     proc, calls = _ci(tmp_path, install_ok=False, extra_env={"BROWSER_CHECK": setting})
     assert proc.returncode == 0, proc.stderr
-    assert calls == ["make test"]
+    assert calls == ["make test", "make test-scale"]

@@ -7,10 +7,10 @@ included (about 2 minutes on 2 cores).
 
 configs/ffhq256_ldm.yaml runs the same way, through DreamBooth and the face evaluation, with a
 randomly initialised SD-config `AutoencoderKL` saved as a local folder standing in for the hub VAE,
-and synthetic faces for FFHQ (offline): about 7 minutes on 2 cores, most of it the 83.7M VAE at
+and synthetic faces for FFHQ (offline): about 6 minutes on 2 cores, most of it the 83.7M VAE at
 256 px and writing the 258M UNet's models and checkpoints (about 10 GB). That is more than the
-suite's 15-minute budget has, so it is marked `scale` and left out of `make test`; run it with
-`.venv/bin/python -m pytest -m scale tests/test_profiles_e2e.py`. It found that `dvc repro` failed
+suite's 15-minute budget has left, so it is marked `scale`: `make test-scale` runs it, and CI runs
+that as its own step after `make test`. It found that `dvc repro` failed
 after `train_vae` with a pretrained VAE: the stage wrote no dvclive folder, which dvc.yaml declares.
 With 10 faces (latent training shards of 8 and 1 samples, the profile's loader workers) it found
 that a DataLoader worker which runs out of shards first stopped `train_ldm` inside a Prefect flow
