@@ -169,9 +169,10 @@ def _prepare_checkpoint_dir(checkpoint_dir: Path, live_dir: Path, run_key: str, 
         keep = not previous.is_dir()
         previous.mkdir(exist_ok=True)
         for p in [*stale, checkpoint_dir / FINGERPRINT, live_dir]:
-            if p.exists():
-                shutil.move(p, previous / (p.name if p != live_dir else LIVE_COPY)) if keep else \
-                    (shutil.rmtree(p) if p.is_dir() else p.unlink())
+            if keep and p.exists():
+                shutil.move(p, previous / (LIVE_COPY if p == live_dir else p.name))
+            else:
+                _remove(p)
         (checkpoint_dir / FINGERPRINT).write_text(json.dumps({"run_id": run_key, **layout}) + "\n")
     for tmp in checkpoint_dir.glob("*.tmp"):  # a save cut short by a kill
         shutil.rmtree(tmp, ignore_errors=True)
@@ -183,13 +184,18 @@ def _put_back_previous(checkpoint_dir: Path, live_dir: Path) -> None:
     if not previous.is_dir() or list_checkpoints(checkpoint_dir):
         return
     for p in (checkpoint_dir / FINGERPRINT, live_dir):
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+        _remove(p)
     for p in previous.iterdir():
         shutil.move(p, live_dir if p.name == LIVE_COPY else checkpoint_dir / p.name)
     previous.rmdir()
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or a folder; nothing when it is not there."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _drop_previous(checkpoint_dir: Path) -> None:
