@@ -168,3 +168,23 @@ def test_targets_rule():
     assert not targets({"face_detect_rate": 0.4, "kid_dlib": 0.04}, {"kid_dlib": 0.05}, floor, 0.5, 0.7)["kid_ok"]
     # an untrained model with no faces at all is infinitely far
     assert targets({"face_detect_rate": 0.4, "kid_dlib": 0.04}, {"kid_dlib": None}, floor, 0.5, 0.7)["kid_ok"]
+
+
+def test_compare_samplers_prints_the_stage_figures_per_sampler(setup, tmp_path, capsys):
+    from benchmarks.compare_samplers import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({"evaluate_faces": PARAMS}))  # JSON is YAML
+    rows = main(["ddim:2", "dpm_sde:3:trailing", "--base-dir", setup["ldm"], "--aligned-dir", setup["aligned"],
+                 "--params", str(params), "--num-samples", "3"])
+    assert [(r["scheduler"], r["steps"], r["spacing"]) for r in rows] == [("ddim", 2, "leading"),
+                                                                           ("dpm_sde", 3, "trailing")]
+    # the untrained tiny model draws no faces: rates 0, distances undefined
+    assert all(r["face_detect_rate"] == 0.0 and r["fd_dlib"] is None for r in rows)
+    out = capsys.readouterr().out
+    assert "real faces: 12, 100% found" in out
+    assert "| ddim | 2 | leading | 0% | - | - | - | - |" in out and "| dpm_sde | 3 | trailing | 0% |" in out
+    for bad in ("dpm_sde", "dpm_sde:x", "ddim:25:middle"):
+        with pytest.raises(SystemExit):
+            main([bad, "--params", str(params)])
+    assert "expected scheduler:steps" in capsys.readouterr().err

@@ -63,6 +63,33 @@ def test_pipeline_samples_deterministically_and_round_trips(tmp_path):
     assert lat.shape == (1, 4, 8, 8)
 
 
+def test_sde_sampler_draws_each_image_from_its_own_generator(tmp_path):
+    """dpm_sde adds fresh noise every step: from the image's own generator, so image i is the same
+    alone or in a batch (evaluate_faces: sample i starts from seed + i, whatever the batch size)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from pipelines.schedulers import scheduler_code
+
+    pipe = _pipeline(tmp_path)
+    pipe.scheduler = make_scheduler("dpm_sde", pipe.scheduler.config)
+    assert isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
+    assert pipe.scheduler.config.algorithm_type == "sde-dpmsolver++"
+    assert pipe.scheduler.config.num_train_timesteps == 100  # the training schedule is kept
+
+    def draw(seeds):
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        return pipe(batch_size=len(gens), num_inference_steps=4, generator=gens, output_type="latent").images
+
+    pair, alone = draw([0, 1]), draw([1])
+    assert torch.allclose(pair[1], alone[0], atol=1e-5)
+    assert torch.equal(draw([0, 1]), pair)
+    # Same start, other step noise: the SDE's own noise changes the image; the deterministic dpm's does not exist.
+    pipe.scheduler = make_scheduler("dpm", pipe.scheduler.config)
+    assert not torch.allclose(draw([0, 1]), pair, atol=1e-3)
+    assert scheduler_code("dpm_sde") == ("DPMSolverMultistepScheduler", "DPMSolverMultistepScheduler.from_config("
+                                         "pipe.scheduler.config, algorithm_type='sde-dpmsolver++')")
+
+
 def test_pipeline_decodes_with_the_scaling_factor(tmp_path):
     pipe = _pipeline(tmp_path)
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.schedulers import SCHEDULERS
+from pipelines.schedulers import scheduler_code
 from tasks.common.identity import REPO, code_identity, data_identity, stage_code
 
 CARD = "README.md"
@@ -168,9 +168,9 @@ def _snippet(load: str, params: dict, call: str) -> str:
     samples = params.get("samples") or {}
     imports, scheduler = "import torch\n", ""
     if samples.get("scheduler"):
-        cls = SCHEDULERS[samples["scheduler"]].__name__
+        cls, build = scheduler_code(samples["scheduler"])
         imports += f"from diffusers import {cls}\n"
-        scheduler = f"pipe.scheduler = {cls}.from_config(pipe.scheduler.config)  # the stage's sampler\n"
+        scheduler = f"pipe.scheduler = {build}  # the stage's sampler\n"
     return f"{imports}{load}{scheduler}{call}images[0].save(\"sample.png\")\n"
 
 

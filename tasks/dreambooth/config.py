@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipelines.schedulers import SCHEDULERS
 from tasks.common.config import ConfigError, StageConfig
 from tasks.training.config import TrainConfig
 
 METHODS = ("full", "lora")
-SAMPLERS = ("ddpm", "ddim", "dpm")
+SAMPLERS = tuple(SCHEDULERS)
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ class EvaluateFacesConfig(StageConfig):
     real_splits: list[str]        # splits of data/faces/aligned whose faces are "real"
     num_samples: int              # per generated set (base, untrained, subject, class)
     batch_size: int
-    scheduler: str                # ddpm | ddim | dpm
+    scheduler: str                # ddpm | ddim | dpm | dpm_sde (pipelines/schedulers.py)
     num_inference_steps: int
     seed: int                     # sample i starts from the noise of seed + i, in every model
     subject: str                  # auto (evaluate when the subject model exists) | required | off
