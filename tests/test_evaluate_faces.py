@@ -143,6 +143,8 @@ def test_config_errors():
         EvaluateFacesConfig.from_params({**PARAMS, "subject": "maybe"}, "evaluate_faces")
     with pytest.raises(ValueError, match="subject_guidance_scale"):
         EvaluateFacesConfig.from_params({**PARAMS, "subject_guidance_scale": 0.5}, "evaluate_faces")
+    with pytest.raises(ValueError, match=r"evaluate_faces.scheduler must be one of \['ddim', 'ddpm', 'dpm', 'dpm_sde'\]"):
+        EvaluateFacesConfig.from_params({**PARAMS, "scheduler": "dpm-sde"}, "evaluate_faces")
 
 
 def test_subject_targets_rule():

@@ -102,6 +102,15 @@ def test_a_wrong_type_in_a_nested_section_is_named():
         TrainLdmConfig.from_params(params, "train_ldm")
 
 
+def test_an_unknown_sampler_is_named_at_start_up():
+    """Not at the first sample grid, minutes into training."""
+    params = section("train_ldm")
+    params["samples"]["scheduler"] = "euler"
+    with pytest.raises(ConfigError, match=r"^train_ldm.samples.scheduler must be one of \['ddim', 'ddpm', 'dpm', 'dpm_sde'\], "
+                                          r"got 'euler'$"):
+        TrainLdmConfig.from_params(params, "train_ldm")
+
+
 def test_params_are_read_as_yaml_1_2_the_way_dvc_writes_them(tmp_path):
     """`dvc exp run -S` drops the quotes around "no"; YAML 1.2 still reads a string."""
     (tmp_path / "params.yaml").write_text("s:\n  mixed_precision: no\n  flag: on\n  real: false\n")

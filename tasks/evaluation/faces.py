@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipelines import LatentDiffusionPipeline, make_scheduler
+from pipelines import SCHEDULERS, LatentDiffusionPipeline, make_scheduler
 from pipelines.autoencoder import vae_scale_factor
 from pipelines.dreambooth import load_subject_pipeline
 from pipelines.ldm_base import load_latent_base
@@ -61,6 +61,8 @@ class EvaluateFacesConfig(StageConfig):
     kid: KidConfig
 
     def __post_init__(self):
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"evaluate_faces.scheduler must be one of {sorted(SCHEDULERS)}, got {self.scheduler!r}")
         if self.subject not in SUBJECT_MODES:
             raise ValueError(f"evaluate_faces.subject must be one of {SUBJECT_MODES}, got {self.subject!r}")
         if not self.real_splits:

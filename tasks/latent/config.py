@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.common.config import StageConfig
+from pipelines.schedulers import SCHEDULERS
+from tasks.common.config import ConfigError, StageConfig
 from tasks.training.config import TrainConfig
 
 
@@ -81,6 +82,10 @@ class LdmSamplesConfig(StageConfig):
     scheduler: str
     num_inference_steps: int
     seed: int
+
+    def __post_init__(self):  # checked at start-up, not at the first grid after minutes of training
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"train_ldm.samples.scheduler must be one of {sorted(SCHEDULERS)}, got {self.scheduler!r}")
 
 
 @dataclass(frozen=True)
