@@ -61,7 +61,7 @@ EXP = "all-training"
 OVERRIDES = {"train_cartoon.training.learning_rate": "5.0e-4",  # nested; the baseline's is 2.0e-3
              "train_vae.training.max_steps": "3",              # the baseline's: 4
              "train_ldm.training.num_epochs": "2",             # 1
-             "train_dreambooth.prior_loss_weight": "0.5"}      # 1.0
+             "train_dreambooth.prior_loss_weight": "0.5"}      # 2.0
 TRAINING = ("train_cartoon", "train_vae", "train_ldm", "train_dreambooth")
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
 WIDTH = 120
