@@ -11,7 +11,7 @@ export PYTHONUNBUFFERED := 1
 # Stage commands run `python -m flows.<stage>`: the venv must come first on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-scale clean-venv plots-template
+.PHONY: setup repro test lint test-scale clean-venv plots-template
 
 setup: $(STAMP)
 
@@ -23,13 +23,21 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $@
 
 # One Prefect server for all stages (about 1 s per stage instead of about 8 s): see flows/local_server.py.
+# Then the scorecard (tasks/reporting/scorecard.py): each stage's headline figure against its target,
+# the image to look at, one verdict line; also in scorecard.md. make repro keeps dvc repro's exit status.
 repro: $(STAMP)
-	$(BIN)/python -m flows.local_server $(BIN)/dvc repro
+	$(BIN)/python -m flows.local_server $(BIN)/dvc repro; status=$$?; \
+	$(BIN)/python -m tasks.reporting.scorecard --repro-status $$status; exit $$status
 
 # Two pytest processes (pytest-xdist), each taking whole test files (module fixtures are built once):
 # the end-to-end files spend much of their time in dvc, git and Prefect start-ups. The 12 slowest tests are listed at the end.
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -rs -n 2 --dist loadfile --durations=12
+
+# ruff (pyproject.toml [tool.ruff]): lint, and the formatter's check (`ruff format .` fixes it).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The scale profiles' chains at full network size (tests marked `scale`: configs/ffhq256_ldm.yaml
 # through DreamBooth and evaluation, about 6 minutes and 10 GB of models and checkpoints on 2 cores).

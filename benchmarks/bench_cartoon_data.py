@@ -22,7 +22,7 @@ from PIL import Image
 
 from tasks.cartoon.fetch import render_synthetic
 from tasks.cartoon.preprocess import preprocess_cartoons
-from tasks.common.params import stage_params
+from tasks.config.params import stage_params
 
 
 def plain_loop(raw: Path) -> int:

@@ -38,7 +38,7 @@ def build(channels_last: bool):
     from tasks.synthetic.cartoons import CARTOONSET_ATTRIBUTES
     from tasks.cartoon.schema import AttributeSchema
     from tasks.cartoon.train import build_unet_and_tau
-    from tasks.common.params import stage_params
+    from tasks.config.params import stage_params
 
     section = stage_params("train_cartoon")
     model = CartoonModelConfig.from_params(section["model"], "train_cartoon.model")

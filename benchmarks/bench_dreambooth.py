@@ -74,7 +74,7 @@ def main() -> None:
     from tasks.dreambooth.config import SampleClassConfig, TrainDreamboothConfig
     from tasks.dreambooth.train import LatentSet, epoch_batches
     from tasks.latent.images import decode_png, iter_shard, to_model_input
-    from tasks.common.shards import shard_paths
+    from tasks.shards.dataset import shard_paths
 
     params = _params()
     cfg = TrainDreamboothConfig.from_params(params["train_dreambooth"], "train_dreambooth")

@@ -40,8 +40,8 @@ PROFILES = {"cartoon": "cartoon_seed.yaml", "ldm": "ffhq256_ldm.yaml"}
 
 
 def profile_params(stage: str, profile: str, over: dict) -> dict:
-    """params.yaml's section, the profile merged in (as `tasks.common.params apply`), then `over`."""
-    from tasks.common.params import _merge_into, stage_params
+    """params.yaml's section, the profile merged in (as `tasks.config.params apply`), then `over`."""
+    from tasks.config.params import _merge_into, stage_params
 
     params = copy.deepcopy(stage_params(stage, ROOT / "params.yaml"))
     _merge_into(params, yaml.safe_load((ROOT / "configs" / profile).read_text())[stage])
@@ -63,7 +63,7 @@ def fake_cartoons(out: Path, n: int) -> Path:
     """`n` avatars by fetch_cartoons' renderer, through preprocess_cartoons: the stage's shards."""
     from tasks.cartoon.fetch import render_synthetic
     from tasks.cartoon.preprocess import preprocess_cartoons
-    from tasks.common.params import stage_params
+    from tasks.config.params import stage_params
 
     render_synthetic(str(out / "raw"), n, seed=0, workers=0)
     settings = stage_params("preprocess_cartoons", ROOT / "params.yaml")
@@ -73,11 +73,11 @@ def fake_cartoons(out: Path, n: int) -> Path:
 
 def fake_latents(out: Path, n: int, small: bool) -> tuple[Path, Path]:
     """An SD-config VAE folder (random weights) and `n` random latents in encode_latents' format
-    (as tests/test_dreambooth.py's make_latents, at 4x32x32 and 1000 per shard)."""
+    (as tests/helpers/dreambooth.py's make_latents, at 4x32x32 and 1000 per shard)."""
     from diffusers import AutoencoderKL
 
     from benchmarks.bench_scale import SD_VAE
-    from tasks.common.shards import AtomicShardWriter, shard_name, write_manifest
+    from tasks.shards.dataset import AtomicShardWriter, shard_name, write_manifest
     from tasks.latent.vae import vae_identity
 
     cfg = {**SD_VAE, "block_out_channels": [32, 32, 32, 32]} if small else SD_VAE

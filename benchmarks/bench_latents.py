@@ -31,7 +31,7 @@ def _dir_bytes(folder: Path, names: list[str]) -> int:
 
 
 def _tiny_vae(tmp: Path, params: dict) -> Path:
-    from tasks.latent.vae import build_vae
+    from tasks.latent.train_vae import build_vae
 
     torch.manual_seed(0)
     vae = build_vae(params["train_vae"]["model"], params["train_vae"]["resolution"])
@@ -80,14 +80,14 @@ def main() -> None:
     from tasks.latent.vae import load_vae, posterior_moments
     from tasks.latent.config import LdmModelConfig
     from tasks.latent.train import build_unet
-    from tasks.common.params import load_params
-    from tasks.common.shards import read_manifest, shard_paths
+    from tasks.config.params import load_params
+    from tasks.shards.dataset import read_manifest, shard_paths
 
     params = load_params()
     tmp = Path(tempfile.mkdtemp(prefix="bench_latents_"))
     aligned = Path(args.aligned_dir)
     if not (aligned / "manifest.json").is_file():
-        from tests.test_latents_helpers import make_aligned
+        from tests.helpers.latents import make_aligned
 
         aligned = make_aligned(tmp / "aligned", n=256, size=256, shard_size=64)
         print(f"no aligned shards at {args.aligned_dir}: drew 256 synthetic 256x256 faces")

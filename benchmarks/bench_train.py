@@ -42,7 +42,7 @@ def pixel_model(resolution: int):
 def ldm_model():
     """The embedded default's train_ldm UNet, as the stage builds it, and its latent shape (train_vae's
     f=`patch_size` latents of `resolution` px faces)."""
-    from tasks.common.params import stage_params
+    from tasks.config.params import stage_params
     from tasks.latent.config import LdmModelConfig
     from tasks.latent.train import build_unet
 
@@ -110,9 +110,10 @@ def plain_loop(build, data: torch.Tensor, steps: int, batch_size: int, warmup: i
 
 def engine_loop(build, data: torch.Tensor, steps: int, batch_size: int, warmup: int) -> float:
     """samples/s of tasks.training.train on the same model and batches."""
-    from tasks.common.params import stage_params
+    from tasks.config.params import stage_params
     from tasks.training.config import TrainConfig
-    from tasks.training.engine import TrainSpec, train
+    from tasks.training.diffusion import DiffusionSpec
+    from tasks.training.engine import train
 
     n_batches = len(data) // batch_size
 
@@ -120,7 +121,7 @@ def engine_loop(build, data: torch.Tensor, steps: int, batch_size: int, warmup: 
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(epoch))
         return (data[order[i * batch_size:(i + 1) * batch_size]] for i in range(n_batches))
 
-    spec = TrainSpec(build_model=build, make_loader=make_loader,
+    spec = DiffusionSpec(build_model=build, make_loader=make_loader,
                      batches_per_epoch=n_batches, prepare_batch=lambda b, d: (b.to(d), None),
                      predict=lambda m, x, t, c: m(x, t).sample, save=lambda net, sched, out: None)
     cfg = TrainConfig.from_params({**stage_params("train_ldm")["training"], "seed": 0,
@@ -150,7 +151,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model == "ldm":
-        from tasks.common.params import stage_params
+        from tasks.config.params import stage_params
 
         build, shape = ldm_model()
         batch_size = args.batch_size or stage_params("train_ldm")["data"]["batch_size"]

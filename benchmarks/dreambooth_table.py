@@ -31,7 +31,7 @@ VARIANTS = {
 def eval_config(num_samples: int):
     """evaluate_faces' own config from params.yaml (same features, sets and seeds as the stage),
     with `num_samples` per generated set."""
-    from tasks.common.params import stage_params
+    from tasks.config.params import stage_params
     from tasks.evaluation.faces import EvaluateFacesConfig
 
     params = stage_params("evaluate_faces")
@@ -43,7 +43,7 @@ def merge(base: dict, over: dict) -> dict:
     """A copy of `base` with `over` merged in as profiles are (nested sections key by key)."""
     import copy
 
-    from tasks.common.params import _merge_into
+    from tasks.config.params import _merge_into
 
     out = copy.deepcopy(base)
     _merge_into(out, over)
@@ -84,7 +84,7 @@ def main() -> None:
     import os
 
     import tasks.evaluation.faces as EF
-    from tasks.common.params import stage_params
+    from tasks.config.params import stage_params
     from tasks.dreambooth.config import TrainDreamboothConfig
     from tasks.dreambooth.train import run_training
     from tasks.evaluation.faces import evaluate_base, evaluate_subject_model, load_faces

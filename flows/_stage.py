@@ -19,16 +19,16 @@ from prefect import tags, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.local_server import stage_server
-from tasks.common.identity import STAGE_ENV, REPO, loaded_project_files
-from tasks.common.params import stage_params
+from tasks.tracking.identity import STAGE_ENV, REPO, loaded_project_files
+from tasks.config.params import stage_params
 
-# Where run_stage appends, when set, the project files the stage process loaded (tests/test_deps.py).
+# Where run_stage appends, when set, the project files the stage process loaded (tests/pipeline/test_deps.py).
 LOADED_LOG_ENV = "FACEDIFF_LOADED_LOG"
 
 
 def stage_task(name: str, **options):
     """The Prefect task that runs stage `name`'s work. No caching by Prefect: DVC decides what is
-    stale, and resumption inside a stage is by identities on disk (tasks/common/identity.py)."""
+    stale, and resumption inside a stage is by identities on disk (tasks/tracking/identity.py)."""
     return task(name=name, cache_policy=NO_CACHE, **options)
 
 

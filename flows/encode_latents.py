@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows._stage import run_stage, stage_task
-from tasks.common.log import get_logger
+from tasks.reporting.log import get_logger
 from tasks.latent.config import EncodeLatentsConfig
 from tasks.latent.encode import encode_latents as encode
 

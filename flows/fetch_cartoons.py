@@ -4,7 +4,7 @@ from prefect import flow
 from flows._stage import run_stage, stage_task
 from tasks.cartoon.config import FetchCartoonsConfig
 from tasks.cartoon.fetch import fetch_cartoons as fetch
-from tasks.common.download import DownloadError
+from tasks.download.fetch import DownloadError
 
 
 def _network_trouble(task, task_run, state) -> bool:

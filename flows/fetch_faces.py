@@ -4,7 +4,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows._stage import run_stage, stage_task
-from tasks.common.log import get_logger
+from tasks.reporting.log import get_logger
 from tasks.faces.config import FetchFacesConfig
 from tasks.faces.fetch import fetch_faces as fetch
 

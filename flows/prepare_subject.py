@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows._stage import run_stage, stage_task
-from tasks.common.log import get_logger
+from tasks.reporting.log import get_logger
 from tasks.faces.aligning import align_faces
 from tasks.faces.config import PrepareSubjectConfig
 from tasks.faces.subject import fetch_subject, write_subject_report

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows._stage import run_stage, stage_task
-from tasks.common.log import get_logger
+from tasks.reporting.log import get_logger
 from tasks.dreambooth.class_samples import sample_class as sample
 from tasks.dreambooth.config import SampleClassConfig
 

@@ -10,7 +10,9 @@
 3. follows the flow run: its state, the worker's log lines as they arrive, a line per stage;
 4. brings the results home: `dvc exp pull` of an experiment (its grids are copied under
    .dvc/tmp/submit/<name>/), or a plain run's results branch (switched to) + `dvc pull`; then prints
-   `dvc metrics diff` against the commit sent and the paths of the run's sample grids.
+   `dvc metrics diff` against the commit sent, the paths of the run's sample grids, and the run's
+   scorecard (tasks/reporting/scorecard.py: each stage's headline figure against its target, one
+   verdict line; a missed target does not change the exit status).
 
 On failure it prints the failing stage's reason and the flow run's address and exits 1; Ctrl-C
 cancels the flow run (exit 130); a refusal before anything is sent exits 2. It needs
@@ -22,6 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tasks.reporting import scorecard
 from tasks.worker import follow, local
 
 DEFAULT_DEPLOYMENT = "repro-on-worker/repro"
@@ -159,7 +162,19 @@ def bring_home(repo: Path, remote: str, sha: str, record: dict | None) -> int:
     say("==> sample grids of this run:" if grids else "==> sample grids of this run: none")
     for grid in grids:
         say(f"  {grid}")
+    say(scorecard_text(repo, record))
     return 0
+
+
+def scorecard_text(repo: Path, record: dict) -> str:
+    """The card the worker made of its checkout; a worker too old to send one: the card of this
+    checkout when it holds the results (a results branch), else a line saying there is none."""
+    if record.get("scorecard"):
+        return scorecard.Card.from_dict(record["scorecard"]).text()
+    if record.get("results_branch"):
+        return scorecard.build(repo).text()
+    return ("==> scorecard: the worker sent none (`dvc exp apply` the experiment, then "
+            "`python -m tasks.reporting.scorecard`)")
 
 
 if __name__ == "__main__":

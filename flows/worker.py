@@ -5,7 +5,10 @@
     git push of results/<sha>-<run> | dvc exp push -> artifacts -> delete the checkout
 
 Two artifacts per run, also after a failure once the revision is known: `facediff-worker-run`
-(markdown, for people) and `facediff-worker-record` (the RunRecord as JSON, for flows.submit).
+(markdown, for people, ending with the scorecard) and `facediff-worker-record` (the RunRecord as JSON,
+for flows.submit); once the stages have run, a third: `facediff-scorecard` (markdown: each stage's
+headline figure against its target and one verdict line, tasks/reporting/scorecard.py), whose
+history across runs the Prefect UI lists under that key.
 
 Deployed by prefect.yaml; runnable by hand too (docs/worker.md):
 
@@ -22,6 +25,7 @@ from dataclasses import asdict
 from prefect import flow, runtime
 from prefect.artifacts import Artifact, create_markdown_artifact
 
+from tasks.reporting.scorecard import Card
 from tasks.worker.checkout import validate_repo_url, validate_revision
 from tasks.worker.results import RunRecord, markdown, one_line
 from tasks.worker.stages import (checkout_task, cleanup_task, commit_results_task, describe_task,
@@ -79,6 +83,10 @@ def publish(record: RunRecord) -> None:
     """The run's artifacts: markdown for the UI, the record as JSON for flows.submit."""
     create_markdown_artifact(markdown(record), key="facediff-worker-run",
                              description=f"worker run at {record.sha[:12]}")
+    if record.scorecard:
+        card = Card.from_dict(record.scorecard)
+        create_markdown_artifact(card.markdown(), key="facediff-scorecard",
+                                 description=f"{record.sha[:12]}: {card.verdict()}"[:500])
     Artifact(type="json", key="facediff-worker-record", data=asdict(record),
              description="the RunRecord of tasks/worker/results.py").create()
 

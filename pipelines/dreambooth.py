@@ -6,7 +6,7 @@ embedding) `subject=True` samples with class label 1 (the subject) and `subject=
 (the general class the base model drew); without one (`has_identifier` False) there is only one
 model and `subject` must stay True.
 
-A LoRA fine-tune is saved as an adapter folder (ADAPTER_FILE, ADAPTER_CONFIG, RECORD), not a whole
+A LoRA fine-tune is saved as an adapter folder (ADAPTER_FILE, ADAPTER_CONFIG, ADAPTER_RECORD), not a whole
 pipeline: `load_subject_pipeline(dir)` rebuilds the model on its base, whose paths (relative to the
 adapter folder, tried first, and absolute) and identity the record holds (`base_reference`), and
 refuses a base whose weights changed since: the adapter loads from any cwd, and after the project
@@ -24,6 +24,7 @@ import torch
 from diffusers import ImagePipelineOutput, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
+from pipelines.folders import ADAPTER_RECORD
 from pipelines.identity import module_identity
 from pipelines.latent import LatentDiffusionPipeline
 from pipelines.ldm_base import load_latent_base
@@ -31,7 +32,6 @@ from pipelines.outputs import check_output_type, to_output
 
 ADAPTER_FILE = "adapter_model.safetensors"   # LoRA weights (+ the identifier's embedding when there is one)
 ADAPTER_CONFIG = "adapter_config.json"       # peft LoraConfig
-RECORD = "dreambooth_adapter.json"           # base path, base identity, identifier
 SUBJECT_LABEL, CLASS_LABEL = 1, 0
 
 
@@ -108,7 +108,7 @@ class SubjectDiffusionPipeline(LatentDiffusionPipeline):
 
 
 def is_adapter_dir(model_dir: str | Path) -> bool:
-    return (Path(model_dir) / RECORD).is_file()
+    return (Path(model_dir) / ADAPTER_RECORD).is_file()
 
 
 def load_subject_pipeline(model_dir: str | Path, base_dir: str | Path | None = None) -> SubjectDiffusionPipeline:
@@ -119,8 +119,8 @@ def load_subject_pipeline(model_dir: str | Path, base_dir: str | Path | None = N
         return SubjectDiffusionPipeline.from_pretrained(str(model_dir))
     if not is_adapter_dir(model_dir):
         raise FileNotFoundError(f"{model_dir} holds neither a pipeline (model_index.json) nor a DreamBooth "
-                                f"adapter ({RECORD})")
-    record = json.loads((model_dir / RECORD).read_text())
+                                f"adapter ({ADAPTER_RECORD})")
+    record = json.loads((model_dir / ADAPTER_RECORD).read_text())
     base = resolve_base(model_dir, record, base_dir)
     unet = apply_adapter(base.unet, model_dir, identifier=bool(record["identifier"]))
     return SubjectDiffusionPipeline(unet=unet, vae=base.vae, scheduler=base.scheduler)

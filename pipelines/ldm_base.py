@@ -10,7 +10,7 @@ by `init_noise_sigma`, denoises with its scheduler (eta 0), divides by `vqvae.co
 and calls `vqvae.decode` (which quantises); `LatentDiffusionPipeline` does each of those steps, so
 the VQModel becomes its `vae` and the latents mean the same: the UNet sees `encoder output *
 scaling_factor`. For the same noise, scheduler and steps the two give the same images
-(tests/test_dreambooth_pretrained_base.py). Components are loaded by their classes; no code is run
+(tests/training/test_dreambooth_pretrained_base.py). Components are loaded by their classes; no code is run
 from the folder.
 
 A hub id is not loaded here: a DVC dep must be a folder, so a hub model is downloaded once

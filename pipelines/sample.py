@@ -31,7 +31,7 @@ import torch
 from diffusers.utils import make_image_grid
 from PIL import Image
 
-from pipelines.dreambooth import RECORD as ADAPTER_RECORD
+from pipelines.folders import ADAPTER_RECORD, PIPELINE_KINDS, model_folder
 from pipelines.schedulers import SCHEDULERS, make_scheduler
 
 # Options a kind may take beyond the common ones (argparse dest -> how the user spells it).
@@ -43,8 +43,6 @@ KIND_OPTIONS = {
     "dreambooth": {"target", "guidance_scale"},
     "lora": {"target", "guidance_scale", "base_dir"},
 }
-PIPELINE_KINDS = {"CartoonDiffusionPipeline": "cartoon", "LatentDiffusionPipeline": "ldm",
-                  "SubjectDiffusionPipeline": "dreambooth"}
 
 
 class SampleError(ValueError):
@@ -54,28 +52,21 @@ class SampleError(ValueError):
 # ------------------------------------------------------------------------------------ the folder
 
 def model_kind(model_dir: Path) -> str:
-    """cartoon | ldm | dreambooth | lora, from what the folder holds; anything else is a SampleError."""
-    if (model_dir / ADAPTER_RECORD).is_file():
-        return "lora"
-    index = model_dir / "model_index.json"
-    if index.is_file():
-        name = json.loads(index.read_text()).get("_class_name")
-        name = name[1] if isinstance(name, list) else name  # a portable folder: [code file, class]
-        if name in PIPELINE_KINDS:
-            return PIPELINE_KINDS[name]
-        raise SampleError(f"{model_dir} holds a {name}, not a pipeline this command samples "
+    """cartoon | ldm | dreambooth | lora (pipelines/folders.py); any other folder is a SampleError."""
+    try:
+        folder = model_folder(model_dir)
+    except FileNotFoundError as exc:
+        raise SampleError(str(exc)) from None
+    if folder.kind in KIND_OPTIONS:
+        return folder.kind
+    if folder.kind == "pipeline":
+        raise SampleError(f"{model_dir} holds a {folder.class_name}, not a pipeline this command samples "
                           f"({', '.join(PIPELINE_KINDS)})")
-    config = model_dir / "config.json"
-    if config.is_file():
-        raise SampleError(_single_model_message(model_dir, json.loads(config.read_text()).get("_class_name")))
-    raise SampleError(f"{model_dir} is not a model folder: no model_index.json, config.json or {ADAPTER_RECORD}")
-
-
-def _single_model_message(model_dir: Path, name: str | None) -> str:
-    if name in ("PatchAutoencoderKL", "AutoencoderKL", "VQModel"):
-        return (f"{model_dir} is an autoencoder ({name}): it reconstructs images, it does not sample them; "
-                f"sample the latent diffusion model that decodes with it (e.g. models/ldm)")
-    return f"{model_dir} holds a single model ({name}), not a diffusion pipeline: nothing to sample"
+    if folder.kind == "autoencoder":
+        raise SampleError(f"{model_dir} is an autoencoder ({folder.class_name}): it reconstructs images, it does "
+                          f"not sample them; sample the latent diffusion model that decodes with it (e.g. models/ldm)")
+    raise SampleError(f"{model_dir} holds a single model ({folder.class_name}), not a diffusion pipeline: "
+                      "nothing to sample")
 
 
 def has_identifier(model_dir: Path, kind: str) -> bool:

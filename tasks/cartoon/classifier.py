@@ -13,13 +13,13 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from pipelines.attribute_classifier import AttributeClassifier
 from tasks.cartoon.config import ClassifierConfig
 from tasks.cartoon.loader import cartoon_loader, load_schema
-from tasks.common.log import get_logger
-from tasks.common.timings import write_metrics
+from tasks.reporting.log import get_logger
+from tasks.reporting.progress import progress
+from tasks.reporting.timings import write_metrics
 
 
 def per_attribute_accuracy(pred: torch.Tensor, target: torch.Tensor, names: Sequence[str]) -> dict[str, float]:
@@ -65,7 +65,7 @@ def run_classifier_training(shard_dir: str, model_dir: str, metrics_path: str, c
                                                 pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)
     model.train()
-    bar = tqdm(total=epochs * steps_per_epoch, desc="classifier", unit="step", disable=not show_progress)
+    bar = progress(total=epochs * steps_per_epoch, desc="classifier", unit="step", disable=not show_progress)
     for epoch in range(epochs):
         order = torch.randperm(len(train_x), generator=gen)
         for i in range(steps_per_epoch):

@@ -1,13 +1,14 @@
 """Typed configs of the cartoon stages, one per params.yaml section (the values live in params.yaml).
 
 Every field is required: params.yaml is the one place a value is set, and a key a stage does not
-know is an error that names it (tasks/common/config.py).
+know is an error that names it (tasks/config/typed.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.common.config import StageConfig
+from tasks.config.samples import GuidedSamplesConfig
+from tasks.config.typed import StageConfig
 from tasks.training.config import TrainConfig
 
 
@@ -65,21 +66,12 @@ class CartoonModelConfig(StageConfig):
 
 
 @dataclass(frozen=True)
-class CartoonSamplesConfig(StageConfig):
-    num_images: int
-    scheduler: str
-    num_inference_steps: int
-    guidance_scale: float
-    seed: int
-
-
-@dataclass(frozen=True)
 class TrainCartoonConfig(StageConfig):
     num_processes: int
     data: CartoonDataConfig
     model: CartoonModelConfig
     training: TrainConfig
-    samples: CartoonSamplesConfig
+    samples: GuidedSamplesConfig
 
 
 @dataclass(frozen=True)

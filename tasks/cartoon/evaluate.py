@@ -31,15 +31,17 @@ import torch
 from PIL import Image, ImageDraw
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from tqdm.auto import tqdm
 
 from pipelines import AttributeClassifier, CartoonDiffusionPipeline, make_scheduler
+from pipelines.folders import folder_identity
 from tasks.cartoon.classifier import per_attribute_accuracy
 from tasks.cartoon.loader import cartoon_loader
-from tasks.common.config import StageConfig
-from tasks.common.grid import square_grid
-from tasks.common.log import get_logger
-from tasks.common.shards import write_json_atomic
+from tasks.config.samples import SamplerName
+from tasks.config.typed import StageConfig
+from tasks.reporting.grid import square_grid
+from tasks.reporting.log import get_logger
+from tasks.reporting.progress import progress
+from tasks.shards.dataset import write_json_atomic
 
 HEADLINE = "reliable_accuracy_vs_ceiling"
 
@@ -49,7 +51,7 @@ class EvaluateCartoonConfig(StageConfig):
     guidance_scales: list[float]
     num_samples: int
     num_inference_steps: int
-    scheduler: str
+    scheduler: SamplerName
     seed: int
     batch_size: int
     grid_images: int
@@ -213,7 +215,7 @@ def run_evaluation(model_dir: str, classifier_dir: str, classifier_metrics: str,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     accuracy_by_scale, frames = {}, []
-    for scale in tqdm([float(s) for s in cfg.guidance_scales], desc="guidance scales", disable=None):
+    for scale in progress([float(s) for s in cfg.guidance_scales], desc="guidance scales", unit="scale"):
         images = generate(pipe, attrs, scale, cfg.num_inference_steps, cfg.seed, cfg.batch_size)
         accuracy_by_scale[scale] = per_attribute_accuracy(classifier.predict(images), attrs, names)
         grid = labelled_grid(to_pil(images[:cfg.grid_images]), f"guidance {scale:g}")
@@ -222,6 +224,7 @@ def run_evaluation(model_dir: str, classifier_dir: str, classifier_metrics: str,
     frames[0].save(out / "guidance_scales.gif", save_all=True, append_images=frames[1:], duration=800, loop=0)
 
     metrics, detail = summarise(accuracy_by_scale, ceiling, counts, cfg)
+    metrics["model_folder_identity"] = folder_identity(model_dir)  # the model card shows figures of this folder only
     for path, data in ((metrics_path, metrics), (attributes_path, detail)):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, data)

@@ -14,14 +14,13 @@ import shutil
 import urllib.parse
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from tasks.cartoon.config import FetchCartoonsConfig
 from tasks.synthetic.cartoons import render_to_files
-from tasks.common.download import DownloadError, copy_or_link, download_file, file_digest, safe_extract
-from tasks.common.log import get_logger
-from tasks.common.pool import imap, process_pool
-from tasks.common.shards import write_json_atomic
+from tasks.download.fetch import DownloadError, copy_or_link, download_file, file_digest, safe_extract
+from tasks.reporting.log import get_logger
+from tasks.reporting.progress import progress
+from tasks.processes.pool import imap, process_pool
+from tasks.shards.dataset import write_json_atomic
 
 OFFICIAL = ("cartoonset10k", "cartoonset100k")
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
@@ -32,7 +31,7 @@ def render_synthetic(out_dir: str, num_images: int, seed: int, workers: int) -> 
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     draw = functools.partial(render_to_files, out_dir, seed=seed)
     with process_pool(workers) as pool:
-        for _ in tqdm(imap(pool, draw, range(num_images), 16), total=num_images, desc="drawing", unit="img"):
+        for _ in progress(imap(pool, draw, range(num_images), 16), total=num_images, desc="drawing", unit="img"):
             pass
     return num_images
 
@@ -90,7 +89,7 @@ def import_local(path: str, out_dir: str) -> int:
     files = [p for p in sorted(src.rglob("*")) if p.suffix in (".png", ".csv") and p.is_file()]
     if not files:
         raise FileNotFoundError(f"{src} holds no .png/.csv files")
-    for p in tqdm(files, desc="importing", unit="file"):
+    for p in progress(files, desc="importing", unit="file"):
         dest = Path(out_dir) / p.relative_to(src)
         dest.parent.mkdir(parents=True, exist_ok=True)
         copy_or_link(p, dest)

@@ -1,6 +1,6 @@
 """Training batches from cartoon shards: images in [-1, 1] (NCHW float32) and one-hot attributes.
 
-Shard order, shuffling, ranks and workers: tasks/common/shard_loader.py.
+Shard order, shuffling, ranks and workers: tasks/shards/loader.py.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from PIL import Image
 
 from pipelines.cartoon import one_hot
 from tasks.cartoon.schema import AttributeSchema
-from tasks.common.shard_loader import ShardLoader
-from tasks.common.shards import read_manifest
+from tasks.shards.loader import ShardLoader
+from tasks.shards.dataset import read_manifest
 
 
 def load_schema(shard_dir: str | Path) -> AttributeSchema:

@@ -6,13 +6,12 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from tasks.cartoon.images import prepare_image, read_attributes
 from tasks.cartoon.schema import AttributeFileError, AttributeSchema
-from tasks.common.log import get_logger
-from tasks.common.pool import imap, process_pool, resolve_workers
-from tasks.common.shards import AtomicShardWriter, split_of, write_manifest
+from tasks.reporting.log import get_logger
+from tasks.reporting.progress import progress
+from tasks.processes.pool import imap, process_pool, resolve_workers
+from tasks.shards.dataset import AtomicShardWriter, split_of, write_manifest
 
 FORMAT = "facediff.cartoon-shards/1"
 
@@ -83,7 +82,7 @@ def _preprocess_into(raw: Path, out: Path, *, background: list[int], crop: int, 
         # Pass 1: attribute files; the layout is what most files agree on. Parsed here, not in the
         # pool: a file costs less than sending it to a worker, and this runs while the spawned
         # workers are still importing.
-        parsed = [read_attributes(str(pairs[k][1])) for k in tqdm(keys, desc="attributes", unit="csv")]
+        parsed = [read_attributes(str(pairs[k][1])) for k in progress(keys, desc="attributes", unit="csv")]
         good_rows = [rows for ok, rows in parsed if ok]
         if not good_rows:
             check_rejections([{"key": k, "reason": r} for k, (_, r) in zip(keys, parsed)], total, 0.0, "preprocess_cartoons")
@@ -104,7 +103,7 @@ def _preprocess_into(raw: Path, out: Path, *, background: list[int], crop: int, 
         writers = {s: AtomicShardWriter(out, s, shard_size) for s in ("train", "val")}
         try:
             results = imap(pool, prepare_image, jobs, 16)
-            for key, (ok, payload) in tqdm(zip(keys, results), total=len(keys), desc="images", unit="img"):
+            for key, (ok, payload) in progress(zip(keys, results), total=len(keys), desc="images", unit="img"):
                 if not ok:
                     rejected.append({"key": key, "reason": payload})
                     continue

@@ -19,12 +19,13 @@ from pipelines import AttributeProjection, AttributeTau, CartoonDenoiser, Cartoo
 from tasks.cartoon.config import CartoonModelConfig, TrainCartoonConfig
 from tasks.cartoon.loader import cartoon_loader, load_schema
 from tasks.cartoon.schema import AttributeSchema
-from tasks.common.grid import square_grid
-from tasks.common.launch import config_job_main, run_or_launch
-from tasks.common.timings import write_metrics
-from tasks.common.identity import data_identity, identity
-from tasks.training.engine import TrainSpec, train
-from tasks.common.model_card import last_grid, write_model_card
+from tasks.reporting.grid import square_grid
+from tasks.processes.launch import config_job_main, run_or_launch
+from tasks.reporting.timings import write_metrics
+from tasks.tracking.identity import data_identity, identity
+from tasks.training.diffusion import DiffusionSpec
+from tasks.training.engine import train
+from tasks.reporting.model_card import last_grid, write_model_card
 
 
 def build_unet_and_tau(model: CartoonModelConfig, schema: AttributeSchema,
@@ -77,7 +78,7 @@ def make_pipeline(net: CartoonDenoiser, noise_scheduler) -> CartoonDiffusionPipe
     return CartoonDiffusionPipeline(unet=net.unet, tau=net.tau, scheduler=noise_scheduler)
 
 
-def cartoon_spec(shard_dir: str, config: TrainCartoonConfig) -> TrainSpec:
+def cartoon_spec(shard_dir: str, config: TrainCartoonConfig) -> DiffusionSpec:
     data, model, samples, cfg = config.data, config.model, config.samples, config.training
     schema = load_schema(shard_dir)
     res = data.resolution
@@ -111,7 +112,7 @@ def cartoon_spec(shard_dir: str, config: TrainCartoonConfig) -> TrainSpec:
     def save(net, noise_scheduler, out_dir: str):
         make_pipeline(net, noise_scheduler).save_pretrained(out_dir)
 
-    return TrainSpec(build_model=build, make_loader=make_loader, batches_per_epoch=batches, prepare_batch=prepare,
+    return DiffusionSpec(build_model=build, make_loader=make_loader, batches_per_epoch=batches, prepare_batch=prepare,
                      predict=lambda m, x, t, c: m(x, t, c), save=save, null_condition=null_condition,
                      sample_grid=sample_grid if sample_attrs is not None else None)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from pipelines import LatentDiffusionPipeline
 from pipelines.identity import module_identity
 from pipelines.ldm_base import load_latent_base, vae_folder
-from tasks.common.shards import read_manifest
+from tasks.shards.dataset import read_manifest
 from tasks.latent.vae import vae_identity
 
 

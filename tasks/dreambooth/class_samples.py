@@ -4,9 +4,9 @@ The samples stay latents (no decode / re-encode round trip) in the latent shard 
 encode_latents (`mean.npy` = the sampled latent, unscaled; `std.npy` = 0), so one loader reads
 subject and class latents alike. Shard i holds samples [i * shard_size, ...) drawn from a generator
 seeded by (seed, i): a shard does not depend on the others, so a killed run resumes per shard
-(tasks.common.shards.ResumableShards) and the result is the same as an uninterrupted run. The
+(tasks.shards.dataset.ResumableShards) and the result is the same as an uninterrupted run. The
 shard fingerprint holds the base model's identity (UNet weights + config, VAE identity), the
-sampler, steps, seed, count and the stage's code identity (tasks/common/identity.py),
+sampler, steps, seed, count and the stage's code identity (tasks/tracking/identity.py),
 so samples of another base model are never reused (diffusers' script counts files in a folder and
 would reuse them).
 """
@@ -23,9 +23,9 @@ import torch
 
 from pipelines import make_scheduler
 from pipelines.outputs import to_output
-from tasks.common.grid import square_grid
-from tasks.common.identity import code_identity, identity  # other sampling code samples again
-from tasks.common.shards import ResumableShards, shard_name
+from tasks.reporting.grid import square_grid
+from tasks.tracking.identity import code_identity, identity  # other sampling code samples again
+from tasks.shards.dataset import ResumableShards, shard_name
 from tasks.dreambooth.base import base_identity, load_base
 from tasks.dreambooth.config import SampleClassConfig
 from tasks.latent.encode import KIND, iter_latents

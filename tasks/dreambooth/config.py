@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.schedulers import SCHEDULERS
-from tasks.common.config import ConfigError, StageConfig
+from tasks.config.samples import GuidedSamplesConfig, SamplerName
+from tasks.config.typed import ConfigError, StageConfig
 from tasks.training.config import TrainConfig
 
 METHODS = ("full", "lora")
-SAMPLERS = tuple(SCHEDULERS)
 
 
 @dataclass(frozen=True)
@@ -23,7 +22,7 @@ class EncodeSubjectConfig(StageConfig):
 class SampleClassConfig(StageConfig):
     num_class_samples: int
     seed: int
-    scheduler: str
+    scheduler: SamplerName
     num_inference_steps: int
     batch_size: int
     shard_size: int
@@ -33,8 +32,6 @@ class SampleClassConfig(StageConfig):
     def __post_init__(self):
         if self.num_class_samples < 1 or self.batch_size < 1 or self.shard_size < 1 or self.num_inference_steps < 1:
             raise ConfigError("sample_class: num_class_samples, batch_size, shard_size and num_inference_steps must be >= 1")
-        if self.scheduler not in SAMPLERS:
-            raise ConfigError(f"sample_class.scheduler must be one of {SAMPLERS}, got {self.scheduler!r}")
         if not 0 <= self.grid_images <= self.num_class_samples:
             raise ConfigError("sample_class.grid_images must be in [0, num_class_samples]")
 
@@ -44,15 +41,6 @@ class LoraParams(StageConfig):
     rank: int
     alpha: float
     target_modules: list
-
-
-@dataclass(frozen=True)
-class SampleGridParams(StageConfig):
-    num_images: int
-    scheduler: str
-    num_inference_steps: int
-    seed: int
-    guidance_scale: float  # subject row of identifier models: class -> subject guidance (1: none; unused without)
 
 
 @dataclass(frozen=True)
@@ -67,7 +55,7 @@ class TrainDreamboothConfig(StageConfig):
     flip_prob: float
     num_processes: int
     lora: LoraParams
-    samples: SampleGridParams
+    samples: GuidedSamplesConfig  # guidance_scale: the subject row of identifier models, class -> subject (1: none)
     training: TrainConfig  # the shared engine's params (tasks/training/config.py)
 
     def __post_init__(self):
@@ -85,7 +73,5 @@ class TrainDreamboothConfig(StageConfig):
             raise ConfigError("train_dreambooth.flip_prob must be in [0, 1]")
         if self.lora.rank < 1:
             raise ConfigError("train_dreambooth.lora.rank must be >= 1")
-        if self.samples.scheduler not in SAMPLERS:
-            raise ConfigError(f"train_dreambooth.samples.scheduler must be one of {SAMPLERS}")
         if self.samples.guidance_scale < 1:
             raise ConfigError("train_dreambooth.samples.guidance_scale must be >= 1 (1: the subject label alone)")

@@ -2,7 +2,7 @@
 (same format, same VAE identity in the manifest, same per-shard resumption)."""
 from __future__ import annotations
 
-from tasks.common.shards import read_manifest
+from tasks.shards.dataset import read_manifest
 from tasks.dreambooth.base import base_vae_dir
 from tasks.dreambooth.config import EncodeSubjectConfig
 from tasks.latent.encode import encode_latents

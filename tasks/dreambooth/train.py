@@ -33,19 +33,21 @@ from diffusers.utils import make_image_grid
 from pipelines import make_scheduler
 from pipelines.outputs import to_output
 from pipelines.portable import save_portable
-from pipelines.dreambooth import (ADAPTER_CONFIG, ADAPTER_FILE, CLASS_LABEL, RECORD, SUBJECT_LABEL,
+from pipelines.folders import ADAPTER_RECORD
+from pipelines.dreambooth import (ADAPTER_CONFIG, ADAPTER_FILE, CLASS_LABEL, SUBJECT_LABEL,
                                   SubjectDiffusionPipeline, base_reference, with_identifier)
-from tasks.common.shards import read_manifest, write_json_atomic
-from tasks.common.timings import write_metrics
+from tasks.shards.dataset import read_manifest, write_json_atomic
+from tasks.reporting.timings import write_metrics
 from tasks.dreambooth.base import base_identity, check_compatible, load_base
 from tasks.dreambooth.config import TrainDreamboothConfig
 from tasks.latent.encode import iter_latents
-from tasks.common.hashing import derive_seed
-from tasks.common.identity import data_identity, identity
-from tasks.common.launch import config_job_main, run_or_launch
+from tasks.tracking.hashing import derive_seed
+from tasks.tracking.identity import data_identity, identity
+from tasks.processes.launch import config_job_main, run_or_launch
 from tasks.training.config import TrainConfig
-from tasks.training.engine import TrainSpec, mean_of_last_steps, train
-from tasks.common.model_card import last_grid, write_model_card
+from tasks.training.diffusion import DiffusionSpec
+from tasks.training.engine import mean_of_last_steps, train
+from tasks.reporting.model_card import last_grid, write_model_card
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -185,8 +187,8 @@ def save_adapter(unet: UNet2DModel, cfg: TrainDreamboothConfig, base_dir: str, b
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / ADAPTER_FILE))
     write_json_atomic(out / ADAPTER_CONFIG, lora_settings(cfg))
-    write_json_atomic(out / RECORD, {**base_reference(base_dir, out, base_unet_id), "identifier": cfg.identifier,
-                                     "method": "lora"})
+    write_json_atomic(out / ADAPTER_RECORD, {**base_reference(base_dir, out, base_unet_id),
+                                             "identifier": cfg.identifier, "method": "lora"})
 
 
 # ---------------------------------------------------------------------------------------- spec
@@ -202,7 +204,7 @@ def check_schedule(train_cfg: TrainConfig, base_scheduler) -> None:
 
 
 def dreambooth_spec(subject_dir: str, class_dir: str | None, base_dir: str, cfg: TrainDreamboothConfig,
-                    train_cfg: TrainConfig) -> tuple[TrainSpec, dict]:
+                    train_cfg: TrainConfig) -> tuple[DiffusionSpec, dict]:
     base = load_base(base_dir)
     ident = base_identity(base)
     check_compatible(ident, base_dir, subject_dir, class_dir if cfg.prior_preservation else None)
@@ -250,7 +252,7 @@ def dreambooth_spec(subject_dir: str, class_dir: str | None, base_dir: str, cfg:
         else:
             save_portable(SubjectDiffusionPipeline(unet=unet, vae=vae.to("cpu"), scheduler=base.scheduler), out_dir)
 
-    spec = TrainSpec(
+    spec = DiffusionSpec(
         build_model=lambda: build_unet(base.unet, cfg),
         make_loader=lambda epoch, rank, world: epoch_batches(subject, klass, cfg, train_cfg.seed, epoch, rank),
         batches_per_epoch=batches_per_epoch(len(subject), cfg.instance_batch_size),

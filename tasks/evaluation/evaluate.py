@@ -6,17 +6,21 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from tasks.common.log import get_logger
-from tasks.common.shards import write_json_atomic
-from tasks.evaluation.faces import (CLASS_DRIFT, ID_ABOVE_BASE, ID_CEILING_SHARE, EvaluateFacesConfig, details,
-                                    evaluate_base, evaluate_subject_model, headline, write_grids)
+from tasks.reporting.log import get_logger
+from tasks.shards.dataset import write_json_atomic
+from pipelines.folders import folder_identity, model_folder
+from tasks.evaluation.faces import (EvaluateFacesConfig, details, evaluate_base, evaluate_subject_model, headline,
+                                    write_grids)
 from tasks.evaluation.features import DlibFaceExtractor
+from tasks.evaluation.targets import CLASS_DRIFT, ID_ABOVE_BASE, ID_CEILING_SHARE
 
 
 def _subject_model_present(model_dir: str | None) -> bool:
-    """A saved pipeline or a LoRA adapter record (pipelines/dreambooth.py loads either)."""
-    return bool(model_dir) and any((Path(model_dir) / name).is_file()
-                                   for name in ("model_index.json", "dreambooth_adapter.json"))
+    """A saved pipeline or a LoRA adapter (pipelines/dreambooth.py loads either)."""
+    try:
+        return bool(model_dir) and model_folder(model_dir).kind not in ("autoencoder", "model")
+    except FileNotFoundError:
+        return False
 
 
 def evaluate_faces(aligned_dir: str, base_dir: str, subject_dir: str, subject_model_dir: str | None,
@@ -36,7 +40,9 @@ def evaluate_faces(aligned_dir: str, base_dir: str, subject_dir: str, subject_mo
                                              extractor=extractor, base=base, log=log.info)
     if subject is None and cfg.subject == "auto":
         log.info(f"evaluate_faces: no subject model at {subject_model_dir}: subject metrics skipped")
-    head = headline(base, subject, cfg)
+    # Which folders these figures are of: their model cards show them only when the folder is the same.
+    head = {**headline(base, subject, cfg), "base_folder_identity": folder_identity(base_dir),
+            **({"subject_folder_identity": folder_identity(subject_model_dir)} if subject is not None else {})}
     if not head["target_met"]:
         msg = (f"evaluate_faces: base samples miss the face target (detect rate {head['face_detect_rate']:.2f} vs "
                f"{cfg.min_detect_ratio:g} x real {head['face_detect_rate_real']:.2f}; kid_dlib {head['kid_dlib']} "

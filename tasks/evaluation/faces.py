@@ -24,14 +24,16 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipelines import SCHEDULERS, LatentDiffusionPipeline, make_scheduler
+from pipelines import LatentDiffusionPipeline, make_scheduler
 from pipelines.autoencoder import vae_scale_factor
 from pipelines.dreambooth import load_subject_pipeline
 from pipelines.ldm_base import load_latent_base
-from tasks.common.config import StageConfig
-from tasks.common.shards import read_manifest
+from tasks.config.samples import SamplerName
+from tasks.config.typed import StageConfig
+from tasks.shards.dataset import read_manifest
 from tasks.evaluation import metrics as M
 from tasks.evaluation.features import DlibFaceExtractor, FaceFeatures, FeatureConfig
+from tasks.evaluation.targets import CLASS_DRIFT, ID_ABOVE_BASE, ID_CEILING_SHARE
 from tasks.latent.images import load_split
 
 SUBJECT_MODES = ("auto", "required", "off")
@@ -49,7 +51,7 @@ class EvaluateFacesConfig(StageConfig):
     real_splits: list[str]        # splits of data/faces/aligned whose faces are "real"
     num_samples: int              # per generated set (base, untrained, subject, class)
     batch_size: int
-    scheduler: str                # ddpm | ddim | dpm | dpm_sde (pipelines/schedulers.py)
+    scheduler: SamplerName
     num_inference_steps: int
     seed: int                     # sample i starts from the noise of seed + i, in every model
     subject: str                  # auto (evaluate when the subject model exists) | required | off
@@ -61,8 +63,6 @@ class EvaluateFacesConfig(StageConfig):
     kid: KidConfig
 
     def __post_init__(self):
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"evaluate_faces.scheduler must be one of {sorted(SCHEDULERS)}, got {self.scheduler!r}")
         if self.subject not in SUBJECT_MODES:
             raise ValueError(f"evaluate_faces.subject must be one of {SUBJECT_MODES}, got {self.subject!r}")
         if not self.real_splits:
@@ -172,11 +172,6 @@ def _or_none(fn: Callable, *args) -> float | None:
         return fn(*args)
     except M.NotEnoughSamples:
         return None
-
-
-# DreamBooth targets (issue 11): subject samples reach this share of the photos' own id_top1 and this
-# much above the base model's samples; class samples (label 0) stay this close to the base's.
-ID_CEILING_SHARE, ID_ABOVE_BASE, CLASS_DRIFT = 0.8, 0.4, 0.05
 
 
 def subject_targets(m: dict) -> dict[str, Any]:

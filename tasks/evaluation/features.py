@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tasks.common.config import StageConfig
-from tasks.common.pool import resolve_workers, spawn_executor
+from tasks.config.typed import StageConfig
+from tasks.processes.pool import resolve_workers, spawn_executor
 from tasks.faces.landmarks import dlib_predictor_path
 
 DESCRIPTOR_MODEL = "dlib_face_recognition_resnet_model_v1.dat"

@@ -1,7 +1,7 @@
 """NVlabs' FFHQ alignment (`recreate_aligned_images` in NVlabs/ffhq-dataset's download_ffhq.py).
 
 The steps and their constants are the reference's, in its order, so the same landmarks and image
-give the same pixels (checked against a verbatim copy in tests/test_faces_align.py and
+give the same pixels (checked against a verbatim copy in tests/data/test_faces_align.py and
 benchmarks/bench_align.py). Two deliberate differences, neither of which changes the output of
 an RGB input: Pillow >= 10 spells `ANTIALIAS` as `LANCZOS` (the same filter), and a non-RGB
 input (grey, RGBA, palette) is converted to RGB first (the reference would fail on it).

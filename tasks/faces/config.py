@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.common.config import ConfigError, StageConfig
+from tasks.config.typed import ConfigError, StageConfig
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ training/validation; `image`, `thumbnail` and `in_the_wild` blocks with `file_pa
 `file_md5`, `pixel_size`, and for in-the-wild photos `face_rect`, `face_landmarks`, `face_quad`
 when known) next to the files it names, plus `manifest.json` (counts, params, rejections).
 
-- ffhq: NVlabs' metadata and files, every file verified by size and md5 (tasks.common.download).
+- ffhq: NVlabs' metadata and files, every file verified by size and md5 (tasks.download.fetch).
 - a folder: photos of any size and format Pillow reads, EXIF orientation applied, saved as PNG;
   duplicates (identical pixels, or a difference hash within `near_duplicate_bits`) are rejected.
 - synthetic: drawn by tasks.synthetic.faces, landmarks exact.
@@ -26,14 +26,15 @@ from typing import Callable
 import numpy as np
 import PIL.Image
 
-from tasks.common.download import DownloadError, DriveQuotaError, download_file
+from tasks.download.fetch import DownloadError, DriveQuotaError, download_file
 from tasks.faces.align import ffhq_quad
 from tasks.faces.config import FetchFacesConfig
 from tasks.faces.images import BadImage, load_rgb
 from tasks.faces.work import BLOCKS, METADATA
-from tasks.common.pool import imap, process_pool, resolve_workers
-from tasks.common.shards import split_of, write_json_atomic, write_manifest
+from tasks.processes.pool import imap, process_pool, resolve_workers
+from tasks.shards.dataset import split_of, write_json_atomic, write_manifest
 from tasks.synthetic import faces as synthetic
+from tasks.reporting.progress import progress as progress_bar
 
 # NVlabs/ffhq-dataset download_ffhq.py: the metadata file's official location and checksum.
 FFHQ_METADATA = dict(file_url="https://drive.google.com/uc?id=16N0RV4fHI6joBuKbQAoG34V_cQk7vxSA",
@@ -91,7 +92,6 @@ def fetch_synthetic(out_dir: str | Path, *, num_images: int, num_identities: int
                     val_fraction: float = 0.1, subject: bool = False, workers: int = 0,
                     params: dict | None = None, progress: bool = True) -> dict:
     """Draw `num_images` photos of `num_identities` base identities (or of the held-out subject)."""
-    from tqdm.auto import tqdm
 
     if num_images < 1 or (not subject and num_identities < 1):
         raise ValueError(f"num_images and num_identities must be >= 1, got {num_images}, {num_identities}")
@@ -100,8 +100,8 @@ def fetch_synthetic(out_dir: str | Path, *, num_images: int, num_identities: int
     jobs = [(str(out_dir), f"{i:05d}", i, "subject" if subject else "base", seed,
              i % max(1, num_identities), image_size, list(scale_range), max_rotation) for i in range(num_images)]
     with process_pool(min(resolve_workers(workers), num_images)) as pool:
-        drawn = dict(tqdm(imap(pool, _draw_one, jobs, 8), total=len(jobs), desc="draw",
-                          unit="img", disable=not progress))
+        drawn = dict(progress_bar(imap(pool, _draw_one, jobs, 8), total=len(jobs), desc="draw",
+                                  unit="img", disable=not progress))
     entries = {}
     for key in sorted(drawn):
         d = drawn[key]
@@ -226,7 +226,6 @@ def fetch_ffhq(out_dir: str | Path, *, images: str = "in_the_wild", num_images: 
     metadata file is kept in `download_dir` (outside the DVC out, git-ignored) so that a rerun
     with other params does not fetch it again; None keeps it nowhere.
     """
-    from tqdm.auto import tqdm
 
     if images not in BLOCKS:
         raise ValueError(f"images must be one of {sorted(BLOCKS)}, got {images!r}")
@@ -265,7 +264,7 @@ def fetch_ffhq(out_dir: str | Path, *, images: str = "in_the_wild", num_images: 
             failures.append((k, spec["file_path"], exc))
 
     with ThreadPoolExecutor(max(1, num_threads)) as pool:
-        list(tqdm(pool.map(get, specs), total=len(specs), desc="ffhq", unit="file", disable=not progress))
+        list(progress_bar(pool.map(get, specs), total=len(specs), desc="ffhq", unit="file", disable=not progress))
     if failures:
         quota = any(isinstance(exc, DriveQuotaError) for *_, exc in failures)
         raise DownloadError(f"{len(failures)} of {len(specs)} FFHQ files failed verification or download (bytes "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.common.shards import read_manifest, write_manifest
+from tasks.shards.dataset import read_manifest, write_manifest
 from tasks.faces.config import PrepareSubjectConfig
 from tasks.faces.fetch import fetch_folder, fetch_synthetic
 

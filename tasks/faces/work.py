@@ -1,7 +1,7 @@
 """Aligning a set of photos into WebDataset shards, in a process pool, resumable shard by shard.
 
-Inputs are mapped to shards once and for all: split by a hash of the key (tasks.common.shards.split_of),
-then, in key order, `shard_size` inputs per shard. Resumption is tasks.common.shards.ResumableShards:
+Inputs are mapped to shards once and for all: split by a hash of the key (tasks.shards.dataset.split_of),
+then, in key order, `shard_size` inputs per shard. Resumption is tasks.shards.dataset.ResumableShards:
 a shard's record holds its rejections and uses, and its fingerprint is everything that determines
 its bytes (the input file hashes, the params and the stage's code).
 
@@ -25,11 +25,12 @@ import PIL.Image
 from tasks.faces.align import align_face
 from tasks.faces.images import BadImage, load_rgb
 from tasks.faces.landmarks import DlibLandmarks, NoFace, face_size, pick_face
-from tasks.common.hashing import file_digest
+from tasks.tracking.hashing import file_digest
 
-from tasks.common.identity import code_identity, identity
-from tasks.common.pool import resolve_workers, spawn_executor
-from tasks.common.shards import ResumableShards, shard_name
+from tasks.tracking.identity import code_identity, identity
+from tasks.processes.pool import resolve_workers, spawn_executor
+from tasks.shards.dataset import ResumableShards, shard_name
+from tasks.reporting.progress import progress as progress_bar
 
 # The raw folder's FFHQ-style metadata file, and which of its blocks holds each kind of image.
 METADATA = "ffhq-dataset-v2.json"
@@ -153,7 +154,6 @@ def align_to_shards(items: list[Item], out_dir: str | Path, cfg: AlignConfig, *,
                     extra_rejections: list[dict] | None = None, extra_manifest: dict | None = None,
                     list_used: bool = False) -> dict:
     """Align `items` into `out_dir` (shards + manifest.json), reusing finished shards. Returns the manifest."""
-    from tqdm.auto import tqdm
 
 
     out_dir = Path(out_dir)
@@ -182,7 +182,7 @@ def align_to_shards(items: list[Item], out_dir: str | Path, cfg: AlignConfig, *,
 
     if pending:
         with spawn_executor(min(workers, max(1, n_pending))) as pool, \
-                tqdm(total=n_pending, desc="align", unit="img", disable=not progress) as bar:
+                progress_bar(total=n_pending, desc="align", unit="img", disable=not progress) as bar:
             futures: dict = {}
             results: dict[tuple, list] = {}
             remaining: dict[tuple, int] = {}
@@ -217,7 +217,7 @@ def align_to_shards(items: list[Item], out_dir: str | Path, cfg: AlignConfig, *,
             while futures:
                 drain(block=True)
 
-    # Manifest: the source of truth for readers (tasks.common.shards.shard_paths).
+    # Manifest: the source of truth for readers (tasks.shards.dataset.shard_paths).
     splits: dict[str, dict] = {}
     rejected = list(extra_rejections or [])
     used = []

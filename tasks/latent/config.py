@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.schedulers import SCHEDULERS
-from tasks.common.config import ConfigError, StageConfig
-from tasks.training.config import TrainConfig
+from tasks.config.samples import SamplesConfig
+from tasks.config.typed import StageConfig
+from tasks.training.config import LoopConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -18,20 +18,13 @@ class VaeModelConfig(StageConfig):  # pipelines.autoencoder.PatchAutoencoderKL
 
 
 @dataclass(frozen=True)
-class VaeTrainingConfig(StageConfig):
-    seed: int
+class VaeLossConfig(StageConfig):
     batch_size: int
-    max_steps: int
-    max_seconds: float | None
-    learning_rate: float
-    lr_warmup_steps: int
-    max_grad_norm: float | None
-    kl_weight: float
+    kl_weight: float       # per latent element
     l1_weight: float
     mse_weight: float
-    hflip: bool
-    logvar_init: float | None
-    log_every: int
+    hflip: bool            # each face mirrored with probability 1/2
+    logvar_init: float | None  # the log-variance outputs' initial bias (null: the model's own init)
 
 
 @dataclass(frozen=True)
@@ -45,7 +38,8 @@ class TrainVaeConfig(StageConfig):
     min_gain_over_bilinear_db: float  # target: validation PSNR at least this far above the bilinear reference
     min_val_images: int            # fewer: the PSNR is flagged reliable: false
     model: VaeModelConfig          # source train only
-    training: VaeTrainingConfig    # source train only
+    loss: VaeLossConfig            # source train only
+    training: LoopConfig           # source train only: the shared engine's loop
 
 
 @dataclass(frozen=True)
@@ -77,21 +71,9 @@ class LdmModelConfig(StageConfig):
 
 
 @dataclass(frozen=True)
-class LdmSamplesConfig(StageConfig):
-    num_images: int
-    scheduler: str
-    num_inference_steps: int
-    seed: int
-
-    def __post_init__(self):  # checked at start-up, not at the first grid after minutes of training
-        if self.scheduler not in SCHEDULERS:
-            raise ConfigError(f"train_ldm.samples.scheduler must be one of {sorted(SCHEDULERS)}, got {self.scheduler!r}")
-
-
-@dataclass(frozen=True)
 class TrainLdmConfig(StageConfig):
     num_processes: int
     data: LdmDataConfig
     model: LdmModelConfig
     training: TrainConfig
-    samples: LdmSamplesConfig
+    samples: SamplesConfig

@@ -6,7 +6,7 @@ optionally `mean_flip.npy` / `std_flip.npy` (the horizontally flipped face) and 
 Storing the posterior's moments rather than one sample (as NVlabs' EDM2 does) lets training draw
 a fresh z = mean + std * eps each time.
 
-Resumption (tasks.common.shards.ResumableShards): a shard's fingerprint is the VAE identity (hash
+Resumption (tasks.shards.dataset.ResumableShards): a shard's fingerprint is the VAE identity (hash
 of its weights and config), the input shard's md5, the params that change the bytes (resolution,
 resample, flip), FORMAT_VERSION and the stage's code identity. The DVC out is declared `persist:
 true`, so a killed run leaves its finished shards for the next one, and the fingerprint makes that
@@ -28,12 +28,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from tasks.common.hashing import file_digest
-from tasks.common.identity import code_identity, identity  # other code re-encodes
-from tasks.common.launch import job_main, launch
+from tasks.tracking.hashing import file_digest
+from tasks.tracking.identity import code_identity, identity  # other code re-encodes
+from tasks.processes.launch import job_main, launch
 from tasks.latent.images import decode_png, iter_shard, to_model_input
-from tasks.common.shards import ResumableShards, read_manifest, shard_name
+from tasks.shards.dataset import ResumableShards, read_manifest, shard_name
 from tasks.latent.vae import add_sums, latent_variance, load_vae, moment_sums, posterior_moments, vae_identity
+from tasks.reporting.progress import progress as progress_bar
 
 FORMAT_VERSION = 1  # bump when what a latent shard stores changes
 KIND = "faces_latents"
@@ -126,7 +127,6 @@ def encode_latents(aligned_dir: str, vae_dir: str, out_dir: str, *, resolution: 
 def _encode_process(aligned_dir, vae_dir, out_dir, *, resolution, flip, batch_size, device, precision, params,
                     progress, log, shard_callback, rank: int, world: int, barrier: Callable[[], None],
                     local_rank: int = 0) -> dict:
-    from tqdm.auto import tqdm
 
 
     out = Path(out_dir)
@@ -155,8 +155,8 @@ def _encode_process(aligned_dir, vae_dir, out_dir, *, resolution, flip, batch_si
     for _, _, p in mine:  # count images cheaply from the tar members
         with tarfile.open(p) as tf:
             total += sum(1 for m in tf.getmembers() if m.name.endswith(".png"))
-    bar = tqdm(total=total, desc=f"encode[{rank}]" if world > 1 else "encode", unit="img",
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=total, desc=f"encode[{rank}]" if world > 1 else "encode", unit="img",
+                       disable=not progress, dynamic_ncols=True)
     t0, n_images = time.perf_counter(), 0
 
     def on_images(n: int) -> None:

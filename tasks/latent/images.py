@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from tasks.common.shards import shard_paths
+from tasks.shards.dataset import shard_paths
 
 
 def decode_png(png: bytes, resolution: int | None) -> np.ndarray:

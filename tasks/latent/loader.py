@@ -2,7 +2,7 @@
 
 Deterministic for (seed, epoch): the eps of each sample and the choice of its flipped copy are
 seeded by (seed, epoch) and the sample's key, so a resumed run sees exactly the batches an
-uninterrupted one would. Shard order, shuffling, ranks and workers: tasks/common/shard_loader.py.
+uninterrupted one would. Shard order, shuffling, ranks and workers: tasks/shards/loader.py.
 The scaling factor is applied by the trainer, not here (the loader yields raw latents).
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.common.hashing import derive_seed
-from tasks.common.shard_loader import ShardLoader
-from tasks.common.shards import read_manifest
+from tasks.tracking.hashing import derive_seed
+from tasks.shards.loader import ShardLoader
+from tasks.shards.dataset import read_manifest
 
 
 class _ToTensors:

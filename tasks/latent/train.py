@@ -18,16 +18,17 @@ from pathlib import Path
 import torch
 
 from pipelines import LatentDiffusionPipeline, make_scheduler, save_portable
-from tasks.common.grid import square_grid
-from tasks.common.identity import data_identity, identity
-from tasks.common.launch import config_job_main, run_or_launch
-from tasks.common.shards import MANIFEST, read_manifest
-from tasks.common.timings import write_metrics
+from tasks.reporting.grid import square_grid
+from tasks.tracking.identity import data_identity, identity
+from tasks.processes.launch import config_job_main, run_or_launch
+from tasks.shards.dataset import read_manifest
+from tasks.reporting.timings import write_metrics
 from tasks.latent.config import LdmModelConfig, TrainLdmConfig
 from tasks.latent.loader import latent_loader
 from tasks.latent.vae import load_vae, vae_identity
-from tasks.training.engine import TrainSpec, train
-from tasks.common.model_card import last_grid, write_model_card
+from tasks.training.diffusion import DiffusionSpec
+from tasks.training.engine import train
+from tasks.reporting.model_card import last_grid, write_model_card
 
 def build_unet(model: LdmModelConfig, latent_shape: list[int]):
     from diffusers import UNet2DModel
@@ -42,7 +43,7 @@ def build_unet(model: LdmModelConfig, latent_shape: list[int]):
                        attention_head_dim=model.attention_head_dim, norm_num_groups=model.norm_num_groups)
 
 
-def ldm_spec(latent_dir: str, vae_dir: str, config: TrainLdmConfig) -> TrainSpec:
+def ldm_spec(latent_dir: str, vae_dir: str, config: TrainLdmConfig) -> DiffusionSpec:
     data, model, samples, cfg = config.data, config.model, config.samples, config.training
     manifest = read_manifest(latent_dir)
     vae = load_vae(vae_dir)
@@ -78,7 +79,7 @@ def ldm_spec(latent_dir: str, vae_dir: str, config: TrainLdmConfig) -> TrainSpec
         # With its code beside model_index.json: the folder loads where diffusers is, project or not.
         save_portable(LatentDiffusionPipeline(unet=unet, vae=vae.to("cpu"), scheduler=noise_scheduler), out_dir)
 
-    return TrainSpec(build_model=lambda: build_unet(model, shape), make_loader=make_loader, batches_per_epoch=batches,
+    return DiffusionSpec(build_model=lambda: build_unet(model, shape), make_loader=make_loader, batches_per_epoch=batches,
                      prepare_batch=prepare, predict=lambda m, x, t, c: m(x, t).sample, save=save,
                      sample_grid=sample_grid if samples.num_images > 0 else None)
 

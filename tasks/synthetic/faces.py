@@ -25,7 +25,7 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFilter
 
-from tasks.common.hashing import derive_seed
+from tasks.tracking.hashing import derive_seed
 
 SUPERSAMPLE = 2  # drawn at 2x and downsampled: smooth edges, landmarks stay exact
 

@@ -22,7 +22,7 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks.common.log import get_logger
+from tasks.reporting.log import get_logger
 from tasks.worker.commands import CommandFailed, child_env, run
 
 MARKER = ".facediff-worker"

@@ -13,7 +13,7 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from tasks.common.log import get_logger
+from tasks.reporting.log import get_logger
 
 # Set in every subprocess so the stage flows that `dvc repro` starts can tag their runs with the
 # worker run that started them (flows/_stage.py reads it).

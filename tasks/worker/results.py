@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from tasks.reporting import scorecard
 from tasks.worker.commands import CommandFailed, run
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg")
@@ -44,6 +45,7 @@ class RunRecord:
     metrics_diff: dict = field(default_factory=dict)      # dvc metrics diff <sha> --all --json
     grids: list[str] = field(default_factory=list)        # images in the outputs of the stages run
     missing_outputs: list[str] = field(default_factory=list)  # in dvc.lock, but not in the DVC remote
+    scorecard: dict = field(default_factory=dict)         # tasks/reporting/scorecard.py Card.to_dict() of the checkout
     pushed_data: bool = False
     failure: str | None = None                            # one line: why the run failed
 
@@ -94,7 +96,7 @@ def apply_profile(repo: Path, profile: str | None) -> None:
     if profile:
         if not (repo / profile).is_file():
             raise FileNotFoundError(f"profile {profile} is not in this revision")
-        run([sys.executable, "-m", "tasks.common.params", "apply", profile], repo)
+        run([sys.executable, "-m", "tasks.config.params", "apply", profile], repo)
 
 
 def reproduce(repo: Path, targets: list[str], set_params: list[str], experiment: str | None) -> list[str]:
@@ -225,7 +227,17 @@ def describe(repo: Path, record: RunRecord) -> RunRecord:
     record.metrics = read_metrics(repo, stage_metric_files(repo, record.stages_run))
     changed_images = [p for p in changed_paths(repo) if p.lower().endswith(IMAGE_SUFFIXES)]
     record.grids = sorted(set(output_images(repo, record.stages_run)) | set(changed_images))
+    record.scorecard = scorecard_of(repo)
     return record
+
+
+def scorecard_of(repo: Path) -> dict:
+    """The checkout's scorecard after the run (every stage's metrics file, run now or committed): a
+    broken card is recorded as such and never fails a run whose results are ready to send."""
+    try:
+        return scorecard.build(repo).to_dict()
+    except Exception as exc:  # noqa: BLE001 - the card reports; the run's results matter more
+        return scorecard.Card([], error=one_line(exc)).to_dict()
 
 
 def _scalars(values, prefix: str = ""):
@@ -269,6 +281,8 @@ def markdown(record: RunRecord, max_rows: int = 40) -> str:
               if rows else ["none"])
     lines += ["", "## Sample grids written by this run", ""]
     lines += [f"- `{g}`" for g in record.grids] or ["none"]
+    if record.scorecard:  # one heading level down: a section of this page
+        lines += ["", "#" + scorecard.Card.from_dict(record.scorecard).markdown()]
     return "\n".join(lines)
 
 

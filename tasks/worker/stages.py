@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common.log import get_logger
+from tasks.reporting.log import get_logger
 from tasks.worker import checkout, environment, results
 from tasks.worker.commands import retry_if_transient, run
 

@@ -1,0 +1,1 @@
+"""Stage configuration: typed stage configs (`typed`) and params.yaml with its scale profiles (`params`)."""

@@ -1,0 +1,1 @@
+"""Running work in several processes: the spawn-safe process pool (`pool`) and `accelerate launch` (`launch`)."""
