@@ -9,6 +9,7 @@ Draws N synthetic in-the-wild photos, then, in one run on the same inputs:
   face_alignment  align_to_shards with FAN in the main process (skipped when its weights are absent)
 and prints images/s, the speed-up over the reference, and whether the outputs are pixel-identical.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,24 +61,47 @@ def reference_align(src_file, lm, output_size=1024, transform_size=4096, enable_
         qsize /= shrink
 
     border = max(int(np.rint(qsize * 0.1)), 3)
-    crop = (int(np.floor(min(quad[:, 0]))), int(np.floor(min(quad[:, 1]))), int(np.ceil(max(quad[:, 0]))), int(np.ceil(max(quad[:, 1]))))
-    crop = (max(crop[0] - border, 0), max(crop[1] - border, 0), min(crop[2] + border, img.size[0]), min(crop[3] + border, img.size[1]))
+    crop = (
+        int(np.floor(min(quad[:, 0]))),
+        int(np.floor(min(quad[:, 1]))),
+        int(np.ceil(max(quad[:, 0]))),
+        int(np.ceil(max(quad[:, 1]))),
+    )
+    crop = (
+        max(crop[0] - border, 0),
+        max(crop[1] - border, 0),
+        min(crop[2] + border, img.size[0]),
+        min(crop[3] + border, img.size[1]),
+    )
     if crop[2] - crop[0] < img.size[0] or crop[3] - crop[1] < img.size[1]:
         img = img.crop(crop)
         quad -= crop[0:2]
 
-    pad = (int(np.floor(min(quad[:, 0]))), int(np.floor(min(quad[:, 1]))), int(np.ceil(max(quad[:, 0]))), int(np.ceil(max(quad[:, 1]))))
-    pad = (max(-pad[0] + border, 0), max(-pad[1] + border, 0), max(pad[2] - img.size[0] + border, 0), max(pad[3] - img.size[1] + border, 0))
+    pad = (
+        int(np.floor(min(quad[:, 0]))),
+        int(np.floor(min(quad[:, 1]))),
+        int(np.ceil(max(quad[:, 0]))),
+        int(np.ceil(max(quad[:, 1]))),
+    )
+    pad = (
+        max(-pad[0] + border, 0),
+        max(-pad[1] + border, 0),
+        max(pad[2] - img.size[0] + border, 0),
+        max(pad[3] - img.size[1] + border, 0),
+    )
     if enable_padding and max(pad) > border - 4:
         pad = np.maximum(pad, int(np.rint(qsize * 0.3)))
-        img = np.pad(np.float32(img), ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), 'reflect')
+        img = np.pad(np.float32(img), ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), "reflect")
         h, w, _ = img.shape
         y, x, _ = np.ogrid[:h, :w, :1]
-        mask = np.maximum(1.0 - np.minimum(np.float32(x) / pad[0], np.float32(w - 1 - x) / pad[2]), 1.0 - np.minimum(np.float32(y) / pad[1], np.float32(h - 1 - y) / pad[3]))
+        mask = np.maximum(
+            1.0 - np.minimum(np.float32(x) / pad[0], np.float32(w - 1 - x) / pad[2]),
+            1.0 - np.minimum(np.float32(y) / pad[1], np.float32(h - 1 - y) / pad[3]),
+        )
         blur = qsize * 0.02
         img += (scipy.ndimage.gaussian_filter(img, [blur, blur, 0]) - img) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
         img += (np.median(img, axis=(0, 1)) - img) * np.clip(mask, 0.0, 1.0)
-        img = PIL.Image.fromarray(np.uint8(np.clip(np.rint(img), 0, 255)), 'RGB')
+        img = PIL.Image.fromarray(np.uint8(np.clip(np.rint(img), 0, 255)), "RGB")
         quad += pad[:2]
 
     img = img.transform((transform_size, transform_size), PIL.Image.QUAD, (quad + 0.5).flatten(), PIL.Image.BILINEAR)
@@ -98,9 +122,8 @@ def read_shards(folder: Path) -> dict[str, np.ndarray]:
 
 def main(argv=None) -> None:
     from tasks.faces.fetch import fetch_synthetic
-    from tasks.faces.work import items_from_raw
     from tasks.faces.landmarks import check_face_alignment_weights
-    from tasks.faces.work import AlignConfig, align_to_shards
+    from tasks.faces.work import AlignConfig, align_to_shards, items_from_raw
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=64)
@@ -114,8 +137,10 @@ def main(argv=None) -> None:
         tmp = Path(tmp)
         fetch_synthetic(tmp / "raw", num_images=args.images, num_identities=8, seed=0, progress=False)
         items, _ = items_from_raw(tmp / "raw", "metadata")
-        print(f"{args.images} synthetic photos, output {args.output_size}, transform {args.transform_size}, "
-              f"{workers} processes ({os.cpu_count()} cores)")
+        print(
+            f"{args.images} synthetic photos, output {args.output_size}, transform {args.transform_size}, "
+            f"{workers} processes ({os.cpu_count()} cores)"
+        )
 
         t = time.perf_counter()
         ref = {}
@@ -143,8 +168,9 @@ def main(argv=None) -> None:
             cfg = AlignConfig(source, args.output_size, args.transform_size, True, 0, 1)
             out = tmp / f"out-{source}"
             t = time.perf_counter()
-            m = align_to_shards(its, out, cfg, shard_size=16, workers=workers, params={}, progress=False,
-                                log=lambda s: None, fan=fan)
+            m = align_to_shards(
+                its, out, cfg, shard_size=16, workers=workers, params={}, progress=False, log=lambda s: None, fan=fan
+            )
             dt = time.perf_counter() - t
             note = f"{m['counts']['written']} aligned, {m['counts']['rejected']} rejected"
             if source == "metadata":
@@ -155,8 +181,10 @@ def main(argv=None) -> None:
 
     print(f"{'source':32s} {'images/s':>9s} {'vs ref':>7s}  notes")
     for name, ips, ratio, note in rows:
-        print(f"{name:32s} {'-' if ips is None else format(ips, '9.2f'):>9} "
-              f"{'' if ratio is None else format(ratio, '6.2f') + 'x':>7s}  {note}")
+        print(
+            f"{name:32s} {'-' if ips is None else format(ips, '9.2f'):>9} "
+            f"{'' if ratio is None else format(ratio, '6.2f') + 'x':>7s}  {note}"
+        )
     sys.stdout.flush()
 
 

@@ -8,6 +8,7 @@ doing the same decode, composite, crop, resize and PNG encode on the same images
 the loader's samples/s at 64x64, batch 64, with 0 and 2 DataLoader workers. `--dir` keeps the drawn
 images and shards there and reuses the drawing on the next run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,11 @@ def timed(fn):
 
 def stage_kwargs(workers: int) -> dict:
     """params.yaml's preprocess_cartoons section (64 px, the default crop and filter), all images in one split."""
-    params = {k: v for k, v in stage_params("preprocess_cartoons").items()
-              if k in ("background", "crop", "resolution", "resample", "image_size", "max_reject_fraction")}
+    params = {
+        k: v
+        for k, v in stage_params("preprocess_cartoons").items()
+        if k in ("background", "crop", "resolution", "resample", "image_size", "max_reject_fraction")
+    }
     return {**params, "val_fraction": 0.0, "shard_size": 250, "workers": workers}
 
 
@@ -73,7 +77,9 @@ def main() -> None:
         print(f"plain Pillow loop      {n / t_plain:8.1f} images/s")
         print(f"preprocess_cartoons    {n / t_stage:8.1f} images/s (incl. pool start-up and shard writing)")
         print(f"ratio stage/plain      {t_plain / t_stage:8.2f}x")
-        from tasks.cartoon.loader import cartoon_loader  # here: the stage above runs without torch loaded, as in its DVC stage
+        from tasks.cartoon.loader import (
+            cartoon_loader,  # here: the stage above runs without torch loaded, as in its DVC stage
+        )
 
         for workers in (0, 2):
             loader = cartoon_loader(shards, "train", batch_size=64, workers=workers, shuffle_buffer=500)

@@ -12,6 +12,7 @@ Each variant runs `--repeats` times, interleaved so that load from other process
 them; the best run of each is printed with its ratio to fp32 at torch's default threads. bf16 only
 helps where the CPU has bf16 instructions (avx512_bf16 / AMX, printed); elsewhere it is emulated.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,10 +36,10 @@ def cpu_flags() -> str:
 def build(channels_last: bool):
     """params.yaml's train_cartoon model, built by the stage's own code."""
     from tasks.cartoon.config import CartoonModelConfig
-    from tasks.synthetic.cartoons import CARTOONSET_ATTRIBUTES
     from tasks.cartoon.schema import AttributeSchema
     from tasks.cartoon.train import build_unet_and_tau
     from tasks.config.params import stage_params
+    from tasks.synthetic.cartoons import CARTOONSET_ATTRIBUTES
 
     section = stage_params("train_cartoon")
     model = CartoonModelConfig.from_params(section["model"], "train_cartoon.model")
@@ -66,7 +67,7 @@ def run(variant: str, steps: int, batch: int, threads: int) -> float:
     def step():
         noise, t = torch.randn(x0.shape, generator=g), torch.randint(0, 1000, (batch,), generator=g)
         alpha = torch.cos(t.float() / 1000 * torch.pi / 2).view(-1, 1, 1, 1)
-        sigma = (1 - alpha ** 2).sqrt()
+        sigma = (1 - alpha**2).sqrt()
         with amp:
             pred = denoise(fwd, proj, alpha * x0 + sigma * noise, t, onehot)
         loss = F.mse_loss(pred.float(), alpha * noise - sigma * x0)
@@ -90,12 +91,18 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also torch.compile (minutes of compilation)")
     args = parser.parse_args()
     default_threads = torch.get_num_threads()
-    variants = [("fp32, 1 thread", "fp32", 1), (f"fp32, {default_threads} threads", "fp32", default_threads),
-                ("channels_last", "channels_last", default_threads), ("bf16 autocast", "bf16", default_threads)]
+    variants = [
+        ("fp32, 1 thread", "fp32", 1),
+        (f"fp32, {default_threads} threads", "fp32", default_threads),
+        ("channels_last", "channels_last", default_threads),
+        ("bf16 autocast", "bf16", default_threads),
+    ]
     if args.compile:
         variants.append(("torch.compile", "compile", default_threads))
-    print(f"CPU flags: {cpu_flags()}; torch {torch.__version__}; batch {args.batch_size}, {args.steps} steps, "
-          f"best of {args.repeats}")
+    print(
+        f"CPU flags: {cpu_flags()}; torch {torch.__version__}; batch {args.batch_size}, {args.steps} steps, "
+        f"best of {args.repeats}"
+    )
     best = {name: 0.0 for name, _, _ in variants}
     for _ in range(args.repeats):
         for name, variant, threads in variants:

@@ -15,6 +15,7 @@
 
 Needs the repo's outputs (`dvc repro sample_class encode_subject` first).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,16 @@ def _params() -> dict:
     return yaml.safe_load(Path("params.yaml").read_text())
 
 
-def _step(unet, optimizer, scheduler, z: torch.Tensor, labels: torch.Tensor, n_instance: int, weight: float,
-          gen: torch.Generator) -> None:
+def _step(
+    unet,
+    optimizer,
+    scheduler,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    n_instance: int,
+    weight: float,
+    gen: torch.Generator,
+) -> None:
     """One optimizer step of train_dreambooth's loss on scaled latents z."""
     from tasks.dreambooth.train import prior_loss
 
@@ -88,8 +97,10 @@ def main() -> None:
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-5)
     gen = torch.Generator().manual_seed(0)
     labels = torch.tensor([1] * ib + [0] * cb)
-    print(f"UNet {sum(p.numel() for p in unet.parameters()):,} parameters; batch {ib} subject + {cb} class; "
-          f"latents {list(base.latent_shape)}, images {resolution} px; torch threads {torch.get_num_threads()}")
+    print(
+        f"UNet {sum(p.numel() for p in unet.parameters()):,} parameters; batch {ib} subject + {cb} class; "
+        f"latents {list(base.latent_shape)}, images {resolution} px; torch threads {torch.get_num_threads()}"
+    )
 
     # ---- (a) cached latents
     subject, klass = LatentSet(args.subject_latents), LatentSet(args.class_latents)
@@ -112,7 +123,7 @@ def main() -> None:
         class_files = []
         with torch.no_grad():
             for i in range(0, len(klass), 16):
-                z = torch.from_numpy(klass.mean[i:i + 16]) * scale
+                z = torch.from_numpy(klass.mean[i : i + 16]) * scale
                 images = ((base.decode_latents(z).clamp(-1, 1) + 1) * 127.5).round().byte()
                 for j, im in enumerate(images.permute(0, 2, 3, 1).numpy()):
                     path = Path(tmp) / f"class-{i + j:05d}.png"
@@ -131,20 +142,25 @@ def main() -> None:
             _step(unet, optimizer, scheduler, z, labels, ib, cfg.prior_loss_weight, gen)
 
         usual = _timed(usual_step, args.steps)
-    print(f"fine-tuning: cached latents {cached:.2f} steps/s; usual (files + VAE every step) {usual:.2f} steps/s; "
-          f"ratio {cached / usual:.2f}x")
+    print(
+        f"fine-tuning: cached latents {cached:.2f} steps/s; usual (files + VAE every step) {usual:.2f} steps/s; "
+        f"ratio {cached / usual:.2f}x"
+    )
 
     # ---- class sampling
-    sc = SampleClassConfig.from_params({**params["sample_class"], "num_class_samples": args.sample_count,
-                                        "device": "cpu"}, "sample_class")
+    sc = SampleClassConfig.from_params(
+        {**params["sample_class"], "num_class_samples": args.sample_count, "device": "cpu"}, "sample_class"
+    )
     from pipelines import make_scheduler
 
     base.scheduler = make_scheduler(sc.scheduler, base.scheduler.config)
     t0 = time.perf_counter()
     sample_latents(base, args.sample_count, 0, sc, torch.device("cpu"))
     rate = args.sample_count / (time.perf_counter() - t0)
-    print(f"class sampling ({sc.scheduler}, {sc.num_inference_steps} steps, batch {sc.batch_size}): "
-          f"{rate:.2f} latents/s; decoding them to image files as the usual way does: {decode_rate:.1f} images/s")
+    print(
+        f"class sampling ({sc.scheduler}, {sc.num_inference_steps} steps, batch {sc.batch_size}): "
+        f"{rate:.2f} latents/s; decoding them to image files as the usual way does: {decode_rate:.1f} images/s"
+    )
 
 
 if __name__ == "__main__":

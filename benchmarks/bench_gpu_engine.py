@@ -21,6 +21,7 @@ stage's own model (its spec's build_model) on one batch of its own loader. MFU =
 time / `--peak-tflops` (default 989: H100/H200 SXM dense bf16). `--small` shrinks both models and batches
 so the script can be checked on a CPU in seconds (`--device cpu --small --steps 4`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,9 +51,16 @@ def profile_params(stage: str, profile: str, over: dict) -> dict:
 
 
 def engine_overrides(steps: int, device: str, small: bool, workers: int) -> dict:
-    over = {"training": {"max_train_steps": steps, "num_epochs": 10_000, "checkpointing_steps": 10 ** 9,
-                         "samples_every_epochs": 0, "mixed_precision": "bf16" if device == "cuda" else "no"},
-            "data": {"workers": workers}}
+    over = {
+        "training": {
+            "max_train_steps": steps,
+            "num_epochs": 10_000,
+            "checkpointing_steps": 10**9,
+            "samples_every_epochs": 0,
+            "mixed_precision": "bf16" if device == "cuda" else "no",
+        },
+        "data": {"workers": workers},
+    }
     if small:
         over["model"] = {"block_out_channels": [32, 32, 64], "norm_num_groups": 8, "attention_head_dim": 8}
         over["data"]["batch_size"] = 8
@@ -77,8 +85,8 @@ def fake_latents(out: Path, n: int, small: bool) -> tuple[Path, Path]:
     from diffusers import AutoencoderKL
 
     from benchmarks.bench_scale import SD_VAE
-    from tasks.shards.dataset import AtomicShardWriter, shard_name, write_manifest
     from tasks.latent.vae import vae_identity
+    from tasks.shards.dataset import AtomicShardWriter, shard_name, write_manifest
 
     cfg = {**SD_VAE, "block_out_channels": [32, 32, 32, 32]} if small else SD_VAE
     vae = AutoencoderKL(**cfg, scaling_factor=0.18215)
@@ -86,15 +94,27 @@ def fake_latents(out: Path, n: int, small: bool) -> tuple[Path, Path]:
     rng, per_shard = np.random.default_rng(0), 1000
     with AtomicShardWriter(out / "latents", "train", max_count=per_shard) as w:
         for i in range(n):
-            w.write({"__key__": f"f{i:06d}", "mean.npy": rng.standard_normal((4, 32, 32)).astype(np.float16),
-                     "std.npy": np.full((4, 32, 32), 0.05, np.float16), "json": {"key": f"f{i:06d}"}})
+            w.write(
+                {
+                    "__key__": f"f{i:06d}",
+                    "mean.npy": rng.standard_normal((4, 32, 32)).astype(np.float16),
+                    "std.npy": np.full((4, 32, 32), 0.05, np.float16),
+                    "json": {"key": f"f{i:06d}"},
+                }
+            )
     counts = [min(per_shard, n - start) for start in range(0, n, per_shard)]
     shards = [shard_name("train", s) for s in range(len(counts))]
-    write_manifest(out / "latents", {
-        "kind": "faces_latents", "vae": {"identity": vae_identity(vae), "scaling_factor": 0.18215},
-        "latent_shape": [4, 32, 32], "counts": {"images": n, "train": n},
-        "splits": {"train": {"count": n, "shards": shards, "shard_counts": counts}},
-        "all_shards": shards})
+    write_manifest(
+        out / "latents",
+        {
+            "kind": "faces_latents",
+            "vae": {"identity": vae_identity(vae), "scaling_factor": 0.18215},
+            "latent_shape": [4, 32, 32],
+            "counts": {"images": n, "train": n},
+            "splits": {"train": {"count": n, "shards": shards, "shard_counts": counts}},
+            "all_shards": shards,
+        },
+    )
     return out / "vae", out / "latents"
 
 
@@ -137,12 +157,14 @@ def run_profile(name: str, args, work: Path) -> dict:
     paths = [str(out / d) for d in ("model", "ckpt", "live")] + [str(out / "metrics.json")]
     if name == "cartoon":
         from tasks.cartoon.config import TrainCartoonConfig as Config
-        from tasks.cartoon.train import cartoon_spec as make_spec, run_training
+        from tasks.cartoon.train import cartoon_spec as make_spec
+        from tasks.cartoon.train import run_training
 
         data = (args.shards or str(fake_cartoons(out, args.cartoon_images)),)
     else:
         from tasks.latent.config import TrainLdmConfig as Config
-        from tasks.latent.train import ldm_spec as make_spec, run_training
+        from tasks.latent.train import ldm_spec as make_spec
+        from tasks.latent.train import run_training
 
         vae_dir, latent_dir = fake_latents(out, args.ldm_latents, args.small)
         data = (str(latent_dir), str(vae_dir))
@@ -155,13 +177,20 @@ def run_profile(name: str, args, work: Path) -> dict:
         torch.cuda.empty_cache()
     flops, n_params = step_flops(make_spec(*data, config), args.device)
     seconds, batch = clock.step_seconds(), params["data"]["batch_size"]
-    return {"profile": profile, "steps": summary["steps"], "batch": batch, "parameters_M": n_params / 1e6,
-            "samples_per_s": batch / seconds, "step_ms": seconds * 1e3,
-            "engine_samples_per_s": summary["run"]["samples_per_second"],
-            **({"peak_memory_GiB": clock.peak / 2 ** 30} if cuda else {}),
-            "tflop_per_step": flops / 1e12, "achieved_tflops": flops / seconds / 1e12,
-            **({"mfu": flops / seconds / (args.peak_tflops * 1e12)} if cuda else {}),
-            "final_loss": summary["final_loss"]}
+    return {
+        "profile": profile,
+        "steps": summary["steps"],
+        "batch": batch,
+        "parameters_M": n_params / 1e6,
+        "samples_per_s": batch / seconds,
+        "step_ms": seconds * 1e3,
+        "engine_samples_per_s": summary["run"]["samples_per_second"],
+        **({"peak_memory_GiB": clock.peak / 2**30} if cuda else {}),
+        "tflop_per_step": flops / 1e12,
+        "achieved_tflops": flops / seconds / 1e12,
+        **({"mfu": flops / seconds / (args.peak_tflops * 1e12)} if cuda else {}),
+        "final_loss": summary["final_loss"],
+    }
 
 
 def main() -> None:
@@ -194,8 +223,10 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
     for name, r in results.items():
-        print(f"{name:8s} " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
-                                         if k != "profile"))
+        print(
+            f"{name:8s} "
+            + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items() if k != "profile")
+        )
 
 
 if __name__ == "__main__":

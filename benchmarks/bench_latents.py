@@ -14,6 +14,7 @@ Without --vae-dir (or when models/vae is missing) a VAE of train_vae's model par
 random weights: throughput does not depend on the weights. Without aligned shards, synthetic
 aligned-face-like shards are drawn.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,13 +75,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from tasks.config.params import load_params
+    from tasks.latent.config import LdmModelConfig
     from tasks.latent.encode import encode_latents
     from tasks.latent.images import decode_png, iter_shard, to_model_input
     from tasks.latent.loader import latent_loader
-    from tasks.latent.vae import load_vae, posterior_moments
-    from tasks.latent.config import LdmModelConfig
     from tasks.latent.train import build_unet
-    from tasks.config.params import load_params
+    from tasks.latent.vae import load_vae, posterior_moments
     from tasks.shards.dataset import read_manifest, shard_paths
 
     params = load_params()
@@ -100,20 +101,29 @@ def main() -> None:
     # ---------------------------------------------------------------- 1. encoding
     out = tmp / "latents"
     t0 = time.perf_counter()
-    manifest = encode_latents(str(aligned), str(vae_dir), str(out),
-                              **{**params["encode_latents"], "flip": False, "device": "cpu", "num_processes": 1},
-                              progress=False, log=lambda *_: None)
+    manifest = encode_latents(
+        str(aligned),
+        str(vae_dir),
+        str(out),
+        **{**params["encode_latents"], "flip": False, "device": "cpu", "num_processes": 1},
+        progress=False,
+        log=lambda *_: None,
+    )
     seconds = time.perf_counter() - t0
     n = manifest["counts"]["images"]
     a_man = read_manifest(aligned)
     a_names = [s for sp in a_man["splits"].values() for s in sp["shards"]]
     png_bytes, lat_bytes = _dir_bytes(aligned, a_names), _dir_bytes(out, manifest["all_shards"])
-    print(f"encode: {n} images at {manifest['image_resolution']}px -> latents {manifest['latent_shape']} in "
-          f"{seconds:.1f} s = {n / seconds:.1f} images/s (stage wall time incl. loading the VAE; encoder-only "
-          f"{manifest['throughput_images_per_second']:.1f} images/s)")
-    print(f"shards: aligned PNG {png_bytes / 2**20:.2f} MiB ({png_bytes / n / 1024:.1f} KiB/image), latents "
-          f"{lat_bytes / 2**20:.2f} MiB ({lat_bytes / n / 1024:.1f} KiB/image): {png_bytes / lat_bytes:.1f}x smaller "
-          "(float16 mean + std, no flips)")
+    print(
+        f"encode: {n} images at {manifest['image_resolution']}px -> latents {manifest['latent_shape']} in "
+        f"{seconds:.1f} s = {n / seconds:.1f} images/s (stage wall time incl. loading the VAE; encoder-only "
+        f"{manifest['throughput_images_per_second']:.1f} images/s)"
+    )
+    print(
+        f"shards: aligned PNG {png_bytes / 2**20:.2f} MiB ({png_bytes / n / 1024:.1f} KiB/image), latents "
+        f"{lat_bytes / 2**20:.2f} MiB ({lat_bytes / n / 1024:.1f} KiB/image): {png_bytes / lat_bytes:.1f}x smaller "
+        "(float16 mean + std, no flips)"
+    )
 
     # ---------------------------------------------------------------- 2. training: cached vs online VAE
     vae = load_vae(vae_dir)
@@ -148,8 +158,10 @@ def main() -> None:
         results[name] = args.steps * bs / secs
         print(f"train ({name}): {args.steps} steps of {bs} in {secs:.1f} s = {results[name]:.1f} samples/s")
     ratio = results["cached latents"] / results["VAE every step"]
-    print(f"cached / online throughput: {ratio:.2f}x (same UNet {tuple(model['block_out_channels'])}, batch {bs}, "
-          f"latents {manifest['latent_shape']})")
+    print(
+        f"cached / online throughput: {ratio:.2f}x (same UNet {tuple(model['block_out_channels'])}, batch {bs}, "
+        f"latents {manifest['latent_shape']})"
+    )
 
 
 if __name__ == "__main__":

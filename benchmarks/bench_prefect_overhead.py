@@ -7,6 +7,7 @@ the bare function (no Prefect), the flow with no server configured (a temporary 
 process, what plain `dvc repro` does), and the flow against one shared server (what
 `make repro` does through flows.local_server).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,9 +57,20 @@ def main() -> None:
         port = _free_port()
         url = f"http://127.0.0.1:{port}/api"
         start = time.perf_counter()
-        server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "prefect"), "server", "start",
-                                   "--host", "127.0.0.1", "--port", str(port)], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [
+                os.path.join(os.path.dirname(sys.executable), "prefect"),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             _wait_healthy(url, server)
             startup = time.perf_counter() - start

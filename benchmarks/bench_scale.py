@@ -19,6 +19,7 @@ project's engine adds data loading, EMA and logging on top (benchmarks/bench_tra
 MFU = counted FLOPs per step (torch's FlopCounterMode: matmuls, convolutions, attention; forward and
 backward) / step time / the device's dense bf16 peak (`--peak-tflops`, default 989 for H100/H200 SXM).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,17 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
-SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
-              block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
-              up_block_types=["UpDecoderBlock2D"] * 4, sample_size=256)  # stabilityai/sd-vae-ft-mse
+SD_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=2,
+    norm_num_groups=32,
+    block_out_channels=[128, 256, 512, 512],
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    sample_size=256,
+)  # stabilityai/sd-vae-ft-mse
 
 
 def profile(name: str) -> dict:
@@ -61,13 +70,26 @@ def cartoon_model(device: str):
     m, res = cfg["model"], cfg["data"]["resolution"]
     names, counts = zip(*CARTOONSET_ATTRIBUTES)
     unet = UNet2DConditionModel(
-        sample_size=res, in_channels=3, out_channels=3, block_out_channels=m["block_out_channels"],
-        layers_per_block=m["layers_per_block"], down_block_types=m["down_block_types"],
-        up_block_types=m["up_block_types"], norm_num_groups=m["norm_num_groups"],
-        attention_head_dim=m["attention_head_dim"], cross_attention_dim=m["cross_attention_dim"],
-        only_cross_attention=m["only_cross_attention"]).to(device)
-    tau = AttributeTau(names, counts, num_tokens=m["tau_tokens"], cross_attention_dim=m["cross_attention_dim"],
-                       depth=m["tau_depth"], hidden_dim=m["tau_hidden_dim"]).to(device)
+        sample_size=res,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=m["block_out_channels"],
+        layers_per_block=m["layers_per_block"],
+        down_block_types=m["down_block_types"],
+        up_block_types=m["up_block_types"],
+        norm_num_groups=m["norm_num_groups"],
+        attention_head_dim=m["attention_head_dim"],
+        cross_attention_dim=m["cross_attention_dim"],
+        only_cross_attention=m["only_cross_attention"],
+    ).to(device)
+    tau = AttributeTau(
+        names,
+        counts,
+        num_tokens=m["tau_tokens"],
+        cross_attention_dim=m["cross_attention_dim"],
+        depth=m["tau_depth"],
+        hidden_dim=m["tau_hidden_dim"],
+    ).to(device)
     batch = cfg["data"]["batch_size"]
     x0 = torch.rand(batch, 3, res, res, device=device) * 2 - 1
     onehot = torch.zeros(batch, sum(counts), device=device)
@@ -76,7 +98,7 @@ def cartoon_model(device: str):
     def loss():
         noise, t = torch.randn_like(x0), torch.randint(0, 1000, (batch,), device=device)
         alpha = torch.cos(t.float() / 1000 * torch.pi / 2).view(-1, 1, 1, 1)
-        sigma = (1 - alpha ** 2).sqrt()
+        sigma = (1 - alpha**2).sqrt()
         pred = unet(alpha * x0 + sigma * noise, t, encoder_hidden_states=tau(onehot)).sample
         return F.mse_loss(pred.float(), alpha * noise - sigma * x0)  # v-prediction, as the profile trains
 
@@ -88,10 +110,17 @@ def ldm_unet(device: str, width: float):
 
     m = profile("ffhq256_ldm.yaml")["train_ldm"]["model"]
     channels = [max(32, int(c * width) // 32 * 32) for c in m["block_out_channels"]]
-    return UNet2DModel(sample_size=32, in_channels=4, out_channels=4, block_out_channels=channels,
-                       layers_per_block=m["layers_per_block"], down_block_types=m["down_block_types"],
-                       up_block_types=m["up_block_types"], attention_head_dim=m["attention_head_dim"],
-                       norm_num_groups=m["norm_num_groups"]).to(device), channels
+    return UNet2DModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=channels,
+        layers_per_block=m["layers_per_block"],
+        down_block_types=m["down_block_types"],
+        up_block_types=m["up_block_types"],
+        attention_head_dim=m["attention_head_dim"],
+        norm_num_groups=m["norm_num_groups"],
+    ).to(device), channels
 
 
 def ldm_model(device: str, width: float, vae=None, batch: int | None = None):
@@ -140,13 +169,19 @@ def measure(modules, loss_fn, batch: int, steps: int, device: str, compile_: boo
         step()
     sync(device)
     seconds = (time.perf_counter() - start) / steps
-    out = {"parameters_M": sum(p.numel() for p in params) / 1e6, "batch": batch, "step_ms": seconds * 1e3,
-           "samples_per_s": batch / seconds, "tflop_per_step": flops / 1e12, "achieved_tflops": flops / seconds / 1e12}
+    out = {
+        "parameters_M": sum(p.numel() for p in params) / 1e6,
+        "batch": batch,
+        "step_ms": seconds * 1e3,
+        "samples_per_s": batch / seconds,
+        "tflop_per_step": flops / 1e12,
+        "achieved_tflops": flops / seconds / 1e12,
+    }
     if device == "cuda":
-        out["peak_memory_GiB"] = torch.cuda.max_memory_allocated() / 2 ** 30
+        out["peak_memory_GiB"] = torch.cuda.max_memory_allocated() / 2**30
         out["mfu"] = flops / seconds / (peak_tflops * 1e12)
     else:
-        out["max_rss_GiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+        out["max_rss_GiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return out
 
 
@@ -157,14 +192,16 @@ def encode_rate(vae, batch: int, steps: int, device: str) -> float:
         sync(device)
         start = time.perf_counter()
         for _ in range(steps):
-            vae.encode(images).latent_dist.mean
+            _ = vae.encode(images).latent_dist.mean
         sync(device)
     return batch * steps / (time.perf_counter() - start)
 
 
 def show(name: str, r: dict) -> None:
-    print(f"{name:28s} " + "  ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()),
-          flush=True)
+    print(
+        f"{name:28s} " + "  ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()),
+        flush=True,
+    )
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ figures are the stage's own. `--weights` swaps in other UNet weights of the same
 checkpoint's online (not EMA) ones. Prints one markdown row per sampler (docs/faces_quality.md).
 Needs the repo's outputs (`dvc repro train_ldm` first).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,18 +20,31 @@ from pathlib import Path
 
 import yaml
 
-from tasks.evaluation.faces import (EvaluateFacesConfig, distribution_metrics, load_base_pipeline, model_resolution,
-                                    real_faces, sample_images, split_real)
+from tasks.evaluation.faces import (
+    EvaluateFacesConfig,
+    distribution_metrics,
+    load_base_pipeline,
+    model_resolution,
+    real_faces,
+    sample_images,
+    split_real,
+)
 from tasks.evaluation.features import DlibFaceExtractor
 
-HEADER = ("| sampler | steps | spacing | faces found | `fd_dlib` | `kid_dlib` | precision | recall | s |\n"
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+HEADER = (
+    "| sampler | steps | spacing | faces found | `fd_dlib` | `kid_dlib` | precision | recall | s |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+)
 
 
 def parse_sampler(text: str) -> tuple[str, int, str]:
     """'dpm_sde:25' -> ('dpm_sde', 25, 'leading'); 'ddpm:100:trailing' -> ('ddpm', 100, 'trailing')."""
     parts = text.split(":")
-    if len(parts) not in (2, 3) or not parts[1].isdigit() or (len(parts) == 3 and parts[2] not in ("leading", "trailing")):
+    if (
+        len(parts) not in (2, 3)
+        or not parts[1].isdigit()
+        or (len(parts) == 3 and parts[2] not in ("leading", "trailing"))
+    ):
         raise argparse.ArgumentTypeError(f"expected scheduler:steps[:leading|trailing], got {text!r}")
     return parts[0], int(parts[1]), parts[2] if len(parts) == 3 else "leading"
 
@@ -39,8 +53,13 @@ def _fmt(x, digits: int) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def compare(base_dir: str, aligned_dir: str, samplers: list[tuple[str, int, str]], cfg: EvaluateFacesConfig,
-            weights: str | None = None) -> list[dict]:
+def compare(
+    base_dir: str,
+    aligned_dir: str,
+    samplers: list[tuple[str, int, str]],
+    cfg: EvaluateFacesConfig,
+    weights: str | None = None,
+) -> list[dict]:
     pipe = load_base_pipeline(base_dir)
     if weights:
         from safetensors.torch import load_file
@@ -61,11 +80,22 @@ def compare(base_dir: str, aligned_dir: str, samplers: list[tuple[str, int, str]
             seconds = time.perf_counter() - start
             feats = extractor(images)
             m = distribution_metrics(reference, feats.descriptors, cfg)
-            rows.append({"scheduler": name, "steps": steps, "spacing": spacing, "face_detect_rate": feats.detect_rate,
-                         "seconds": seconds, **m})
-            print(f"| {name} | {steps} | {spacing} | {feats.detect_rate:.0%} | {_fmt(m['fd_dlib'], 3)} | "
-                  f"{_fmt(m['kid_dlib'], 4)} | {_fmt(m['precision_dlib'], 2)} | {_fmt(m['recall_dlib'], 2)} | "
-                  f"{seconds:.0f} |", flush=True)
+            rows.append(
+                {
+                    "scheduler": name,
+                    "steps": steps,
+                    "spacing": spacing,
+                    "face_detect_rate": feats.detect_rate,
+                    "seconds": seconds,
+                    **m,
+                }
+            )
+            print(
+                f"| {name} | {steps} | {spacing} | {feats.detect_rate:.0%} | {_fmt(m['fd_dlib'], 3)} | "
+                f"{_fmt(m['kid_dlib'], 4)} | {_fmt(m['precision_dlib'], 2)} | {_fmt(m['recall_dlib'], 2)} | "
+                f"{seconds:.0f} |",
+                flush=True,
+            )
     return rows
 
 
@@ -78,8 +108,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--num-samples", type=int, default=None, help="per sampler (default: evaluate_faces.num_samples)")
     p.add_argument("--weights", default=None, help="a .safetensors of UNet weights to use instead of the saved ones")
     args = p.parse_args(argv)
-    cfg = EvaluateFacesConfig.from_params(yaml.safe_load(Path(args.params).read_text())["evaluate_faces"],
-                                          "evaluate_faces")
+    cfg = EvaluateFacesConfig.from_params(
+        yaml.safe_load(Path(args.params).read_text())["evaluate_faces"], "evaluate_faces"
+    )
     if args.num_samples:
         cfg = dataclasses.replace(cfg, num_samples=args.num_samples)
     return compare(args.base_dir, args.aligned_dir, args.samplers, cfg, args.weights)

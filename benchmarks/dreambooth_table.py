@@ -9,6 +9,7 @@ Needs the repo's outputs up to train_dreambooth's inputs (`dvc repro sample_clas
 A model without an identifier has one distribution: its "class samples" are its ordinary samples
 (`subject` is dropped for it), which is what a user of that model gets when asking for a face.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,6 @@ import json
 import math
 import time
 from pathlib import Path
-
-import numpy as np
 
 VARIANTS = {
     "finetune, no prior": {"prior_preservation": False, "identifier": False},
@@ -35,8 +34,9 @@ def eval_config(num_samples: int):
     from tasks.evaluation.faces import EvaluateFacesConfig
 
     params = stage_params("evaluate_faces")
-    return EvaluateFacesConfig.from_params({**params, "num_samples": num_samples, "subject": "required"},
-                                           "evaluate_faces")
+    return EvaluateFacesConfig.from_params(
+        {**params, "num_samples": num_samples, "subject": "required"}, "evaluate_faces"
+    )
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -108,28 +108,70 @@ def main() -> None:
         run = out / name.replace(" ", "_").replace(",", "").replace("+", "and")
         p = merge(params, {**over, "samples": {"num_images": 0}})
         t0 = time.perf_counter()
-        run_training("data/faces/subject_latents", "data/faces/class_latents", "models/ldm", str(run / "model"),
-                     str(run / "ckpt"), str(run / "live"), str(run / "metrics.json"),
-                     TrainDreamboothConfig.from_params(p, "train_dreambooth"), show_progress=False)
+        run_training(
+            "data/faces/subject_latents",
+            "data/faces/class_latents",
+            "models/ldm",
+            str(run / "model"),
+            str(run / "ckpt"),
+            str(run / "live"),
+            str(run / "metrics.json"),
+            TrainDreamboothConfig.from_params(p, "train_dreambooth"),
+            show_progress=False,
+        )
         seconds = time.perf_counter() - t0
         evals = [(name, cfg)]
         if name == "prior + identifier" and cfg.subject_guidance_scale != 1:  # what the guidance adds
             evals.append((f"{name}, guidance 1", dataclasses.replace(cfg, subject_guidance_scale=1.0)))
         for label, c in evals:
-            m = evaluate_subject_model(run / "model", "models/ldm", "data/faces/subject", "data/faces/aligned", c,
-                                       extractor=extractor, base=base, log=print)["metrics"]
-            rows.append({"variant": label, "seconds": seconds, **{k: m[k] for k in (
-                "id_top1", "id_top1_se", "id_top1_class", "id_top1_class_se", "id_top1_base", "id_top1_base_se",
-                "id_top1_vae_round_trip", "diversity", "diversity_photos", "nearest_photo_distance",
-                "nearest_photo_distance_photos", "face_detect_rate_subject", "face_detect_rate_class")},
-                "kid_prior": (m["prior"] or {}).get("kid_dlib"), "fd_prior": (m["prior"] or {}).get("fd_dlib")})
+            m = evaluate_subject_model(
+                run / "model",
+                "models/ldm",
+                "data/faces/subject",
+                "data/faces/aligned",
+                c,
+                extractor=extractor,
+                base=base,
+                log=print,
+            )["metrics"]
+            rows.append(
+                {
+                    "variant": label,
+                    "seconds": seconds,
+                    **{
+                        k: m[k]
+                        for k in (
+                            "id_top1",
+                            "id_top1_se",
+                            "id_top1_class",
+                            "id_top1_class_se",
+                            "id_top1_base",
+                            "id_top1_base_se",
+                            "id_top1_vae_round_trip",
+                            "diversity",
+                            "diversity_photos",
+                            "nearest_photo_distance",
+                            "nearest_photo_distance_photos",
+                            "face_detect_rate_subject",
+                            "face_detect_rate_class",
+                        )
+                    },
+                    "kid_prior": (m["prior"] or {}).get("kid_dlib"),
+                    "fd_prior": (m["prior"] or {}).get("fd_dlib"),
+                }
+            )
             print(json.dumps(rows[-1]))
     extractor.close()
     n_det = lambda rate: max(1, round(rate * args.num_samples))  # noqa: E731
-    result = {"num_samples": args.num_samples, "photo_ceiling_id_top1": ceiling,
-              "real_faces": len(real_d), "subject_photos_detected": len(photos.descriptors),
-              "base_face_detect_rate": base["metrics"]["base"]["face_detect_rate"], "rows": rows,
-              "standard_error_at_0.5": 0.5 / math.sqrt(n_det(base["metrics"]["base"]["face_detect_rate"]))}
+    result = {
+        "num_samples": args.num_samples,
+        "photo_ceiling_id_top1": ceiling,
+        "real_faces": len(real_d),
+        "subject_photos_detected": len(photos.descriptors),
+        "base_face_detect_rate": base["metrics"]["base"]["face_detect_rate"],
+        "rows": rows,
+        "standard_error_at_0.5": 0.5 / math.sqrt(n_det(base["metrics"]["base"]["face_detect_rate"])),
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -15,6 +15,7 @@ skips what is done (it takes hours: resume it across sessions), and a changed re
 The table: stage, seed, threads, headline figure, target met, the guard's recoveries, minutes.
 Never part of CI.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "stability.jsonl"
@@ -43,17 +44,29 @@ DEFAULT_GRID = {  # stage -> seeds; every stage crossed with threads 1 and 2
 # Each runner: (params section with the seed set, scratch folder) -> (headline name, value, target met,
 # target as text, extra fields). Inputs are the repo's committed outputs, outputs go under `work`.
 
+
 def run_train_vae(params: dict, work: Path) -> dict:
     from flows.train_vae import train_vae_task
     from tasks.latent.config import TrainVaeConfig
 
     config = TrainVaeConfig.from_params(params, "train_vae")
-    m = train_vae_task.fn(str(REPO / "data/faces/aligned"), str(work / "vae"), str(work / "train_vae.json"),
-                          str(work / "live"), str(work / "checkpoints"), config)
-    return {"headline": "psnr_gain_over_bilinear_db", "value": m["psnr_gain_over_bilinear_db"],
-            "target": f">= {config.min_gain_over_bilinear_db} dB", "met": bool(m["target_met"]),
-            "recoveries": m["training"]["recoveries"], "psnr_val_db": m["psnr_val_db"],
-            "scaling_factor": m["scaling_factor"]}
+    m = train_vae_task.fn(
+        str(REPO / "data/faces/aligned"),
+        str(work / "vae"),
+        str(work / "train_vae.json"),
+        str(work / "live"),
+        str(work / "checkpoints"),
+        config,
+    )
+    return {
+        "headline": "psnr_gain_over_bilinear_db",
+        "value": m["psnr_gain_over_bilinear_db"],
+        "target": f">= {config.min_gain_over_bilinear_db} dB",
+        "met": bool(m["target_met"]),
+        "recoveries": m["training"]["recoveries"],
+        "psnr_val_db": m["psnr_val_db"],
+        "scaling_factor": m["scaling_factor"],
+    }
 
 
 # Where the runners below read the committed upstream outputs (dvc.yaml's paths, relative to it): the
@@ -82,20 +95,37 @@ def run_train_ldm(params: dict, work: Path) -> dict:
 
     config = TrainLdmConfig.from_params(params, "train_ldm")
     model_dir, metrics_path = work / "ldm", work / "train_ldm.json"
-    train_ldm_task.fn(_upstream("data/faces/latents"), _upstream("models/vae"), str(model_dir),
-                      str(work / "checkpoints"), str(work / "live"), str(metrics_path), config)
+    train_ldm_task.fn(
+        _upstream("data/faces/latents"),
+        _upstream("models/vae"),
+        str(model_dir),
+        str(work / "checkpoints"),
+        str(work / "live"),
+        str(metrics_path),
+        config,
+    )
     trained = _read_json(metrics_path)  # also written when num_processes > 1 (the task then returns None)
     cfg = EvaluateFacesConfig.from_params(stage_params("evaluate_faces"), "evaluate_faces")
     with DlibFaceExtractor(cfg.features) as extractor:
         base = evaluate_base(str(model_dir), _upstream("data/faces/aligned"), cfg, extractor, log=get_logger().info)
     head = headline(base, None, cfg)
     real = head["face_detect_rate_real"]
-    return {"headline": "face_detect_rate", "value": head["face_detect_rate"],
-            "target": f">= {cfg.min_detect_ratio:g} x real {real:.3f} = {cfg.min_detect_ratio * real:.3f}",
-            "met": bool(head["detect_rate_ok"]), "recoveries": trained["recoveries"],
-            "face_detect_rate_real": real, "kid_dlib": head["kid_dlib"], "kid_dlib_floor": head["kid_dlib_floor"],
-            "kid_dlib_untrained": head["kid_dlib_untrained"], "fd_dlib": head["fd_dlib"], "kid_ok": head["kid_ok"],
-            "target_met": head["target_met"], "final_loss": trained.get("final_loss"), "steps": trained.get("steps")}
+    return {
+        "headline": "face_detect_rate",
+        "value": head["face_detect_rate"],
+        "target": f">= {cfg.min_detect_ratio:g} x real {real:.3f} = {cfg.min_detect_ratio * real:.3f}",
+        "met": bool(head["detect_rate_ok"]),
+        "recoveries": trained["recoveries"],
+        "face_detect_rate_real": real,
+        "kid_dlib": head["kid_dlib"],
+        "kid_dlib_floor": head["kid_dlib_floor"],
+        "kid_dlib_untrained": head["kid_dlib_untrained"],
+        "fd_dlib": head["fd_dlib"],
+        "kid_ok": head["kid_ok"],
+        "target_met": head["target_met"],
+        "final_loss": trained.get("final_loss"),
+        "steps": trained.get("steps"),
+    }
 
 
 def run_train_dreambooth(params: dict, work: Path) -> dict:
@@ -115,25 +145,59 @@ def run_train_dreambooth(params: dict, work: Path) -> dict:
     config = TrainDreamboothConfig.from_params(params, "train_dreambooth")
     base_dir = _upstream(stage_params("dreambooth_base"))
     model_dir, metrics_path = work / "dreambooth", work / "train_dreambooth.json"
-    train_dreambooth_task.fn(_upstream("data/faces/subject_latents"), _upstream("data/faces/class_latents"), base_dir,
-                             str(model_dir), str(work / "checkpoints"), str(work / "live"), str(metrics_path), config)
+    train_dreambooth_task.fn(
+        _upstream("data/faces/subject_latents"),
+        _upstream("data/faces/class_latents"),
+        base_dir,
+        str(model_dir),
+        str(work / "checkpoints"),
+        str(work / "live"),
+        str(metrics_path),
+        config,
+    )
     trained = _read_json(metrics_path)
     cfg = EvaluateFacesConfig.from_params(stage_params("evaluate_faces"), "evaluate_faces")
     aligned, log = _upstream("data/faces/aligned"), get_logger().info
     with DlibFaceExtractor(cfg.features) as extractor:
         base = evaluate_base(base_dir, aligned, cfg, extractor, log=log)
-        subject = evaluate_subject_model(str(model_dir), base_dir, _upstream("data/faces/subject"), aligned, cfg,
-                                         extractor=extractor, base=base, log=log)
+        subject = evaluate_subject_model(
+            str(model_dir),
+            base_dir,
+            _upstream("data/faces/subject"),
+            aligned,
+            cfg,
+            extractor=extractor,
+            base=base,
+            log=log,
+        )
     head = headline(base, subject, cfg)
-    fig = lambda key: "n/a" if head[key] is None else f"{head[key]:.3f}"  # None: too few faces found
-    return {"headline": "id_top1", "value": head["id_top1"],
-            "target": f">= {ID_CEILING_SHARE:g} x ceiling {fig('id_top1_ceiling')} and >= base "
-                      f"{fig('id_top1_base')} + {ID_ABOVE_BASE:g}; class id_top1 {fig('id_top1_class')} within "
-                      f"{CLASS_DRIFT:g} of base",
-            "met": bool(head["subject_identity_ok"] and head["subject_prior_ok"]), "recoveries": trained["recoveries"],
-            **{k: head[k] for k in ("subject_identity_ok", "subject_prior_ok", "id_top1_class", "id_top1_base",
-                                    "id_top1_ceiling", "id_top1_se", "face_detect_rate_subject")},
-            "final_loss": trained.get("final_loss"), "steps": trained.get("steps")}
+
+    def fig(key: str) -> str:
+        return "n/a" if head[key] is None else f"{head[key]:.3f}"  # None: too few faces found
+
+    return {
+        "headline": "id_top1",
+        "value": head["id_top1"],
+        "target": f">= {ID_CEILING_SHARE:g} x ceiling {fig('id_top1_ceiling')} and >= base "
+        f"{fig('id_top1_base')} + {ID_ABOVE_BASE:g}; class id_top1 {fig('id_top1_class')} within "
+        f"{CLASS_DRIFT:g} of base",
+        "met": bool(head["subject_identity_ok"] and head["subject_prior_ok"]),
+        "recoveries": trained["recoveries"],
+        **{
+            k: head[k]
+            for k in (
+                "subject_identity_ok",
+                "subject_prior_ok",
+                "id_top1_class",
+                "id_top1_base",
+                "id_top1_ceiling",
+                "id_top1_se",
+                "face_detect_rate_subject",
+            )
+        },
+        "final_loss": trained.get("final_loss"),
+        "steps": trained.get("steps"),
+    }
 
 
 def run_train_cartoon(params: dict, work: Path) -> dict:
@@ -148,21 +212,35 @@ def run_train_cartoon(params: dict, work: Path) -> dict:
 
     config = TrainCartoonConfig.from_params(params, "train_cartoon")
     shards, model_dir, metrics_path = _upstream("data/cartoons/shards"), work / "cartoon", work / "train_cartoon.json"
-    train_cartoon_task.fn(shards, str(model_dir), str(work / "checkpoints"), str(work / "live"), str(metrics_path),
-                          config)
+    train_cartoon_task.fn(
+        shards, str(model_dir), str(work / "checkpoints"), str(work / "live"), str(metrics_path), config
+    )
     trained = _read_json(metrics_path)
     cfg = EvaluateCartoonConfig.from_params(stage_params("evaluate_cartoon"), "evaluate_cartoon")
-    m = run_evaluation(str(model_dir), _upstream("models/attribute_classifier"),
-                       _upstream("metrics/attribute_classifier.json"), shards, str(work / "eval"),
-                       str(work / "evaluate_cartoon.json"), str(work / "evaluate_cartoon_attributes.json"), cfg)
+    m = run_evaluation(
+        str(model_dir),
+        _upstream("models/attribute_classifier"),
+        _upstream("metrics/attribute_classifier.json"),
+        shards,
+        str(work / "eval"),
+        str(work / "evaluate_cartoon.json"),
+        str(work / "evaluate_cartoon_attributes.json"),
+        cfg,
+    )
     unguided = m.get(f"{HEADLINE}_{scale_key(0.0)}")  # None when guidance 0 is not among guidance_scales
-    return {"headline": HEADLINE, "value": m[HEADLINE],
-            "target": "no numeric target; > guidance 0 " + ("(not sampled)" if unguided is None else f"{unguided:.3f}"),
-            "met": unguided is not None and m[HEADLINE] > unguided, "recoveries": trained["recoveries"],
-            "best_guidance": m["best_guidance"], "reliable_attributes": m["reliable_attributes"],
-            "accuracy_mean_all": m["accuracy_mean_all"],
-            **{k: v for k, v in m.items() if k.startswith(f"{HEADLINE}_guidance_")},
-            "final_loss": trained.get("final_loss"), "steps": trained.get("steps")}
+    return {
+        "headline": HEADLINE,
+        "value": m[HEADLINE],
+        "target": "no numeric target; > guidance 0 " + ("(not sampled)" if unguided is None else f"{unguided:.3f}"),
+        "met": unguided is not None and m[HEADLINE] > unguided,
+        "recoveries": trained["recoveries"],
+        "best_guidance": m["best_guidance"],
+        "reliable_attributes": m["reliable_attributes"],
+        "accuracy_mean_all": m["accuracy_mean_all"],
+        **{k: v for k, v in m.items() if k.startswith(f"{HEADLINE}_guidance_")},
+        "final_loss": trained.get("final_loss"),
+        "steps": trained.get("steps"),
+    }
 
 
 def run_train_attribute_classifier(params: dict, work: Path) -> dict:
@@ -182,18 +260,27 @@ def run_train_attribute_classifier(params: dict, work: Path) -> dict:
     schema = load_schema(shards)
     ceiling = judge_ceiling(str(metrics_path), list(schema.names))  # as evaluate_cartoon reads it
     cfg = EvaluateCartoonConfig.from_params(stage_params("evaluate_cartoon"), "evaluate_cartoon")
-    reliable = reliable_attributes(ceiling, dict(zip(schema.names, schema.counts)), cfg.min_ceiling,
-                                   cfg.min_ceiling_over_chance)
-    return {"headline": "val_accuracy_mean", "value": m["val_accuracy_mean"],
-            "target": f"none of its own; as judge >= 1 attribute reliable (ceiling >= {cfg.min_ceiling:g} and "
-                      f">= {cfg.min_ceiling_over_chance:g} x chance): {len(reliable)}",
-            "met": bool(reliable), "recoveries": 0,  # a plain loop: no divergence guard to recover
-            "reliable_attributes": reliable, "reliable_ceilings": {n: ceiling[n] for n in reliable}}
+    reliable = reliable_attributes(
+        ceiling, dict(zip(schema.names, schema.counts)), cfg.min_ceiling, cfg.min_ceiling_over_chance
+    )
+    return {
+        "headline": "val_accuracy_mean",
+        "value": m["val_accuracy_mean"],
+        "target": f"none of its own; as judge >= 1 attribute reliable (ceiling >= {cfg.min_ceiling:g} and "
+        f">= {cfg.min_ceiling_over_chance:g} x chance): {len(reliable)}",
+        "met": bool(reliable),
+        "recoveries": 0,  # a plain loop: no divergence guard to recover
+        "reliable_attributes": reliable,
+        "reliable_ceilings": {n: ceiling[n] for n in reliable},
+    }
 
 
 RUNNERS: dict[str, Callable[[dict, Path], dict]] = {
-    "train_vae": run_train_vae, "train_ldm": run_train_ldm, "train_dreambooth": run_train_dreambooth,
-    "train_cartoon": run_train_cartoon, "train_attribute_classifier": run_train_attribute_classifier,
+    "train_vae": run_train_vae,
+    "train_ldm": run_train_ldm,
+    "train_dreambooth": run_train_dreambooth,
+    "train_cartoon": run_train_cartoon,
+    "train_attribute_classifier": run_train_attribute_classifier,
 }
 
 # Where a stage's training seed lives in its params section (default: training.seed, the engine's).
@@ -204,8 +291,14 @@ SEED_PATHS: dict[str, tuple[str, ...]] = {"train_attribute_classifier": ("seed",
 
 # What decides a run's numbers: the models, losses, loaders and the engine. Not the plumbing around
 # them (flows, configs, reporting, code identities), whose edits would otherwise void hours of runs.
-RECIPE_CODE = ("pipelines/", "tasks/training/", "tasks/latent/", "tasks/cartoon/", "tasks/dreambooth/",
-               "tasks/evaluation/")
+RECIPE_CODE = (
+    "pipelines/",
+    "tasks/training/",
+    "tasks/latent/",
+    "tasks/cartoon/",
+    "tasks/dreambooth/",
+    "tasks/evaluation/",
+)
 
 
 # What measures a stage's figure beyond its own flow: (the flows whose recipe code measures it, the
@@ -219,20 +312,46 @@ MEASURED_BY: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 
 def recipe_identity(stage: str) -> str:
-    """The stage's params section and the recipe code its flow imports, as syntax trees (formatting
-    and comments do not count), with the code and params that measure its figure (MEASURED_BY):
-    a changed recipe runs afresh."""
-    import ast
-
+    """The stage's params section and the recipe code its flow imports, with the code and params that
+    measure its figure (MEASURED_BY): a changed recipe runs afresh. Code counts as its syntax tree
+    without imports and docstrings, so formatting, comments and import order do not count."""
     from tasks.config.params import stage_params
     from tasks.tracking.identity import identity, stage_code
 
     flows, sections = MEASURED_BY.get(stage, ((), ()))
-    files = [p for p in stage_code([f"flows.{s}" for s in (stage, *flows)])
-             if p.relative_to(REPO).as_posix().startswith(RECIPE_CODE)]
-    trees = {p.relative_to(REPO).as_posix(): ast.dump(ast.parse(p.read_text())) for p in files}
+    files = [
+        p
+        for p in stage_code([f"flows.{s}" for s in (stage, *flows)])
+        if p.relative_to(REPO).as_posix().startswith(RECIPE_CODE)
+    ]
+    trees = {p.relative_to(REPO).as_posix(): code_tree(p.read_text()) for p in files}
     measured = {s: stage_params(s) for s in sections}
-    return identity(trees, stage_params(stage), *([measured] if measured else []))  # unlisted: as before
+    return identity(trees, stage_params(stage), *([measured] if measured else []))
+
+
+def code_tree(source: str) -> str:
+    """`source`'s syntax tree without its imports and docstrings, as text."""
+    import ast
+
+    class Strip(ast.NodeTransformer):
+        def visit_Import(self, node):  # noqa: N802 (ast's visitor names)
+            return None
+
+        visit_ImportFrom = visit_Import
+
+        def generic_visit(self, node):
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and _is_docstring(body[0]):
+                node.body = body[1:] or [ast.Pass()]
+            return super().generic_visit(node)
+
+    return ast.dump(Strip().visit(ast.parse(source)))
+
+
+def _is_docstring(node) -> bool:
+    import ast
+
+    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
 
 
 def set_seed(params: dict, path: tuple[str, ...], seed: int) -> None:
@@ -265,22 +384,28 @@ def done(results: Path) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| stage | seed | threads | headline | value | target | met | recoveries | min |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| stage | seed | threads | headline | value | target | met | recoveries | min |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in sorted(rows, key=lambda r: (r["stage"], r["seed"], r["threads"])):
         value = r.get("value")
         shown = "error" if "error" in r else f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
-        lines.append(f"| {r['stage']} | {r['seed']} | {r['threads']} | {r.get('headline', '')} | {shown} | "
-                     f"{r.get('target', '')} | {'yes' if r.get('met') else '**no**'} | {r.get('recoveries', '')} | "
-                     f"{r.get('minutes', 0):.1f} |")
+        lines.append(
+            f"| {r['stage']} | {r['seed']} | {r['threads']} | {r.get('headline', '')} | {shown} | "
+            f"{r.get('target', '')} | {'yes' if r.get('met') else '**no**'} | {r.get('recoveries', '')} | "
+            f"{r.get('minutes', 0):.1f} |"
+        )
     by_stage: dict[str, list[dict]] = {}
     for r in rows:
         by_stage.setdefault(r["stage"], []).append(r)
     for stage, rs in sorted(by_stage.items()):
         values = [r["value"] for r in rs if isinstance(r.get("value"), (int, float))]
         spread = f"{min(values):.4g} to {max(values):.4g}" if values else "no figure"
-        lines.append(f"\n{stage}: {sum(bool(r.get('met')) for r in rs)} of {len(rs)} runs at target; "
-                     f"headline {spread}; recoveries {sum(r.get('recoveries') or 0 for r in rs)}")
+        lines.append(
+            f"\n{stage}: {sum(bool(r.get('met')) for r in rs)} of {len(rs)} runs at target; "
+            f"headline {spread}; recoveries {sum(r.get('recoveries') or 0 for r in rs)}"
+        )
     return "\n".join(lines)
 
 
@@ -322,9 +447,23 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 print(f"sweep: {stage} seed {seed} threads {threads} ...", flush=True)
                 env = {**os.environ, "OMP_NUM_THREADS": str(threads), "FACEDIFF_PROGRESS": "off"}
-                proc = subprocess.run([sys.executable, "-m", "benchmarks.sweep_stability", "--work", str(args.work),
-                                       "--one", stage, str(seed), str(threads)], cwd=REPO, env=env,
-                                      capture_output=True, text=True)
+                proc = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "benchmarks.sweep_stability",
+                        "--work",
+                        str(args.work),
+                        "--one",
+                        stage,
+                        str(seed),
+                        str(threads),
+                    ],
+                    cwd=REPO,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                )
                 if proc.returncode == 0:
                     row = json.loads(proc.stdout.strip().splitlines()[-1])
                 else:  # a failed run (a DivergenceError among them) is a row too: never a silent gap
@@ -333,8 +472,11 @@ def main(argv: list[str] | None = None) -> None:
                 row["recipe"] = recipe
                 with args.results.open("a") as f:
                     f.write(json.dumps(row) + "\n")
-                print(f"sweep: {stage} seed {seed} threads {threads}: {row.get('value', row.get('error'))} "
-                      f"(met: {row['met']})", flush=True)
+                print(
+                    f"sweep: {stage} seed {seed} threads {threads}: {row.get('value', row.get('error'))} "
+                    f"(met: {row['met']})",
+                    flush=True,
+                )
     print(table(done(args.results)))
 
 

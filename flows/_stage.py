@@ -4,6 +4,7 @@
 given on the command line (dvc.yaml is the one place paths live) and `params=` its section of
 params.yaml (the one place values live); the flow reads that section into its typed config.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,15 +13,15 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from prefect import tags, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.local_server import stage_server
-from tasks.tracking.identity import STAGE_ENV, REPO, loaded_project_files
 from tasks.config.params import stage_params
+from tasks.tracking.identity import REPO, STAGE_ENV, loaded_project_files
 
 # Where run_stage appends, when set, the project files the stage process loaded (tests/pipeline/test_deps.py).
 LOADED_LOG_ENV = "FACEDIFF_LOADED_LOG"
@@ -109,6 +110,9 @@ def run_stage(flow: Callable, stage: str, argv: list[str] | None = None) -> None
             where = _save_traceback(stage, exc)
             sys.exit(f"stage {stage} failed: {type(exc).__name__}: {exc} (traceback in {where})")
         sys.exit(f"stage {stage} failed: {state.name}")
-    print(f"stage {stage}: {startup + time.perf_counter() - t0:.1f} s = {startup:.1f} s start-up and imports, "
-          f"{t1 - t0:.1f} s Prefect server, {t2 - t1:.1f} s flow run (the work and about 1 s of Prefect), "
-          f"{time.perf_counter() - t2:.1f} s closing the server", flush=True)
+    print(
+        f"stage {stage}: {startup + time.perf_counter() - t0:.1f} s = {startup:.1f} s start-up and imports, "
+        f"{t1 - t0:.1f} s Prefect server, {t2 - t1:.1f} s flow run (the work and about 1 s of Prefect), "
+        f"{time.perf_counter() - t2:.1f} s closing the server",
+        flush=True,
+    )

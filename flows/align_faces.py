@@ -1,13 +1,14 @@
 """Flow for DVC stage align_faces: NVlabs' FFHQ alignment into shards, resumable per shard; see
 tasks/faces/aligning.py."""
+
 from __future__ import annotations
 
 from prefect import flow
 
 from flows._stage import run_stage, stage_task
-from tasks.reporting.log import get_logger
 from tasks.faces.aligning import align_faces as align
 from tasks.faces.config import AlignFacesConfig
+from tasks.reporting.log import get_logger
 
 
 @stage_task("align_faces")

@@ -1,13 +1,14 @@
 """Flow for DVC stage encode_subject: the subject's aligned photos -> latents by the base model's
 VAE (encode_latents' code); see tasks/dreambooth/subject.py."""
+
 from __future__ import annotations
 
 from prefect import flow
 
 from flows._stage import run_stage, stage_task
-from tasks.reporting.log import get_logger
 from tasks.dreambooth.config import EncodeSubjectConfig
 from tasks.dreambooth.subject import encode_subject as encode
+from tasks.reporting.log import get_logger
 
 
 @stage_task("encode_subject")

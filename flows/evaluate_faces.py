@@ -1,4 +1,5 @@
 """Flow for DVC stage evaluate_faces: see tasks/evaluation/evaluate.py."""
+
 from __future__ import annotations
 
 from prefect import flow
@@ -11,8 +12,15 @@ evaluate_faces_task = stage_task("evaluate_faces")(evaluate)
 
 
 @flow(name="evaluate_faces")
-def evaluate_faces(aligned_dir: str, base_dir: str, subject_dir: str, subject_model_dir: str, metrics_path: str,
-                   out_dir: str, params: dict) -> dict:
+def evaluate_faces(
+    aligned_dir: str,
+    base_dir: str,
+    subject_dir: str,
+    subject_model_dir: str,
+    metrics_path: str,
+    out_dir: str,
+    params: dict,
+) -> dict:
     cfg = EvaluateFacesConfig.from_params(params, "evaluate_faces")
     return evaluate_faces_task(aligned_dir, base_dir, subject_dir, subject_model_dir, metrics_path, out_dir, cfg)
 

@@ -1,4 +1,5 @@
 """Flow for DVC stage fetch_cartoons: see tasks/cartoon/fetch.py."""
+
 from prefect import flow
 
 from flows._stage import run_stage, stage_task
@@ -18,8 +19,9 @@ def _network_trouble(task, task_run, state) -> bool:
     return False
 
 
-fetch_cartoons_task = stage_task("fetch_cartoons", retries=2, retry_delay_seconds=30,
-                                 retry_condition_fn=_network_trouble)(fetch)
+fetch_cartoons_task = stage_task(
+    "fetch_cartoons", retries=2, retry_delay_seconds=30, retry_condition_fn=_network_trouble
+)(fetch)
 
 
 @flow(name="fetch_cartoons")

@@ -1,12 +1,13 @@
 """Flow for DVC stage fetch_faces: synthetic photos, FFHQ or a folder of photos; see tasks/faces/fetch.py."""
+
 from __future__ import annotations
 
 from prefect import flow
 
 from flows._stage import run_stage, stage_task
-from tasks.reporting.log import get_logger
 from tasks.faces.config import FetchFacesConfig
 from tasks.faces.fetch import fetch_faces as fetch
+from tasks.reporting.log import get_logger
 
 
 @stage_task("fetch_faces")

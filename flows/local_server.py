@@ -11,6 +11,7 @@ instead of Prefect's own temporary one: a child process that the kernel kills wh
 (PR_SET_PDEATHSIG), so even `kill -9` of a stage leaves no server behind (Prefect's temporary
 server outlives a killed parent, about 200 MB each).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -50,6 +51,7 @@ def _wait_healthy(url: str, server: subprocess.Popen, timeout: float = 90.0) -> 
 
 def _die_with(parent: int):
     """A preexec_fn: the child gets SIGKILL when its parent dies (Linux; elsewhere a no-op)."""
+
     def preexec() -> None:
         try:
             libc = ctypes.CDLL(None, use_errno=True)
@@ -59,6 +61,7 @@ def _die_with(parent: int):
             return
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
+
     return preexec if sys.platform.startswith("linux") else None
 
 
@@ -75,7 +78,10 @@ def start_server(home: Path, *, die_with_parent: bool) -> tuple[subprocess.Popen
     with open(home / "server.log", "ab") as log:
         server = subprocess.Popen(
             [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=server_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=server_env,
             preexec_fn=_die_with(os.getpid()) if die_with_parent else None,
         )
     try:

@@ -4,15 +4,16 @@ align_faces, with a report of used and rejected photos; see tasks/faces/subject.
 source: synthetic (an identity held out of the base set, varied pose, lighting, background) or a
 folder of photos of one person. Fewer than `min_photos` survivors is a warning.
 """
+
 from __future__ import annotations
 
 from prefect import flow
 
 from flows._stage import run_stage, stage_task
-from tasks.reporting.log import get_logger
 from tasks.faces.aligning import align_faces
 from tasks.faces.config import PrepareSubjectConfig
 from tasks.faces.subject import fetch_subject, write_subject_report
+from tasks.reporting.log import get_logger
 
 
 @stage_task("fetch_subject")

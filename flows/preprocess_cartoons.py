@@ -1,4 +1,5 @@
 """Flow for DVC stage preprocess_cartoons: see tasks/cartoon/preprocess.py."""
+
 from prefect import flow
 
 from flows._stage import run_stage, stage_task
@@ -14,7 +15,9 @@ def preprocess_cartoons_task(raw_dir: str, out_dir: str, config: PreprocessCarto
 
 @flow(name="preprocess_cartoons")
 def preprocess_cartoons(raw_dir: str, out_dir: str, params: dict) -> str:
-    return preprocess_cartoons_task(raw_dir, out_dir, PreprocessCartoonsConfig.from_params(params, "preprocess_cartoons"))
+    return preprocess_cartoons_task(
+        raw_dir, out_dir, PreprocessCartoonsConfig.from_params(params, "preprocess_cartoons")
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ On failure it prints the failing stage's reason and the flow run's address and e
 cancels the flow run (exit 130); a refusal before anything is sent exits 2. It needs
 PREFECT_API_URL: the server the worker polls (docs/worker.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,14 +43,25 @@ def key_value(text: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m flows.submit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.submit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("targets", nargs="*", metavar="STAGE", help="stages to reproduce (default: all)")
-    parser.add_argument("-S", "--set-param", action="append", dest="set_params", type=key_value, default=[],
-                        metavar="KEY=VALUE", help="override a param: the run becomes a DVC experiment (repeatable)")
+    parser.add_argument(
+        "-S",
+        "--set-param",
+        action="append",
+        dest="set_params",
+        type=key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param: the run becomes a DVC experiment (repeatable)",
+    )
     parser.add_argument("--profile", help="configs/X.yaml, applied on top of params.yaml on the worker")
     parser.add_argument("--experiment", action="store_true", help="a DVC experiment even without -S")
-    parser.add_argument("--deployment", default=DEFAULT_DEPLOYMENT, help=f"flow/deployment (default {DEFAULT_DEPLOYMENT})")
+    parser.add_argument(
+        "--deployment", default=DEFAULT_DEPLOYMENT, help=f"flow/deployment (default {DEFAULT_DEPLOYMENT})"
+    )
     parser.add_argument("--remote", default="origin", help="the git remote the worker fetches from (default origin)")
     parser.add_argument("-q", "--quiet", action="store_true", help="state and stage lines only, not the worker's log")
     return parser.parse_args(argv)
@@ -135,12 +147,16 @@ def bring_home(repo: Path, remote: str, sha: str, record: dict | None) -> int:
         say("the worker published no record of the run (facediff-worker-record): nothing to bring home")
         return EXIT_FAILED
     if record.get("missing_outputs"):
-        say(f"warning: the DVC remote lacked {len(record['missing_outputs'])} outputs of {sha[:12]}, so the "
-            f"worker rebuilt them: {', '.join(record['missing_outputs'])} (run `dvc push` after `dvc repro`)")
+        say(
+            f"warning: the DVC remote lacked {len(record['missing_outputs'])} outputs of {sha[:12]}, so the "
+            f"worker rebuilt them: {', '.join(record['missing_outputs'])} (run `dvc push` after `dvc repro`)"
+        )
     with_data = bool(record.get("pushed_data"))
     if not with_data:
-        say("warning: the worker had no DVC remote to push to: results come without their data "
-            "(docs/worker.md, `dvc remote add`)")
+        say(
+            "warning: the worker had no DVC remote to push to: results come without their data "
+            "(docs/worker.md, `dvc remote add`)"
+        )
     if record.get("experiment"):
         name = record["experiment"]
         ref = local.pull_experiment(repo, remote, name, with_data)
@@ -150,8 +166,10 @@ def bring_home(repo: Path, remote: str, sha: str, record: dict | None) -> int:
     elif record.get("results_branch"):
         branch = record["results_branch"]
         local.pull_results_branch(repo, remote, branch, with_data)
-        say(f"==> results branch {branch}: switched to it{' and pulled its data' if with_data else ''} "
-            "(`git switch -` goes back)")
+        say(
+            f"==> results branch {branch}: switched to it{' and pulled its data' if with_data else ''} "
+            "(`git switch -` goes back)"
+        )
         diff = local.metrics_diff(repo, sha)
         grids = [Path(g) for g in record.get("grids", [])]
     else:
@@ -173,8 +191,10 @@ def scorecard_text(repo: Path, record: dict) -> str:
         return scorecard.Card.from_dict(record["scorecard"]).text()
     if record.get("results_branch"):
         return scorecard.build(repo).text()
-    return ("==> scorecard: the worker sent none (`dvc exp apply` the experiment, then "
-            "`python -m tasks.reporting.scorecard`)")
+    return (
+        "==> scorecard: the worker sent none (`dvc exp apply` the experiment, then "
+        "`python -m tasks.reporting.scorecard`)"
+    )
 
 
 if __name__ == "__main__":

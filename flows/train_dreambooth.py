@@ -1,5 +1,6 @@
 """Flow for DVC stage train_dreambooth: DreamBooth fine-tuning of the face LDM with prior
 preservation (full or LoRA, optional subject identifier); see tasks/dreambooth/train.py."""
+
 from __future__ import annotations
 
 from prefect import flow
@@ -12,10 +13,26 @@ train_dreambooth_task = stage_task("train_dreambooth")(fine_tune)
 
 
 @flow(name="train_dreambooth")
-def train_dreambooth(subject_dir: str, class_dir: str, base_dir: str, model_dir: str, checkpoint_dir: str,
-                     live_dir: str, metrics_path: str, params: dict) -> str:
-    train_dreambooth_task(subject_dir, class_dir, base_dir, model_dir, checkpoint_dir, live_dir, metrics_path,
-                          TrainDreamboothConfig.from_params(params, "train_dreambooth"))
+def train_dreambooth(
+    subject_dir: str,
+    class_dir: str,
+    base_dir: str,
+    model_dir: str,
+    checkpoint_dir: str,
+    live_dir: str,
+    metrics_path: str,
+    params: dict,
+) -> str:
+    train_dreambooth_task(
+        subject_dir,
+        class_dir,
+        base_dir,
+        model_dir,
+        checkpoint_dir,
+        live_dir,
+        metrics_path,
+        TrainDreamboothConfig.from_params(params, "train_dreambooth"),
+    )
     return model_dir
 
 

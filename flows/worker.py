@@ -15,6 +15,7 @@ Deployed by prefect.yaml; runnable by hand too (docs/worker.md):
     python -m flows.worker --repo-url https://git.example/facediff.git --revision main
         --workdir /scratch/facediff-worker --profile configs/cartoon_seed.yaml --experiment
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,18 @@ from prefect.artifacts import Artifact, create_markdown_artifact
 from tasks.reporting.scorecard import Card
 from tasks.worker.checkout import validate_repo_url, validate_revision
 from tasks.worker.results import RunRecord, markdown, one_line
-from tasks.worker.stages import (checkout_task, cleanup_task, commit_results_task, describe_task,
-                                 fetch_revision_task, pull_task, push_branch_task, push_data_task,
-                                 push_experiment_task, reproduce_task)
+from tasks.worker.stages import (
+    checkout_task,
+    cleanup_task,
+    commit_results_task,
+    describe_task,
+    fetch_revision_task,
+    pull_task,
+    push_branch_task,
+    push_data_task,
+    push_experiment_task,
+    reproduce_task,
+)
 
 
 def current_run_id() -> str:
@@ -39,15 +49,27 @@ def current_run_id() -> str:
 
 
 @flow(name="repro-on-worker")
-def repro_on_worker(repo_url: str, revision: str, workdir: str, targets: list[str] | None = None,
-                    profile: str | None = None, set_params: list[str] | None = None,
-                    experiment: bool = False, keep_checkout: bool = False) -> dict:
+def repro_on_worker(
+    repo_url: str,
+    revision: str,
+    workdir: str,
+    targets: list[str] | None = None,
+    profile: str | None = None,
+    set_params: list[str] | None = None,
+    experiment: bool = False,
+    keep_checkout: bool = False,
+) -> dict:
     # Every check on the inputs comes before anything touches the disk.
     repo_url, revision = validate_repo_url(repo_url), validate_revision(revision)
     run_id = current_run_id()
     mirror, sha = fetch_revision_task(workdir, repo_url, revision)
-    record = RunRecord(repo_url=repo_url, revision=revision, sha=sha, run_id=run_id,
-                       experiment=f"worker-{sha[:7]}-{run_id[:8]}" if experiment else None)
+    record = RunRecord(
+        repo_url=repo_url,
+        revision=revision,
+        sha=sha,
+        run_id=run_id,
+        experiment=f"worker-{sha[:7]}-{run_id[:8]}" if experiment else None,
+    )
     try:
         repo = checkout_task(workdir, mirror, repo_url, sha, run_id)
         reproduce_and_send(repo, record, targets or [], profile, set_params or [])
@@ -61,8 +83,9 @@ def repro_on_worker(repo_url: str, revision: str, workdir: str, targets: list[st
     return asdict(record)
 
 
-def reproduce_and_send(repo: str, record: RunRecord, targets: list[str], profile: str | None,
-                       set_params: list[str]) -> None:
+def reproduce_and_send(
+    repo: str, record: RunRecord, targets: list[str], profile: str | None, set_params: list[str]
+) -> None:
     """pull, reproduce, describe, and push the results back; fills `record` as it goes."""
     has_remote, record.missing_outputs = pull_task(repo)
     record.stages_run = reproduce_task(repo, targets, profile, set_params, record.experiment)
@@ -81,14 +104,20 @@ def reproduce_and_send(repo: str, record: RunRecord, targets: list[str], profile
 
 def publish(record: RunRecord) -> None:
     """The run's artifacts: markdown for the UI, the record as JSON for flows.submit."""
-    create_markdown_artifact(markdown(record), key="facediff-worker-run",
-                             description=f"worker run at {record.sha[:12]}")
+    create_markdown_artifact(
+        markdown(record), key="facediff-worker-run", description=f"worker run at {record.sha[:12]}"
+    )
     if record.scorecard:
         card = Card.from_dict(record.scorecard)
-        create_markdown_artifact(card.markdown(), key="facediff-scorecard",
-                                 description=f"{record.sha[:12]}: {card.verdict()}"[:500])
-    Artifact(type="json", key="facediff-worker-record", data=asdict(record),
-             description="the RunRecord of tasks/worker/results.py").create()
+        create_markdown_artifact(
+            card.markdown(), key="facediff-scorecard", description=f"{record.sha[:12]}: {card.verdict()}"[:500]
+        )
+    Artifact(
+        type="json",
+        key="facediff-worker-record",
+        data=asdict(record),
+        description="the RunRecord of tasks/worker/results.py",
+    ).create()
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 Load a trained model through its class: `CartoonDiffusionPipeline.from_pretrained("models/cartoon")`,
 `LatentDiffusionPipeline.from_pretrained("models/ldm")`. Nothing is patched into diffusers.
 """
+
 from pipelines.attribute_classifier import AttributeClassifier
 from pipelines.autoencoder import PatchAutoencoderKL
 from pipelines.cartoon import AttributeProjection, AttributeTau, CartoonDenoiser, CartoonDiffusionPipeline, denoise

@@ -4,9 +4,10 @@ It judges generated cartoons (tasks/cartoon/evaluate.py): an image is right when
 reads back the attributes it was asked for. Saved with `save_pretrained`; load it with
 `AttributeClassifier.from_pretrained(dir)`. Inference only here; training is tasks/cartoon/classifier.py.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -20,18 +21,36 @@ class AttributeClassifier(ModelMixin, ConfigMixin):
     """(B, 3, r, r) images in [-1, 1] -> (B, width) logits, one softmax group per attribute."""
 
     @register_to_config
-    def __init__(self, attribute_names: Sequence[str] = (), attribute_counts: Sequence[int] = (),
-                 resolution: int = 32, channels: Sequence[int] = (32, 64, 128), hidden_dim: int = 256):
+    def __init__(
+        self,
+        attribute_names: Sequence[str] = (),
+        attribute_counts: Sequence[int] = (),
+        resolution: int = 32,
+        channels: Sequence[int] = (32, 64, 128),
+        hidden_dim: int = 256,
+    ):
         super().__init__()
         layers, c_in, size = [], 3, resolution
         for c in channels:  # conv-BN-ReLU twice, then halve the resolution
-            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-                       nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(c_in, c, 3, padding=1),
+                nn.BatchNorm2d(c),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c, c, 3, padding=1),
+                nn.BatchNorm2d(c),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             c_in, size = c, size // 2
         self.features = nn.Sequential(*layers)
         # Flatten, not average-pool: where a colour sits (hair vs face) is the information.
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(c_in * size * size, hidden_dim),
-                                  nn.ReLU(inplace=True), nn.Linear(hidden_dim, int(sum(attribute_counts))))
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(0.2),
+            nn.Linear(c_in * size * size, hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, int(sum(attribute_counts))),
+        )
 
     @property
     def offsets(self) -> list[int]:
@@ -56,7 +75,7 @@ class AttributeClassifier(ModelMixin, ConfigMixin):
         self.eval()
         out = []
         for i in range(0, len(images), batch_size):
-            logits = self(images[i:i + batch_size].to(self.device, self.dtype))
+            logits = self(images[i : i + batch_size].to(self.device, self.dtype))
             out.append(torch.stack([l.argmax(1) for l in self.split_logits(logits)], dim=1).cpu())
         self.train(was)
         return torch.cat(out)

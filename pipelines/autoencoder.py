@@ -12,16 +12,16 @@ The interface is `AutoencoderKL`'s: `encode(x).latent_dist` (a `DiagonalGaussian
 `decode(z).sample`, `config.scaling_factor`, so the latent track uses either without knowing which.
 Importable alone (diffusers and torch): `save_portable` writes it beside a saved pipeline's vae.
 """
+
 from __future__ import annotations
 
 import torch
-from torch import nn
-from torch.nn import functional as F
-
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+from torch.nn import functional as F
 
 
 class ResidualBlock(nn.Module):
@@ -41,24 +41,39 @@ class PatchAutoencoderKL(ModelMixin, ConfigMixin):
     """Image (B, in_channels, H, W) <-> latent (B, latent_channels, H / patch_size, W / patch_size)."""
 
     @register_to_config
-    def __init__(self, in_channels: int = 3, out_channels: int = 3, patch_size: int = 4, latent_channels: int = 4,
-                 hidden_channels: int = 96, encoder_blocks: int = 1, decoder_blocks: int = 3,
-                 sample_size: int = 64, scaling_factor: float = 1.0):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        patch_size: int = 4,
+        latent_channels: int = 4,
+        hidden_channels: int = 96,
+        encoder_blocks: int = 1,
+        decoder_blocks: int = 3,
+        sample_size: int = 64,
+        scaling_factor: float = 1.0,
+    ):
         super().__init__()
         p, c = patch_size, hidden_channels
         self.encoder = nn.Sequential(
-            nn.PixelUnshuffle(p), nn.Conv2d(in_channels * p * p, c, 3, padding=1),
+            nn.PixelUnshuffle(p),
+            nn.Conv2d(in_channels * p * p, c, 3, padding=1),
             *[ResidualBlock(c) for _ in range(encoder_blocks)],
-            nn.SiLU(), nn.Conv2d(c, 2 * latent_channels, 3, padding=1))  # mean and log-variance
+            nn.SiLU(),
+            nn.Conv2d(c, 2 * latent_channels, 3, padding=1),
+        )  # mean and log-variance
         self.decoder = nn.Sequential(
             nn.Conv2d(latent_channels, c, 3, padding=1),
             *[ResidualBlock(c) for _ in range(decoder_blocks)],
-            nn.SiLU(), nn.Conv2d(c, out_channels * p * p, 3, padding=1), nn.PixelShuffle(p))
+            nn.SiLU(),
+            nn.Conv2d(c, out_channels * p * p, 3, padding=1),
+            nn.PixelShuffle(p),
+        )
 
     @property
     def logvar_bias(self) -> torch.Tensor:
         """The bias of the log-variance outputs (set it low for a nearly deterministic start)."""
-        return self.encoder[-1].bias[self.config.latent_channels:]
+        return self.encoder[-1].bias[self.config.latent_channels :]
 
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         posterior = DiagonalGaussianDistribution(self.encoder(x))
@@ -68,8 +83,13 @@ class PatchAutoencoderKL(ModelMixin, ConfigMixin):
         sample = self.decoder(z)
         return DecoderOutput(sample=sample) if return_dict else (sample,)
 
-    def forward(self, sample: torch.Tensor, sample_posterior: bool = False,
-                generator: torch.Generator | None = None, return_dict: bool = True):
+    def forward(
+        self,
+        sample: torch.Tensor,
+        sample_posterior: bool = False,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ):
         posterior = self.encode(sample).latent_dist
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         return self.decode(z, return_dict=return_dict)

@@ -12,20 +12,21 @@ training replaces a fraction of conditions by it, sampling extrapolates away fro
 
 Inference only, importable alone: nothing here imports `tasks` or `flows`.
 """
+
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from torch import nn
-
 from diffusers import DiffusionPipeline, UNet2DConditionModel, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
 
 from pipelines.outputs import check_output_type, to_output
+
 
 def one_hot(indices, counts) -> np.ndarray:
     """(..., n) variant indices of n attributes with `counts` variants -> (..., sum(counts)) float32
@@ -59,8 +60,10 @@ class _AttributeLayout:
 
     def _check_layout(self, names, counts) -> None:
         if len(names) != len(counts) or not names:
-            raise ValueError(f"attribute_names ({len(names)}) and attribute_counts ({len(counts)}) must be "
-                             "non-empty and of equal length")
+            raise ValueError(
+                f"attribute_names ({len(names)}) and attribute_counts ({len(counts)}) must be "
+                "non-empty and of equal length"
+            )
         if any(int(c) < 1 for c in counts):
             raise ValueError(f"every attribute needs at least one variant, got counts {list(counts)}")
 
@@ -75,11 +78,19 @@ class AttributeTau(ModelMixin, ConfigMixin, _AttributeLayout):
     An MLP of `depth` linear layers (SiLU between) whose last layer emits all tokens at once, plus a
     learned position per token and a LayerNorm (keeps the tokens on the scale attention expects).
     """
+
     conditioning = "cross_attention"  # how `denoise` feeds it to the UNet
 
     @register_to_config
-    def __init__(self, attribute_names: Sequence[str] = (), attribute_counts: Sequence[int] = (),
-                 num_tokens: int = 4, cross_attention_dim: int = 64, depth: int = 2, hidden_dim: int = 256):
+    def __init__(
+        self,
+        attribute_names: Sequence[str] = (),
+        attribute_counts: Sequence[int] = (),
+        num_tokens: int = 4,
+        cross_attention_dim: int = 64,
+        depth: int = 2,
+        hidden_dim: int = 256,
+    ):
         super().__init__()
         self._check_layout(attribute_names, attribute_counts)
         if num_tokens < 1 or depth < 1:
@@ -103,11 +114,13 @@ class AttributeTau(ModelMixin, ConfigMixin, _AttributeLayout):
 class AttributeProjection(ModelMixin, ConfigMixin, _AttributeLayout):
     """One-hot attribute vector (B, width) -> (B, embedding_dim) by one linear layer: the class
     embedding a `UNet2DModel(class_embed_type="identity")` adds to its time embedding."""
+
     conditioning = "class_embedding"  # how `denoise` feeds it to the UNet
 
     @register_to_config
-    def __init__(self, attribute_names: Sequence[str] = (), attribute_counts: Sequence[int] = (),
-                 embedding_dim: int = 128):
+    def __init__(
+        self, attribute_names: Sequence[str] = (), attribute_counts: Sequence[int] = (), embedding_dim: int = 128
+    ):
         super().__init__()
         self._check_layout(attribute_names, attribute_counts)
         self.proj = nn.Linear(int(sum(attribute_counts)), embedding_dim)
@@ -178,8 +191,9 @@ class CartoonDiffusionPipeline(DiffusionPipeline):
     def null_condition(self, batch_size: int) -> torch.Tensor:
         return torch.zeros(batch_size, self.tau.width, device=self._execution_device, dtype=torch.float32)
 
-    def encode_attributes(self, attributes, generator: torch.Generator | list[torch.Generator] | None = None
-                          ) -> torch.Tensor:
+    def encode_attributes(
+        self, attributes, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> torch.Tensor:
         """Any accepted attribute form -> float32 one-hot (B, width) on the pipeline's device.
         `generator` draws the attributes a dict leaves out (a list: one generator per dict)."""
         tau = self.tau
@@ -189,8 +203,10 @@ class CartoonDiffusionPipeline(DiffusionPipeline):
         if isinstance(attributes, (list, tuple)) and attributes and isinstance(attributes[0], Mapping):
             if isinstance(generator, list) and len(generator) != len(attributes):
                 raise ValueError(f"{len(generator)} generators for {len(attributes)} attribute dicts")
-            attributes = [self._dict_to_indices(d, generator[i] if isinstance(generator, list) else generator)
-                          for i, d in enumerate(attributes)]
+            attributes = [
+                self._dict_to_indices(d, generator[i] if isinstance(generator, list) else generator)
+                for i, d in enumerate(attributes)
+            ]
         if isinstance(attributes, torch.Tensor):
             array = attributes.detach().cpu().numpy()
         else:
@@ -217,8 +233,10 @@ class CartoonDiffusionPipeline(DiffusionPipeline):
                     raise ValueError(f"attribute {name!r} index {int(array[bad, j][0])} out of range 0..{count - 1}")
             onehot = one_hot(array, counts)
         else:
-            raise ValueError(f"wrong attribute vector width {array.shape[1]}: expected a {width}-wide one-hot "
-                             f"vector or {len(names)} indices")
+            raise ValueError(
+                f"wrong attribute vector width {array.shape[1]}: expected a {width}-wide one-hot "
+                f"vector or {len(names)} indices"
+            )
         return torch.from_numpy(onehot).to(self._execution_device)
 
     def _dict_to_indices(self, d: Mapping[str, int], generator: torch.Generator | None) -> list[int]:
@@ -228,8 +246,10 @@ class CartoonDiffusionPipeline(DiffusionPipeline):
         if unknown:
             raise ValueError(f"unknown attribute name {unknown[0]!r}; known: {', '.join(names)}")
         device = generator.device if generator is not None else "cpu"
-        return [int(d[n]) if n in d else int(torch.randint(c, (1,), generator=generator, device=device))
-                for n, c in zip(names, counts)]
+        return [
+            int(d[n]) if n in d else int(torch.randint(c, (1,), generator=generator, device=device))
+            for n, c in zip(names, counts)
+        ]
 
     # ------------------------------------------------------------------ sampling
     def predict(self, sample: torch.Tensor, t, cond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -244,9 +264,15 @@ class CartoonDiffusionPipeline(DiffusionPipeline):
         return out_null + guidance_scale * (out_cond - out_null)
 
     @torch.no_grad()
-    def __call__(self, attributes, guidance_scale: float = 2.0, num_inference_steps: int = 50,
-                 generator: torch.Generator | list[torch.Generator] | None = None, output_type: str = "pil",
-                 return_dict: bool = True):
+    def __call__(
+        self,
+        attributes,
+        guidance_scale: float = 2.0,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ):
         """Sample one image per attribute set. output_type: "pil" (list of images), "np" (B, H, W, 3)
         in [0, 1], or "pt" (B, 3, H, W) in [0, 1]."""
         guidance_scale = float(guidance_scale)

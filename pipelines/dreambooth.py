@@ -14,6 +14,7 @@ folder (adapter and base together) or the adapter alone is moved.
 
 Inference only, importable alone: nothing here imports `tasks` or `flows`.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,8 @@ from pipelines.latent import LatentDiffusionPipeline
 from pipelines.ldm_base import load_latent_base
 from pipelines.outputs import check_output_type, to_output
 
-ADAPTER_FILE = "adapter_model.safetensors"   # LoRA weights (+ the identifier's embedding when there is one)
-ADAPTER_CONFIG = "adapter_config.json"       # peft LoraConfig
+ADAPTER_FILE = "adapter_model.safetensors"  # LoRA weights (+ the identifier's embedding when there is one)
+ADAPTER_CONFIG = "adapter_config.json"  # peft LoraConfig
 SUBJECT_LABEL, CLASS_LABEL = 1, 0
 
 
@@ -59,24 +60,37 @@ class SubjectDiffusionPipeline(LatentDiffusionPipeline):
         return self.unet.config.num_class_embeds is not None
 
     @torch.no_grad()
-    def __call__(self, batch_size: int = 1, subject: bool = True, num_inference_steps: int = 50,
-                 generator: torch.Generator | list[torch.Generator] | None = None,
-                 latents: torch.Tensor | None = None, output_type: str = "pil", return_dict: bool = True,
-                 guidance_scale: float = 1.0):
+    def __call__(
+        self,
+        batch_size: int = 1,
+        subject: bool = True,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        guidance_scale: float = 1.0,
+    ):
         """Sample `batch_size` images of the subject (`subject=True`) or of the class (`False`,
         identifier only). `guidance_scale` (identifier, subject samples only) is classifier-free
         guidance with the class label as the unconditional: eps_class + s * (eps_subject - eps_class);
         1.0 is the subject label alone, larger pushes further from the class towards the subject.
         Other arguments as `LatentDiffusionPipeline.__call__`."""
         if not subject and not self.has_identifier:
-            raise ValueError("subject=False needs a model trained with an identifier (train_dreambooth.identifier: "
-                             "true); this one has no class embedding")
+            raise ValueError(
+                "subject=False needs a model trained with an identifier (train_dreambooth.identifier: "
+                "true); this one has no class embedding"
+            )
         guided = float(guidance_scale) != 1.0
         if guided and not (subject and self.has_identifier):
-            raise ValueError(f"guidance_scale {guidance_scale} needs subject=True and a model with an identifier: "
-                             "it guides from the class label towards the subject label")
+            raise ValueError(
+                f"guidance_scale {guidance_scale} needs subject=True and a model with an identifier: "
+                "it guides from the class label towards the subject label"
+            )
         if int(batch_size) < 1 or int(num_inference_steps) < 1:
-            raise ValueError(f"batch_size and num_inference_steps must be >= 1, got {batch_size}, {num_inference_steps}")
+            raise ValueError(
+                f"batch_size and num_inference_steps must be >= 1, got {batch_size}, {num_inference_steps}"
+            )
         check_output_type(output_type, extra=("latent",))
         shape = (int(batch_size), *self.latent_shape)
         device = self._execution_device
@@ -118,8 +132,9 @@ def load_subject_pipeline(model_dir: str | Path, base_dir: str | Path | None = N
     if (model_dir / "model_index.json").is_file():
         return SubjectDiffusionPipeline.from_pretrained(str(model_dir))
     if not is_adapter_dir(model_dir):
-        raise FileNotFoundError(f"{model_dir} holds neither a pipeline (model_index.json) nor a DreamBooth "
-                                f"adapter ({ADAPTER_RECORD})")
+        raise FileNotFoundError(
+            f"{model_dir} holds neither a pipeline (model_index.json) nor a DreamBooth adapter ({ADAPTER_RECORD})"
+        )
     record = json.loads((model_dir / ADAPTER_RECORD).read_text())
     base = resolve_base(model_dir, record, base_dir)
     unet = apply_adapter(base.unet, model_dir, identifier=bool(record["identifier"]))
@@ -130,8 +145,11 @@ def base_reference(base_dir: str | Path, adapter_dir: str | Path, base_unet_iden
     """What an adapter's record says of its base: where it is from the adapter folder and from `/`,
     and which UNet it is."""
     absolute = Path(base_dir).resolve()
-    return {"base_dir": str(absolute), "base_dir_relative": os.path.relpath(absolute, Path(adapter_dir).resolve()),
-            "base_unet_identity": base_unet_identity}
+    return {
+        "base_dir": str(absolute),
+        "base_dir_relative": os.path.relpath(absolute, Path(adapter_dir).resolve()),
+        "base_unet_identity": base_unet_identity,
+    }
 
 
 def resolve_base(model_dir: Path, record: dict, base_dir: str | Path | None = None) -> LatentDiffusionPipeline:
@@ -153,9 +171,11 @@ def resolve_base(model_dir: Path, record: dict, base_dir: str | Path | None = No
         tried[str(cand)] = f"holds UNet {found}"
     if all(v == "missing" for v in tried.values()):
         raise FileNotFoundError(f"the adapter's base model is missing (tried {', '.join(tried)}; pass base_dir=)")
-    raise ValueError(f"{model_dir} is an adapter for base UNet {record['base_unet_identity']}, but "
-                     + "; ".join(f"{k}: {v}" for k, v in tried.items())
-                     + ": retrain the adapter or point base_dir at its base")
+    raise ValueError(
+        f"{model_dir} is an adapter for base UNet {record['base_unet_identity']}, but "
+        + "; ".join(f"{k}: {v}" for k, v in tried.items())
+        + ": retrain the adapter or point base_dir at its base"
+    )
 
 
 def apply_adapter(base_unet: UNet2DModel, adapter_dir: str | Path, identifier: bool) -> UNet2DModel:

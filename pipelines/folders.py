@@ -12,6 +12,7 @@ evaluations (which folder they measured: `folder_identity`).
   autoencoder  a single autoencoder (config.json): PatchAutoencoderKL, AutoencoderKL, VQModel
   model        another single model (config.json)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ADAPTER_RECORD = "dreambooth_adapter.json"  # a DreamBooth adapter's record: base path, base identity, identifier
-PIPELINE_KINDS = {"CartoonDiffusionPipeline": "cartoon", "LatentDiffusionPipeline": "ldm",
-                  "SubjectDiffusionPipeline": "dreambooth"}
+PIPELINE_KINDS = {
+    "CartoonDiffusionPipeline": "cartoon",
+    "LatentDiffusionPipeline": "ldm",
+    "SubjectDiffusionPipeline": "dreambooth",
+}
 AUTOENCODERS = ("PatchAutoencoderKL", "AutoencoderKL", "VQModel")
 # What a training stage writes into its folder after the model: the model card and its sample grid.
 CARD, CARD_GRID = "README.md", "samples.png"
@@ -29,8 +33,8 @@ CARD, CARD_GRID = "README.md", "samples.png"
 
 @dataclass(frozen=True)
 class ModelFolder:
-    kind: str                    # lora | cartoon | ldm | dreambooth | pipeline | autoencoder | model
-    class_name: str | None       # model_index.json's or config.json's class (None: an adapter)
+    kind: str  # lora | cartoon | ldm | dreambooth | pipeline | autoencoder | model
+    class_name: str | None  # model_index.json's or config.json's class (None: an adapter)
     code_file: str | None = None  # a portable pipeline folder's code file (`pipeline.py`), when present
 
 

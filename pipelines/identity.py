@@ -1,4 +1,5 @@
 """The identity of a diffusers model: what caches keyed by "which model made this" compare."""
+
 from __future__ import annotations
 
 import hashlib

@@ -11,10 +11,10 @@ Every component is a diffusers class, so train_ldm saves the folder with this mo
 
 Inference only, importable alone: nothing here imports `tasks` or `flows`.
 """
+
 from __future__ import annotations
 
 import torch
-
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -42,9 +42,15 @@ class LatentDiffusionPipeline(LoadsAsItself, DiffusionPipeline):
         return self.vae.decode(z.to(self.vae.dtype)).sample
 
     @torch.no_grad()
-    def __call__(self, batch_size: int = 1, num_inference_steps: int = 50,
-                 generator: torch.Generator | list[torch.Generator] | None = None,
-                 latents: torch.Tensor | None = None, output_type: str = "pil", return_dict: bool = True):
+    def __call__(
+        self,
+        batch_size: int = 1,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ):
         """Sample `batch_size` images. `latents`: start from this noise instead of drawing it.
         output_type: "pil" (list of images), "np" (B, H, W, 3) in [0, 1], "pt" (B, 3, H, W) in [0, 1],
         or "latent" (the denoised scaled latents)."""

@@ -18,6 +18,7 @@ A hub id is not loaded here: a DVC dep must be a folder, so a hub model is downl
 
 Inference only, importable alone: nothing here imports `tasks` or `flows`.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,28 +37,36 @@ def download_help(name: str | Path) -> str:
     text = str(name)
     hub = text if HUB_ID.match(text) and not Path(text.split("/")[0]).is_dir() else EXAMPLE_HUB_ID
     local = f"models/pretrained/{hub.split('/')[-1]}"
-    return (f"download a snapshot with `huggingface-cli download {hub} --local-dir {local}` and set "
-            f"`dreambooth_base: {local}` in params.yaml")
+    return (
+        f"download a snapshot with `huggingface-cli download {hub} --local-dir {local}` and set "
+        f"`dreambooth_base: {local}` in params.yaml"
+    )
 
 
 def base_layout(folder: str | Path) -> str:
     """`project` or `ldm` (see the module docstring); a clear one-line error for anything else."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"base model {str(folder)!r} is not a folder (a hub id cannot be a DVC dependency): "
-                                f"{download_help(folder)}; this project's own base (models/ldm) is made by "
-                                f"the train_ldm stage")
+        raise FileNotFoundError(
+            f"base model {str(folder)!r} is not a folder (a hub id cannot be a DVC dependency): "
+            f"{download_help(folder)}; this project's own base (models/ldm) is made by "
+            f"the train_ldm stage"
+        )
     index_path = folder / "model_index.json"
     if not index_path.is_file():
-        raise FileNotFoundError(f"{folder} holds no latent diffusion pipeline (model_index.json missing): run the "
-                                f"train_ldm stage first, or {download_help(folder)}")
+        raise FileNotFoundError(
+            f"{folder} holds no latent diffusion pipeline (model_index.json missing): run the "
+            f"train_ldm stage first, or {download_help(folder)}"
+        )
     index = json.loads(index_path.read_text())
     for layout, vae in LAYOUTS.items():
         if "unet" in index and vae in index and "scheduler" in index:
             return layout
-    raise ValueError(f"{folder} is a {index.get('_class_name')} with components "
-                     f"{sorted(k for k in index if not k.startswith('_'))}; a base model needs unet, scheduler and "
-                     f"vae (this project's LatentDiffusionPipeline) or vqvae (diffusers' LDMPipeline)")
+    raise ValueError(
+        f"{folder} is a {index.get('_class_name')} with components "
+        f"{sorted(k for k in index if not k.startswith('_'))}; a base model needs unet, scheduler and "
+        f"vae (this project's LatentDiffusionPipeline) or vqvae (diffusers' LDMPipeline)"
+    )
 
 
 def vae_folder(folder: str | Path) -> Path:
@@ -77,7 +86,9 @@ def load_latent_base(folder: str | Path) -> LatentDiffusionPipeline:
     for name, expected in (("unet", ("UNet2DModel",)), ("vqvae", ("VQModel", "AutoencoderKL")), ("scheduler", None)):
         library, class_name = index[name]
         if library != "diffusers" or not hasattr(diffusers, class_name) or (expected and class_name not in expected):
-            raise ValueError(f"{folder}: component {name} is {library}.{class_name}; an LDMPipeline base needs "
-                             f"diffusers' {' or '.join(expected or ('schedulers',))}")
+            raise ValueError(
+                f"{folder}: component {name} is {library}.{class_name}; an LDMPipeline base needs "
+                f"diffusers' {' or '.join(expected or ('schedulers',))}"
+            )
         parts[name] = getattr(diffusers, class_name).from_pretrained(str(folder), subfolder=name)
     return LatentDiffusionPipeline(unet=parts["unet"], vae=parts["vqvae"], scheduler=parts["scheduler"])

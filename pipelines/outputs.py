@@ -1,5 +1,6 @@
 """What every pipeline of this project does the same way: turning samples into outputs, and
 loading a folder saved with its code (pipelines/portable.py) as the project's own class."""
+
 from __future__ import annotations
 
 import sys
@@ -43,8 +44,14 @@ class LoadsAsItself:
         if isinstance(name, (list, tuple)) and len(name) == 2 and name[1] == cls.__name__:
             config["_class_name"] = cls.__name__
         for key, value in config.items():
-            if (not key.startswith("_") and isinstance(value, list) and len(value) == 2
-                    and isinstance(value[1], str) and project is not None and hasattr(project, value[1])):
+            if (
+                not key.startswith("_")
+                and isinstance(value, list)
+                and len(value) == 2
+                and isinstance(value[1], str)
+                and project is not None
+                and hasattr(project, value[1])
+            ):
                 # the defining module: diffusers finds ModelMixin & co. there to pick the load method
                 config[key] = [getattr(project, value[1]).__module__, value[1]]
         return result

@@ -15,6 +15,7 @@ modules it imports inlined, so it imports nothing from `pipelines`.
 Inside the project, `LatentDiffusionPipeline.from_pretrained(dir)` keeps loading as the project's
 own class (no code is executed from the folder): see `pipelines.outputs.LoadsAsItself`.
 """
+
 from __future__ import annotations
 
 import ast
@@ -35,11 +36,14 @@ def save_portable(pipe: DiffusionPipeline, out_dir: str | Path, **save_kwargs) -
     named in model_index.json. Returns the pipeline's code file."""
     cls = type(pipe)
     components = _components(pipe)
-    foreign = {name: lib for name, (lib, _) in components.items()
-               if lib not in ("diffusers", "transformers", PROJECT_PACKAGE)}
+    foreign = {
+        name: lib for name, (lib, _) in components.items() if lib not in ("diffusers", "transformers", PROJECT_PACKAGE)
+    }
     if foreign:
-        raise ValueError(f"{cls.__name__} cannot be saved portable: components {sorted(foreign)} come from "
-                         f"{sorted(set(foreign.values()))}, which a user without this project lacks")
+        raise ValueError(
+            f"{cls.__name__} cannot be saved portable: components {sorted(foreign)} come from "
+            f"{sorted(set(foreign.values()))}, which a user without this project lacks"
+        )
     out = Path(out_dir)
     pipe.save_pretrained(out, **save_kwargs)
     code = out / f"{CODE_FILE}.py"
@@ -89,8 +93,10 @@ def standalone_source(module_name: str) -> str:
                 project = [n for n in _imported_modules(node) if n.split(".")[0] == PROJECT_PACKAGE]
                 if project:
                     if isinstance(node, ast.Import) or project == [PROJECT_PACKAGE]:
-                        raise ValueError(f"{name}: import project code as `from {PROJECT_PACKAGE}.module import "
-                                         f"name` so that save_portable can inline the module")
+                        raise ValueError(
+                            f"{name}: import project code as `from {PROJECT_PACKAGE}.module import "
+                            f"name` so that save_portable can inline the module"
+                        )
                     for dep in project:
                         add(dep)
                     drop.update(range(node.lineno, node.end_lineno + 1))
@@ -99,8 +105,10 @@ def standalone_source(module_name: str) -> str:
         parts.append(f"# ---- from {name} " + "-" * max(0, 80 - len(name) - 13) + "\n" + "\n".join(kept).strip("\n"))
 
     add(module_name)
-    header = (f'"""{module_name.split(".")[-1]}: saved by {PROJECT_PACKAGE}.portable.save_portable, '
-              f'self-contained (diffusers and torch only)."""')
+    header = (
+        f'"""{module_name.split(".")[-1]}: saved by {PROJECT_PACKAGE}.portable.save_portable, '
+        f'self-contained (diffusers and torch only)."""'
+    )
     return "\n\n\n".join([header + "\n" + "\n".join(dict.fromkeys(futures))] + parts) + "\n"
 
 

@@ -19,6 +19,7 @@ examples draw.
 
 Inference only, importable alone: nothing here imports `tasks` or `flows`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,12 @@ from pipelines.folders import ADAPTER_RECORD, PIPELINE_KINDS, model_folder
 from pipelines.schedulers import SCHEDULERS, make_scheduler
 
 # Options a kind may take beyond the common ones (argparse dest -> how the user spells it).
-FLAGS = {"attr": "--attr", "guidance_scale": "--guidance-scale", "target": "--subject/--class",
-         "base_dir": "--base-dir"}
+FLAGS = {
+    "attr": "--attr",
+    "guidance_scale": "--guidance-scale",
+    "target": "--subject/--class",
+    "base_dir": "--base-dir",
+}
 KIND_OPTIONS = {
     "cartoon": {"attr", "guidance_scale"},
     "ldm": set(),
@@ -51,6 +56,7 @@ class SampleError(ValueError):
 
 # ------------------------------------------------------------------------------------ the folder
 
+
 def model_kind(model_dir: Path) -> str:
     """cartoon | ldm | dreambooth | lora (pipelines/folders.py); any other folder is a SampleError."""
     try:
@@ -60,13 +66,18 @@ def model_kind(model_dir: Path) -> str:
     if folder.kind in KIND_OPTIONS:
         return folder.kind
     if folder.kind == "pipeline":
-        raise SampleError(f"{model_dir} holds a {folder.class_name}, not a pipeline this command samples "
-                          f"({', '.join(PIPELINE_KINDS)})")
+        raise SampleError(
+            f"{model_dir} holds a {folder.class_name}, not a pipeline this command samples "
+            f"({', '.join(PIPELINE_KINDS)})"
+        )
     if folder.kind == "autoencoder":
-        raise SampleError(f"{model_dir} is an autoencoder ({folder.class_name}): it reconstructs images, it does "
-                          f"not sample them; sample the latent diffusion model that decodes with it (e.g. models/ldm)")
-    raise SampleError(f"{model_dir} holds a single model ({folder.class_name}), not a diffusion pipeline: "
-                      "nothing to sample")
+        raise SampleError(
+            f"{model_dir} is an autoencoder ({folder.class_name}): it reconstructs images, it does "
+            f"not sample them; sample the latent diffusion model that decodes with it (e.g. models/ldm)"
+        )
+    raise SampleError(
+        f"{model_dir} holds a single model ({folder.class_name}), not a diffusion pipeline: nothing to sample"
+    )
 
 
 def has_identifier(model_dir: Path, kind: str) -> bool:
@@ -106,14 +117,16 @@ def load(model_dir: Path, kind: str, base_dir: str | None):
 
 # ------------------------------------------------------------------------------------ options
 
+
 def check_options(args: argparse.Namespace, kind: str) -> None:
     """Every kind-specific option the user gave must be one this kind has."""
     given = [dest for dest in FLAGS if getattr(args, dest) not in (None, [])]
     foreign = [FLAGS[d] for d in given if d not in KIND_OPTIONS[kind]]
     if foreign:
         own = ", ".join(FLAGS[d] for d in sorted(KIND_OPTIONS[kind])) or "none beyond --steps and --scheduler"
-        raise SampleError(f"{', '.join(foreign)}: not an option for a {kind} model ({args.model_dir}); "
-                          f"its options: {own}")
+        raise SampleError(
+            f"{', '.join(foreign)}: not an option for a {kind} model ({args.model_dir}); its options: {own}"
+        )
     if args.num_images < 1:
         raise SampleError(f"--num-images must be >= 1, got {args.num_images}")
     if args.steps is not None and args.steps < 1:
@@ -161,13 +174,16 @@ def call_arguments(model_dir: Path, kind: str, args: argparse.Namespace) -> dict
 def _check_subject_options(identifier: bool, args: argparse.Namespace) -> None:
     if not identifier and (args.target == "class" or args.guidance_scale is not None):
         flag = "--class" if args.target == "class" else "--guidance-scale"
-        raise SampleError(f"{flag}: {args.model_dir} was trained without an identifier (one model, the subject "
-                          "only); --class and --guidance-scale need train_dreambooth.identifier: true")
+        raise SampleError(
+            f"{flag}: {args.model_dir} was trained without an identifier (one model, the subject "
+            "only); --class and --guidance-scale need train_dreambooth.identifier: true"
+        )
     if args.target == "class" and args.guidance_scale is not None:
         raise SampleError("--guidance-scale guides from the class towards the subject: it does not apply to --class")
 
 
 # ------------------------------------------------------------------------------------ the grid
+
 
 def grid(images: list[Image.Image]) -> Image.Image:
     """A near-square grid (diffusers' make_image_grid), empty cells white."""
@@ -205,8 +221,11 @@ def _device(choice: str) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipelines.sample", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines.sample",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("model_dir", help="a saved model folder: models/cartoon, models/ldm, models/dreambooth, ...")
     p.add_argument("--num-images", type=int, required=True, help="images in the grid (one pipeline call)")
     p.add_argument("--seed", type=int, default=0, help="seeds the call's CPU generator (default 0)")
@@ -215,13 +234,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="sampler (default: the one saved with the model)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when present")
     p.add_argument("--attr", action="append", metavar="NAME=INDEX", help="cartoon: fix an attribute (repeatable)")
-    p.add_argument("--guidance-scale", type=float,
-                   help="cartoon: classifier-free guidance; dreambooth: identifier guidance")
+    p.add_argument(
+        "--guidance-scale", type=float, help="cartoon: classifier-free guidance; dreambooth: identifier guidance"
+    )
     target = p.add_mutually_exclusive_group()
-    target.add_argument("--subject", dest="target", action="store_const", const="subject",
-                        help="dreambooth: the subject (default)")
-    target.add_argument("--class", dest="target", action="store_const", const="class",
-                        help="dreambooth with an identifier: the general class")
+    target.add_argument(
+        "--subject", dest="target", action="store_const", const="subject", help="dreambooth: the subject (default)"
+    )
+    target.add_argument(
+        "--class",
+        dest="target",
+        action="store_const",
+        const="class",
+        help="dreambooth with an identifier: the general class",
+    )
     p.add_argument("--base-dir", help="lora adapter: its base model folder (default: the path it recorded)")
     return p
 

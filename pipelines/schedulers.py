@@ -1,7 +1,9 @@
 """Sampling schedulers by short name, built from a model's training noise schedule."""
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 

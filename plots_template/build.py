@@ -8,6 +8,7 @@ node_modules, keeps the page working wherever `-o` writes it and when it is mail
     make plots-template                      # npm ci + this script
     dvc plots diff main --html-template plots_template/offline.html -o dvc_plots
 """
+
 from __future__ import annotations
 
 import sys
@@ -45,8 +46,9 @@ def inline_script(path: Path) -> str:
 def build(node_modules: Path = HERE / "node_modules", out: Path = HERE / "offline.html") -> Path:
     missing = [s for s in SCRIPTS if not (node_modules / s).is_file()]
     if missing:
-        raise SystemExit(f"missing {missing} under {node_modules}: run `npm ci` in {HERE} first "
-                         "(or `make plots-template`)")
+        raise SystemExit(
+            f"missing {missing} under {node_modules}: run `npm ci` in {HERE} first (or `make plots-template`)"
+        )
     scripts = "\n".join(inline_script(node_modules / s) for s in SCRIPTS)
     # PAGE doubles the CSS braces for str.format; DVC's own placeholders stay single-braced.
     page = PAGE.format(inline_scripts=scripts, refresh_tag="{refresh_tag}", plot_divs="{plot_divs}")

@@ -4,6 +4,7 @@ Layout: tests/<group>/test_*.py by the behaviour they protect (data, training, m
 pipeline, orchestration); shared plain helpers in tests/helpers/ (imported as tests.helpers.<module>);
 fixtures used across one group in that group's conftest.py.
 """
+
 import os
 import sys
 from pathlib import Path

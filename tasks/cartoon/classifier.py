@@ -4,11 +4,12 @@ It is the judge of evaluate_cartoon: generated images are scored by whether the 
 back the attributes they were asked for. Its validation accuracy on real images is the ceiling of
 that score, reported per attribute.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,36 +41,46 @@ def load_split(shard_dir: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(images), torch.cat(attrs)
 
 
-def run_classifier_training(shard_dir: str, model_dir: str, metrics_path: str, config: ClassifierConfig, *,
-                            show_progress: bool = True) -> dict:
+def run_classifier_training(
+    shard_dir: str, model_dir: str, metrics_path: str, config: ClassifierConfig, *, show_progress: bool = True
+) -> dict:
     log = get_logger()
     resolution, epochs, batch_size, seed = config.resolution, config.epochs, config.batch_size, config.seed
     schema = load_schema(shard_dir)
     t0 = time.perf_counter()
+
     # Resize once up front (the model would do it per batch otherwise).
     def resized(x):
-        return F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False) \
-            if x.shape[-1] != resolution else x
+        return (
+            F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+            if x.shape[-1] != resolution
+            else x
+        )
+
     train_x, train_y = load_split(shard_dir, "train")
     val_x, val_y = load_split(shard_dir, "val")
     train_x, val_x = resized(train_x), resized(val_x)
     torch.manual_seed(seed)
-    model = AttributeClassifier(list(schema.names), list(schema.counts), resolution, list(config.channels),
-                                config.hidden_dim)
+    model = AttributeClassifier(
+        list(schema.names), list(schema.counts), resolution, list(config.channels), config.hidden_dim
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = len(train_x) // batch_size
     if steps_per_epoch < 1:
-        raise ValueError(f"{len(train_x)} training images in {shard_dir} are smaller than one batch "
-                         f"({batch_size}): use more data or a smaller batch_size")
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.learning_rate, total_steps=epochs * steps_per_epoch,
-                                                pct_start=0.15)
+        raise ValueError(
+            f"{len(train_x)} training images in {shard_dir} are smaller than one batch "
+            f"({batch_size}): use more data or a smaller batch_size"
+        )
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=config.learning_rate, total_steps=epochs * steps_per_epoch, pct_start=0.15
+    )
     gen = torch.Generator().manual_seed(seed)
     model.train()
     bar = progress(total=epochs * steps_per_epoch, desc="classifier", unit="step", disable=not show_progress)
     for epoch in range(epochs):
         order = torch.randperm(len(train_x), generator=gen)
         for i in range(steps_per_epoch):
-            idx = order[i * batch_size:(i + 1) * batch_size]
+            idx = order[i * batch_size : (i + 1) * batch_size]
             loss = model.loss(model(train_x[idx]), train_y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -89,7 +100,9 @@ def run_classifier_training(shard_dir: str, model_dir: str, metrics_path: str, c
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     write_metrics(metrics_path, metrics, {"seconds": time.perf_counter() - t0})
-    log.info(f"attribute classifier: mean val accuracy {metrics['val_accuracy_mean']:.3f} "
-             f"(hair_color {accuracy.get('hair_color', float('nan')):.3f}, "
-             f"face_color {accuracy.get('face_color', float('nan')):.3f})")
+    log.info(
+        f"attribute classifier: mean val accuracy {metrics['val_accuracy_mean']:.3f} "
+        f"(hair_color {accuracy.get('hair_color', float('nan')):.3f}, "
+        f"face_color {accuracy.get('face_color', float('nan')):.3f})"
+    )
     return metrics

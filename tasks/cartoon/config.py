@@ -3,6 +3,7 @@
 Every field is required: params.yaml is the one place a value is set, and a key a stage does not
 know is an error that names it (tasks/config/typed.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,12 +15,12 @@ from tasks.training.config import TrainConfig
 
 @dataclass(frozen=True)
 class FetchCartoonsConfig(StageConfig):
-    source: str                    # synthetic | cartoonset10k | cartoonset100k | folder
-    folder: str                    # source folder: a folder or .tgz in Cartoon Set's format (a dvc.yaml dep)
-    num_images: int                # synthetic only
-    seed: int                      # synthetic only
-    workers: int                   # 0 = all cores
-    urls: dict[str, str]           # official archive name -> URL
+    source: str  # synthetic | cartoonset10k | cartoonset100k | folder
+    folder: str  # source folder: a folder or .tgz in Cartoon Set's format (a dvc.yaml dep)
+    num_images: int  # synthetic only
+    seed: int  # synthetic only
+    workers: int  # 0 = all cores
+    urls: dict[str, str]  # official archive name -> URL
     sha256: dict[str, str | None]  # official archive name -> expected checksum (null: record and warn)
 
 
@@ -46,7 +47,7 @@ class CartoonDataConfig(StageConfig):
 
 @dataclass(frozen=True)
 class CartoonModelConfig(StageConfig):
-    conditioning: str              # class_embedding | cross_attention
+    conditioning: str  # class_embedding | cross_attention
     block_out_channels: list[int]
     layers_per_block: int
     down_block_types: list[str] | None
@@ -61,8 +62,10 @@ class CartoonModelConfig(StageConfig):
 
     def __post_init__(self):
         if self.conditioning not in ("class_embedding", "cross_attention"):
-            raise ValueError(f"train_cartoon.model.conditioning must be class_embedding or cross_attention, "
-                             f"got {self.conditioning!r}")
+            raise ValueError(
+                f"train_cartoon.model.conditioning must be class_embedding or cross_attention, "
+                f"got {self.conditioning!r}"
+            )
 
 
 @dataclass(frozen=True)

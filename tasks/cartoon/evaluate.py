@@ -17,14 +17,15 @@ averages only the attributes the judge reads reliably, each normalised by its ce
 1.0 means the model's images are read as well as real ones. `best_guidance` is chosen on it.
 The raw per-attribute accuracies and the plain mean over all 18 are kept in the detail file.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -67,24 +68,27 @@ class EvaluateCartoonConfig(StageConfig):
         if not 0 <= self.min_ceiling <= 1:
             raise ValueError(f"evaluate_cartoon.min_ceiling must be in [0, 1], got {self.min_ceiling}")
         if self.min_ceiling_over_chance < 1:
-            raise ValueError("evaluate_cartoon.min_ceiling_over_chance must be >= 1 (1 = chance), "
-                             f"got {self.min_ceiling_over_chance}")
+            raise ValueError(
+                "evaluate_cartoon.min_ceiling_over_chance must be >= 1 (1 = chance), "
+                f"got {self.min_ceiling_over_chance}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
 # The headline: which attributes the judge can read, and accuracy against that ceiling
 # ---------------------------------------------------------------------------------------------
 
+
 def scale_key(scale: float) -> str:
     return f"guidance_{scale:g}"
 
 
-def reliable_attributes(ceiling: Mapping[str, float], counts: Mapping[str, int], min_ceiling: float,
-                        min_ceiling_over_chance: float) -> list[str]:
+def reliable_attributes(
+    ceiling: Mapping[str, float], counts: Mapping[str, int], min_ceiling: float, min_ceiling_over_chance: float
+) -> list[str]:
     """Attributes whose judge is right on real images often enough, and well enough above chance,
     that a miss on a generated image is mostly the model's."""
-    return [n for n, c in ceiling.items()
-            if c >= min_ceiling and c >= min_ceiling_over_chance / counts[n]]
+    return [n for n, c in ceiling.items() if c >= min_ceiling and c >= min_ceiling_over_chance / counts[n]]
 
 
 def headline(accuracy: Mapping[str, float], ceiling: Mapping[str, float], reliable: Sequence[str]) -> float:
@@ -107,21 +111,29 @@ def judge_ceiling(classifier_metrics: str, names: Sequence[str]) -> dict[str, fl
     data = json.loads(Path(classifier_metrics).read_text())
     ceiling = data.get("val_accuracy")
     if not isinstance(ceiling, dict):
-        raise ValueError(f"{classifier_metrics}: no 'val_accuracy' mapping (is it train_attribute_classifier's metrics?)")
+        raise ValueError(
+            f"{classifier_metrics}: no 'val_accuracy' mapping (is it train_attribute_classifier's metrics?)"
+        )
     missing = [n for n in names if n not in ceiling]
     if missing:
         raise ValueError(f"{classifier_metrics}: no val_accuracy for {missing}; retrain the classifier on this layout")
     return {n: float(ceiling[n]) for n in names}
 
 
-def summarise(accuracy_by_scale: Mapping[float, Mapping[str, float]], ceiling: Mapping[str, float],
-              counts: Mapping[str, int], cfg: EvaluateCartoonConfig) -> tuple[dict, dict]:
+def summarise(
+    accuracy_by_scale: Mapping[float, Mapping[str, float]],
+    ceiling: Mapping[str, float],
+    counts: Mapping[str, int],
+    cfg: EvaluateCartoonConfig,
+) -> tuple[dict, dict]:
     """(headline metrics: small and flat, per-attribute detail) from the raw accuracies."""
     reliable = reliable_attributes(ceiling, counts, cfg.min_ceiling, cfg.min_ceiling_over_chance)
     if not reliable:
-        raise ValueError(f"the judge reads no attribute reliably (ceiling >= {cfg.min_ceiling} and >= "
-                         f"{cfg.min_ceiling_over_chance}x chance); ceilings: {dict(ceiling)}. Train a better "
-                         "classifier or lower evaluate_cartoon.min_ceiling")
+        raise ValueError(
+            f"the judge reads no attribute reliably (ceiling >= {cfg.min_ceiling} and >= "
+            f"{cfg.min_ceiling_over_chance}x chance); ceilings: {dict(ceiling)}. Train a better "
+            "classifier or lower evaluate_cartoon.min_ceiling"
+        )
     heads = {s: headline(acc, ceiling, reliable) for s, acc in accuracy_by_scale.items()}
     best = best_scale(heads)
     metrics = {
@@ -132,14 +144,23 @@ def summarise(accuracy_by_scale: Mapping[float, Mapping[str, float]], ceiling: M
         **{f"{HEADLINE}_{scale_key(s)}": h for s, h in heads.items()},
     }
     detail = {
-        "rule": {"min_ceiling": cfg.min_ceiling, "min_ceiling_over_chance": cfg.min_ceiling_over_chance,
-                 "headline": f"mean over reliable attributes of accuracy / ceiling ({HEADLINE})"},
+        "rule": {
+            "min_ceiling": cfg.min_ceiling,
+            "min_ceiling_over_chance": cfg.min_ceiling_over_chance,
+            "headline": f"mean over reliable attributes of accuracy / ceiling ({HEADLINE})",
+        },
         "num_samples": cfg.num_samples,
         "reliable": reliable,
         "attributes": {
-            n: {"variants": counts[n], "chance": 1 / counts[n], "ceiling": ceiling[n], "reliable": n in reliable,
-                "accuracy": {scale_key(s): acc[n] for s, acc in accuracy_by_scale.items()}}
-            for n in ceiling},
+            n: {
+                "variants": counts[n],
+                "chance": 1 / counts[n],
+                "ceiling": ceiling[n],
+                "reliable": n in reliable,
+                "accuracy": {scale_key(s): acc[n] for s, acc in accuracy_by_scale.items()},
+            }
+            for n in ceiling
+        },
         "accuracy_mean_all": {scale_key(s): float(np.mean(list(acc.values()))) for s, acc in accuracy_by_scale.items()},
     }
     return metrics, detail
@@ -148,6 +169,7 @@ def summarise(accuracy_by_scale: Mapping[float, Mapping[str, float]], ceiling: M
 # ---------------------------------------------------------------------------------------------
 # Sampling and grids
 # ---------------------------------------------------------------------------------------------
+
 
 def val_attribute_sets(shard_dir: str, n: int) -> torch.Tensor:
     """The first `n` validation attribute sets in shard order (the same for every run)."""
@@ -160,12 +182,13 @@ def val_attribute_sets(shard_dir: str, n: int) -> torch.Tensor:
     return attrs[:n]
 
 
-def generate(pipe: CartoonDiffusionPipeline, attrs: torch.Tensor, scale: float, steps: int, seed: int,
-             batch_size: int) -> torch.Tensor:
+def generate(
+    pipe: CartoonDiffusionPipeline, attrs: torch.Tensor, scale: float, steps: int, seed: int, batch_size: int
+) -> torch.Tensor:
     """(N, 3, H, W) in [-1, 1]; image i starts from the same noise at every scale (seed + i)."""
     images = []
     for start in range(0, len(attrs), batch_size):
-        chunk = attrs[start:start + batch_size]
+        chunk = attrs[start : start + batch_size]
         generators = [torch.Generator(device=pipe.device).manual_seed(seed + start + i) for i in range(len(chunk))]
         out = pipe(chunk, guidance_scale=scale, num_inference_steps=steps, generator=generators, output_type="pt")
         images.append(out.images.cpu() * 2 - 1)
@@ -190,20 +213,30 @@ def labelled_grid(images: list[Image.Image], text: str) -> Image.Image:
 # The stage
 # ---------------------------------------------------------------------------------------------
 
+
 def load_models(model_dir: str, classifier_dir: str, scheduler: str):
     pipe = CartoonDiffusionPipeline.from_pretrained(model_dir)
     pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     classifier = AttributeClassifier.from_pretrained(classifier_dir).eval()
     names = list(pipe.attribute_names)
-    if list(classifier.config.attribute_names) != names or \
-            list(classifier.config.attribute_counts) != list(pipe.tau.attribute_counts):
+    if list(classifier.config.attribute_names) != names or list(classifier.config.attribute_counts) != list(
+        pipe.tau.attribute_counts
+    ):
         raise ValueError("the classifier and the diffusion model were trained on different attribute layouts")
     return pipe, classifier
 
 
-def run_evaluation(model_dir: str, classifier_dir: str, classifier_metrics: str, shard_dir: str, out_dir: str,
-                   metrics_path: str, attributes_path: str, cfg: EvaluateCartoonConfig) -> dict:
+def run_evaluation(
+    model_dir: str,
+    classifier_dir: str,
+    classifier_metrics: str,
+    shard_dir: str,
+    out_dir: str,
+    metrics_path: str,
+    attributes_path: str,
+    cfg: EvaluateCartoonConfig,
+) -> dict:
     """Sample, judge, write grids + GIF, the headline metrics and the per-attribute detail."""
     log = get_logger()
     t0 = time.perf_counter()
@@ -218,7 +251,7 @@ def run_evaluation(model_dir: str, classifier_dir: str, classifier_metrics: str,
     for scale in progress([float(s) for s in cfg.guidance_scales], desc="guidance scales", unit="scale"):
         images = generate(pipe, attrs, scale, cfg.num_inference_steps, cfg.seed, cfg.batch_size)
         accuracy_by_scale[scale] = per_attribute_accuracy(classifier.predict(images), attrs, names)
-        grid = labelled_grid(to_pil(images[:cfg.grid_images]), f"guidance {scale:g}")
+        grid = labelled_grid(to_pil(images[: cfg.grid_images]), f"guidance {scale:g}")
         grid.save(out / f"grid_{scale_key(scale)}.png")
         frames.append(grid)
     frames[0].save(out / "guidance_scales.gif", save_all=True, append_images=frames[1:], duration=800, loop=0)
@@ -229,16 +262,27 @@ def run_evaluation(model_dir: str, classifier_dir: str, classifier_metrics: str,
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, data)
     by_scale = ", ".join(f"{s:g}: {metrics[f'{HEADLINE}_{scale_key(s)}']:.3f}" for s in accuracy_by_scale)
-    log.info(f"judged on {detail['reliable']} (the attributes the judge reads reliably); accuracy / ceiling by "
-             f"guidance {{{by_scale}}}; best guidance {metrics['best_guidance']:g}; "
-             f"{time.perf_counter() - t0:.0f} s")
+    log.info(
+        f"judged on {detail['reliable']} (the attributes the judge reads reliably); accuracy / ceiling by "
+        f"guidance {{{by_scale}}}; best guidance {metrics['best_guidance']:g}; "
+        f"{time.perf_counter() - t0:.0f} s"
+    )
     return metrics
 
 
 @task(name="evaluate_cartoon", cache_policy=NO_CACHE)
-def evaluate_cartoon_task(model_dir: str, classifier_dir: str, classifier_metrics: str, shard_dir: str, out_dir: str,
-                          metrics_path: str, attributes_path: str, cfg: EvaluateCartoonConfig) -> str:
+def evaluate_cartoon_task(
+    model_dir: str,
+    classifier_dir: str,
+    classifier_metrics: str,
+    shard_dir: str,
+    out_dir: str,
+    metrics_path: str,
+    attributes_path: str,
+    cfg: EvaluateCartoonConfig,
+) -> str:
     """Sample, judge with the classifier, write grids, GIF and metrics; returns the metrics path."""
-    run_evaluation(model_dir, classifier_dir, classifier_metrics, shard_dir, out_dir, metrics_path, attributes_path,
-                   cfg)
+    run_evaluation(
+        model_dir, classifier_dir, classifier_metrics, shard_dir, out_dir, metrics_path, attributes_path, cfg
+    )
     return metrics_path

@@ -5,6 +5,7 @@
   checksum verification, then extracted safely;
 - `folder`: the local folder or .tgz in the same format that `folder` names (a dvc.yaml dep).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -15,12 +16,12 @@ import urllib.parse
 from pathlib import Path
 
 from tasks.cartoon.config import FetchCartoonsConfig
-from tasks.synthetic.cartoons import render_to_files
 from tasks.download.fetch import DownloadError, copy_or_link, download_file, file_digest, safe_extract
+from tasks.processes.pool import imap, process_pool
 from tasks.reporting.log import get_logger
 from tasks.reporting.progress import progress
-from tasks.processes.pool import imap, process_pool
 from tasks.shards.dataset import write_json_atomic
+from tasks.synthetic.cartoons import render_to_files
 
 OFFICIAL = ("cartoonset10k", "cartoonset100k")
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
@@ -54,20 +55,31 @@ def download_archive(url: str, download_dir: str, sha256: str | None) -> tuple[s
     except DownloadError as exc:
         if pin is None:
             raise
-        raise DownloadError(f"{exc} (checked against {pin_path}, recorded at the first download on "
-                            f"{pin['recorded']}; if the publisher changed the archive, delete that file "
-                            f"to accept the new one)") from None
+        raise DownloadError(
+            f"{exc} (checked against {pin_path}, recorded at the first download on "
+            f"{pin['recorded']}; if the publisher changed the archive, delete that file "
+            f"to accept the new one)"
+        ) from None
     size = path.stat().st_size
     if sha256:
         return str(path), {"size": size, "sha256": sha256, "checksum": "params"}
     if pin:
-        return str(path), {"size": size, "sha256": pin["sha256"],
-                           "checksum": f"first download's record ({pin_path}, {pin['recorded']})"}
+        return str(path), {
+            "size": size,
+            "sha256": pin["sha256"],
+            "checksum": f"first download's record ({pin_path}, {pin['recorded']})",
+        }
     digest = file_digest(path, "sha256")
-    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    today = datetime.datetime.now(datetime.UTC).date().isoformat()
     write_json_atomic(pin_path, {"url": url, "size": size, "sha256": digest, "recorded": today})
-    get_logger().warning("no sha256 given for %s: recorded its size (%d) and sha256 (%s) in %s; later runs "
-                         "must match them (or set fetch_cartoons.sha256 in params)", name, size, digest, pin_path)
+    get_logger().warning(
+        "no sha256 given for %s: recorded its size (%d) and sha256 (%s) in %s; later runs "
+        "must match them (or set fetch_cartoons.sha256 in params)",
+        name,
+        size,
+        digest,
+        pin_path,
+    )
     return str(path), {"size": size, "sha256": digest, "checksum": f"recorded now in {pin_path}"}
 
 
@@ -84,8 +96,9 @@ def import_local(path: str, out_dir: str) -> int:
     if src.is_file() and src.name.endswith(ARCHIVE_SUFFIXES):
         return len(safe_extract(src, out_dir))
     if not src.is_dir():
-        raise FileNotFoundError(f"fetch_cartoons.folder {path!r} is neither a folder nor a "
-                                f"{'/'.join(ARCHIVE_SUFFIXES)} archive")
+        raise FileNotFoundError(
+            f"fetch_cartoons.folder {path!r} is neither a folder nor a {'/'.join(ARCHIVE_SUFFIXES)} archive"
+        )
     files = [p for p in sorted(src.rglob("*")) if p.suffix in (".png", ".csv") and p.is_file()]
     if not files:
         raise FileNotFoundError(f"{src} holds no .png/.csv files")
@@ -106,20 +119,28 @@ def fetch_cartoons(out_dir: str, config: FetchCartoonsConfig, download_dir: str)
     source, urls, sha256 = config.source, config.urls, config.sha256
     record: dict = {"source": source}
     if source == "synthetic":
-        record.update(num_images=render_synthetic(out_dir, config.num_images, config.seed, config.workers),
-                      seed=config.seed)
+        record.update(
+            num_images=render_synthetic(out_dir, config.num_images, config.seed, config.workers), seed=config.seed
+        )
     elif source in OFFICIAL:
         url = (urls or {}).get(source)
         if not url:
             raise KeyError(f"params fetch_cartoons.urls has no URL for {source}")
         archive, info = download_archive(url, download_dir, (sha256 or {}).get(source))
-        record.update(url=url, archive_size=info["size"], archive_sha256=info["sha256"],
-                      archive_checksum=info["checksum"], files=len(safe_extract(archive, out_dir)))
+        record.update(
+            url=url,
+            archive_size=info["size"],
+            archive_sha256=info["sha256"],
+            archive_checksum=info["checksum"],
+            files=len(safe_extract(archive, out_dir)),
+        )
     elif source == "folder":
         record.update(folder=config.folder, files=import_local(config.folder, out_dir))
     else:
-        raise ValueError(f"fetch_cartoons.source must be synthetic, {', '.join(OFFICIAL)} or folder, got {source!r} "
-                         "(a folder or .tgz of your own goes in fetch_cartoons.folder)")
+        raise ValueError(
+            f"fetch_cartoons.source must be synthetic, {', '.join(OFFICIAL)} or folder, got {source!r} "
+            "(a folder or .tgz of your own goes in fetch_cartoons.folder)"
+        )
     record["images"] = sum(1 for _ in out.rglob("*.png"))
     write_json_atomic(out / "fetch.json", record)
     log.info("fetch_cartoons: %d images from %s in %s", record["images"], source, out)

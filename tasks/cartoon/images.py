@@ -1,4 +1,5 @@
 """Per-image work for Cartoon Set preprocessing. Runs in worker processes: Pillow and numpy only."""
+
 from __future__ import annotations
 
 import io
@@ -20,8 +21,9 @@ class Rejected(Exception):
     """An input that is skipped and recorded with this reason; never fatal on its own."""
 
 
-def composite_crop_resize(image: Image.Image, background: tuple[int, int, int], crop: int,
-                          resolution: int, resample: str = "lanczos") -> Image.Image:
+def composite_crop_resize(
+    image: Image.Image, background: tuple[int, int, int], crop: int, resolution: int, resample: str = "lanczos"
+) -> Image.Image:
     """Alpha-composite onto `background`, centre-crop `crop` pixels, resize to `resolution`.
 
     Cropping first composites half the pixels for the same result. Pillow's resize filters widen

@@ -2,6 +2,7 @@
 
 Shard order, shuffling, ranks and workers: tasks/shards/loader.py.
 """
+
 from __future__ import annotations
 
 import io
@@ -15,8 +16,8 @@ from PIL import Image
 
 from pipelines.cartoon import one_hot
 from tasks.cartoon.schema import AttributeSchema
-from tasks.shards.loader import ShardLoader
 from tasks.shards.dataset import read_manifest
+from tasks.shards.loader import ShardLoader
 
 
 def load_schema(shard_dir: str | Path) -> AttributeSchema:
@@ -57,8 +58,11 @@ def _collate(samples: list[tuple[np.ndarray, list[int], str]]) -> dict:
     """(B, H, W, 3) uint8 images, (B, n) int64 attributes and the keys, as default_collate made them
     from per-sample tensors, with one numpy stack per field instead of a tensor per sample."""
     images, attrs, keys = zip(*samples)
-    return {"image": torch.from_numpy(np.stack(images)), "attrs": torch.from_numpy(np.array(attrs, dtype=np.int64)),
-            "key": list(keys)}
+    return {
+        "image": torch.from_numpy(np.stack(images)),
+        "attrs": torch.from_numpy(np.array(attrs, dtype=np.int64)),
+        "key": list(keys),
+    }
 
 
 class _FinishBatch:
@@ -83,8 +87,15 @@ class CartoonLoader(ShardLoader):
 
     def __init__(self, shard_dir: str | Path, split: str = "train", batch_size: int = 64, **kwargs):
         self.schema = load_schema(shard_dir)
-        super().__init__(shard_dir, split, _ToTensors(), batch_size=batch_size, finish_batch=_FinishBatch(self.schema),
-                         collate=_collate, **kwargs)
+        super().__init__(
+            shard_dir,
+            split,
+            _ToTensors(),
+            batch_size=batch_size,
+            finish_batch=_FinishBatch(self.schema),
+            collate=_collate,
+            **kwargs,
+        )
 
 
 def cartoon_loader(shard_dir: str | Path, split: str = "train", batch_size: int = 64, **kwargs) -> CartoonLoader:

@@ -1,4 +1,5 @@
 """Stage preprocess_cartoons: Cartoon Set folder -> 64x64 RGB WebDataset shards + manifest."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,9 @@ from pathlib import Path
 
 from tasks.cartoon.images import prepare_image, read_attributes
 from tasks.cartoon.schema import AttributeFileError, AttributeSchema
+from tasks.processes.pool import imap, process_pool, resolve_workers
 from tasks.reporting.log import get_logger
 from tasks.reporting.progress import progress
-from tasks.processes.pool import imap, process_pool, resolve_workers
 from tasks.shards.dataset import AtomicShardWriter, split_of, write_manifest
 
 FORMAT = "facediff.cartoon-shards/1"
@@ -41,9 +42,20 @@ def check_rejections(rejected: list[dict], total: int, max_fraction: float, stag
         )
 
 
-def preprocess_cartoons(raw_dir: str, out_dir: str, *, background: list[int], crop: int, resolution: int,
-                        resample: str, image_size: int | None, val_fraction: float, shard_size: int,
-                        max_reject_fraction: float, workers: int) -> str:
+def preprocess_cartoons(
+    raw_dir: str,
+    out_dir: str,
+    *,
+    background: list[int],
+    crop: int,
+    resolution: int,
+    resample: str,
+    image_size: int | None,
+    val_fraction: float,
+    shard_size: int,
+    max_reject_fraction: float,
+    workers: int,
+) -> str:
     """Validate every (csX.png, csX.csv) pair and write train/val shards; returns the manifest path."""
     raw, out = Path(raw_dir), Path(out_dir)
     if not raw.is_dir():
@@ -53,14 +65,27 @@ def preprocess_cartoons(raw_dir: str, out_dir: str, *, background: list[int], cr
     work = out.with_name(out.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
     try:
-        path = _preprocess_into(raw, work, background=background, crop=crop, resolution=resolution,
-                                resample=resample, image_size=image_size, val_fraction=val_fraction,
-                                shard_size=shard_size, max_reject_fraction=max_reject_fraction, workers=workers)
+        path = _preprocess_into(
+            raw,
+            work,
+            background=background,
+            crop=crop,
+            resolution=resolution,
+            resample=resample,
+            image_size=image_size,
+            val_fraction=val_fraction,
+            shard_size=shard_size,
+            max_reject_fraction=max_reject_fraction,
+            workers=workers,
+        )
     except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
         if isinstance(exc, TooManyRejections):
-            kept = f"{out} keeps its previous complete output" if (out / "manifest.json").is_file() \
+            kept = (
+                f"{out} keeps its previous complete output"
+                if (out / "manifest.json").is_file()
                 else f"nothing written to {out}"
+            )
             raise TooManyRejections(f"{exc} ({kept})") from None
         raise
     if out.exists():
@@ -69,9 +94,20 @@ def preprocess_cartoons(raw_dir: str, out_dir: str, *, background: list[int], cr
     return str(out / Path(path).name)
 
 
-def _preprocess_into(raw: Path, out: Path, *, background: list[int], crop: int, resolution: int, resample: str,
-                     image_size: int | None, val_fraction: float, shard_size: int, max_reject_fraction: float,
-                     workers: int) -> str:
+def _preprocess_into(
+    raw: Path,
+    out: Path,
+    *,
+    background: list[int],
+    crop: int,
+    resolution: int,
+    resample: str,
+    image_size: int | None,
+    val_fraction: float,
+    shard_size: int,
+    max_reject_fraction: float,
+    workers: int,
+) -> str:
     log = get_logger()
     pairs, rejected = find_pairs(raw)
     keys = list(pairs)
@@ -85,7 +121,9 @@ def _preprocess_into(raw: Path, out: Path, *, background: list[int], crop: int, 
         parsed = [read_attributes(str(pairs[k][1])) for k in progress(keys, desc="attributes", unit="csv")]
         good_rows = [rows for ok, rows in parsed if ok]
         if not good_rows:
-            check_rejections([{"key": k, "reason": r} for k, (_, r) in zip(keys, parsed)], total, 0.0, "preprocess_cartoons")
+            check_rejections(
+                [{"key": k, "reason": r} for k, (_, r) in zip(keys, parsed)], total, 0.0, "preprocess_cartoons"
+            )
         schema = AttributeSchema.consensus(good_rows)
         indices: dict[str, list[int]] = {}
         for key, (ok, rows) in zip(keys, parsed):
@@ -120,19 +158,37 @@ def _preprocess_into(raw: Path, out: Path, *, background: list[int], crop: int, 
         log.warning("rejected %d input(s): %s", n, reason)
     manifest = {
         "format": FORMAT,
-        "counts": {"inputs": total, "train": splits["train"]["count"], "val": splits["val"]["count"],
-                   "rejected": len(rejected)},
+        "counts": {
+            "inputs": total,
+            "train": splits["train"]["count"],
+            "val": splits["val"]["count"],
+            "rejected": len(rejected),
+        },
         "splits": splits,
-        "sample": {"png": f"uint8 RGB PNG, {resolution}x{resolution}",
-                   "attrs.json": "variant index per attribute, in schema order"},
+        "sample": {
+            "png": f"uint8 RGB PNG, {resolution}x{resolution}",
+            "attrs.json": "variant index per attribute, in schema order",
+        },
         "schema": schema.to_json(),
-        "params": {"background": list(background), "crop": crop, "resolution": resolution,
-                   "resample": resample, "image_size": image_size, "val_fraction": val_fraction,
-                   "shard_size": shard_size, "max_reject_fraction": max_reject_fraction},
+        "params": {
+            "background": list(background),
+            "crop": crop,
+            "resolution": resolution,
+            "resample": resample,
+            "image_size": image_size,
+            "val_fraction": val_fraction,
+            "shard_size": shard_size,
+            "max_reject_fraction": max_reject_fraction,
+        },
         "source": str(raw),
         "rejected": sorted(rejected, key=lambda r: r["key"]),
     }
     path = write_manifest(out, manifest)
-    log.info("wrote %d train / %d val samples, %d rejected -> %s",
-             splits["train"]["count"], splits["val"]["count"], len(rejected), out)
+    log.info(
+        "wrote %d train / %d val samples, %d rejected -> %s",
+        splits["train"]["count"],
+        splits["val"]["count"],
+        len(rejected),
+        out,
+    )
     return str(path)

@@ -4,6 +4,7 @@ Each line of a `csX.csv` is `"name", index, count`: the attribute, the chosen va
 number of variants. The layout (attribute order, variant counts, one-hot offsets) is derived from
 the data, never hard-coded, and recorded in the dataset manifest.
 """
+
 from __future__ import annotations
 
 import csv
@@ -64,7 +65,7 @@ class AttributeSchema:
         return int(sum(self.counts))
 
     @classmethod
-    def consensus(cls, parsed: list[list[tuple[str, int, int]]]) -> "AttributeSchema":
+    def consensus(cls, parsed: list[list[tuple[str, int, int]]]) -> AttributeSchema:
         """The (names, counts) layout most files agree on; files that disagree get rejected."""
         if not parsed:
             raise ValueError("no attribute files to derive a schema from")
@@ -93,13 +94,12 @@ class AttributeSchema:
     def to_json(self) -> dict:
         return {
             "attributes": [
-                {"name": n, "num_variants": c, "offset": o}
-                for n, c, o in zip(self.names, self.counts, self.offsets)
+                {"name": n, "num_variants": c, "offset": o} for n, c, o in zip(self.names, self.counts, self.offsets)
             ],
             "one_hot_width": self.width,
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "AttributeSchema":
+    def from_json(cls, data: dict) -> AttributeSchema:
         attrs = data["attributes"]
         return cls(tuple(a["name"] for a in attrs), tuple(int(a["num_variants"]) for a in attrs))

@@ -3,6 +3,7 @@
 DVC tracks the values in params.yaml, so a profile is applied by merging it into params.yaml
 (`python -m tasks.config.params apply configs/X.yaml`): `dvc params diff` then shows exactly what changed.
 """
+
 from __future__ import annotations
 
 import argparse

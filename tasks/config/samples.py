@@ -7,6 +7,7 @@ checks that they agree). It is written out here, not imported, because importing
 a typed field it is checked like every other one (tasks/config/typed.py): an unknown name is a
 one-line ConfigError at start-up, naming the key and the names allowed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -16,6 +16,7 @@ fields when they are passed through to a library as keyword arguments.
 
     cfg = EncodeLatentsConfig.from_params(stage_params("encode_latents"), "encode_latents")
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -76,7 +77,7 @@ def _checked(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _adapter(hint: Any):
     from pydantic import TypeAdapter
 

@@ -13,6 +13,7 @@ local mirrors use them). What the real servers do, and what this module does abo
 - `dest` appears only once it verifies (size, md5, sha256 as given); bytes that fail stay in
   `<dest>.partial`, never used, for a re-run to resume or, when they are whole, to replace.
 """
+
 from __future__ import annotations
 
 import html
@@ -33,14 +34,14 @@ from tasks.reporting.progress import progress as progress_bar
 from tasks.tracking.hashing import file_digest
 
 CHUNK = 1 << 20
-BACKOFF = 2.0          # seconds before the first retry, doubling after each; tests make it small
+BACKOFF = 2.0  # seconds before the first retry, doubling after each; tests make it small
 RETRY_STATUS = {408, 429}  # client errors that mean "later", not "never"; every 5xx is retried too
-MAX_PAGES = 3          # Drive's interstitial is one page; a chain of pages means something else
-PAGE_LIMIT = 1 << 20   # an HTML page is read whole to parse it; real ones are a few kB
+MAX_PAGES = 3  # Drive's interstitial is one page; a chain of pages means something else
+PAGE_LIMIT = 1 << 20  # an HTML page is read whole to parse it; real ones are a few kB
 USER_AGENT = "facediff-download"
 STORAGE_API = "https://storage.googleapis.com/storage/v1/b/<bucket>/o/<file>?alt=media"
 DRIVE_QUOTA = "too many users have viewed or downloaded this file recently"
-_sleep = time.sleep    # the backoff's wait, by a name tests replace to see the delays without waiting
+_sleep = time.sleep  # the backoff's wait, by a name tests replace to see the delays without waiting
 
 
 class DownloadError(RuntimeError):
@@ -67,8 +68,7 @@ class _Interrupted(OSError):
     """The body ended before its announced length (retried like a reset connection)."""
 
 
-def verify_file(path: Path, *, size: int | None = None, md5: str | None = None,
-                sha256: str | None = None) -> None:
+def verify_file(path: Path, *, size: int | None = None, md5: str | None = None, sha256: str | None = None) -> None:
     """Raise DownloadError naming the first check `path` fails."""
     actual = path.stat().st_size
     if size is not None and actual != size:
@@ -87,8 +87,9 @@ def storage_api_url(url: str) -> str | None:
     a sign-in page; the JSON API's `?alt=media` form serves the bytes without one.
     """
     parsed = urllib.parse.urlparse(url)
-    if parsed.hostname not in ("storage.cloud.google.com", "storage.googleapis.com") \
-            or parsed.path.startswith("/storage/v1/"):
+    if parsed.hostname not in ("storage.cloud.google.com", "storage.googleapis.com") or parsed.path.startswith(
+        "/storage/v1/"
+    ):
         return None
     bucket, _, name = parsed.path.lstrip("/").partition("/")
     if not (bucket and name):
@@ -96,9 +97,18 @@ def storage_api_url(url: str) -> str | None:
     return f"https://storage.googleapis.com/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}?alt=media"
 
 
-def download_file(url: str, dest: str | Path, *, size: int | None = None, md5: str | None = None,
-                  sha256: str | None = None, retries: int = 3, backoff: float | None = None,
-                  timeout: float = 60.0, progress: bool = True) -> Path:
+def download_file(
+    url: str,
+    dest: str | Path,
+    *,
+    size: int | None = None,
+    md5: str | None = None,
+    sha256: str | None = None,
+    retries: int = 3,
+    backoff: float | None = None,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> Path:
     """Fetch `url` to `dest`: resume `dest.partial`, retry with backoff, verify, rename into place.
 
     A `dest` that already exists and verifies is kept as it is (one that fails is deleted). Bytes
@@ -113,13 +123,21 @@ def download_file(url: str, dest: str | Path, *, size: int | None = None, md5: s
             return dest
         dest.unlink()
     partial = _partial_path(dest)
-    _fetch_with_retries(url, partial, checks, retries=retries, backoff=BACKOFF if backoff is None else backoff,
-                        timeout=timeout, progress=progress)
+    _fetch_with_retries(
+        url,
+        partial,
+        checks,
+        retries=retries,
+        backoff=BACKOFF if backoff is None else backoff,
+        timeout=timeout,
+        progress=progress,
+    )
     try:
         verify_file(partial, **checks)
     except DownloadError as exc:
-        raise DownloadError(f"{exc}; not used: {_kept(partial)}, where a re-run resumes (or starts over, "
-                            f"if they are already whole)") from None
+        raise DownloadError(
+            f"{exc}; not used: {_kept(partial)}, where a re-run resumes (or starts over, if they are already whole)"
+        ) from None
     os.replace(partial, dest)
     return dest
 
@@ -145,8 +163,9 @@ def _kept(partial: Path) -> str:
     return f"the {n} bytes received are kept in {partial}" if n else "nothing received"
 
 
-def _fetch_with_retries(url: str, partial: Path, checks: dict, *, retries: int, backoff: float,
-                        timeout: float, progress: bool) -> None:
+def _fetch_with_retries(
+    url: str, partial: Path, checks: dict, *, retries: int, backoff: float, timeout: float, progress: bool
+) -> None:
     opener = _opener()
     last_error: Exception | None = None
     for attempt in range(retries + 1):
@@ -185,10 +204,20 @@ def _fetch_into(url: str, partial: Path, checks: dict, opener, timeout: float, p
     # The server's length says whether the body ended early; the expected size, only when it gives none.
     total = announced if announced is not None else checks["size"]
     name = partial.name.removesuffix(".partial")
-    with stream, open(partial, "ab" if start else "wb") as out, progress_bar(
-        total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
-        disable=not progress, leave=False,
-    ) as bar:
+    with (
+        stream,
+        open(partial, "ab" if start else "wb") as out,
+        progress_bar(
+            total=total,
+            initial=start,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=name,
+            disable=not progress,
+            leave=False,
+        ) as bar,
+    ):
         read = getattr(stream, "read1", stream.read)  # write what has arrived: a reset then loses none of it
         while block := read(CHUNK):
             out.write(block)
@@ -258,8 +287,9 @@ def _open_http(url: str, offset: int, opener, timeout: float):
         if not _is_html(response.headers):
             return response
         target = _follow_page(url, response.geturl(), _read_page(response))
-    raise PageError(f"{url}: still an HTML page after {MAX_PAGES} confirm steps, not the file; "
-                    f"open it in a browser to see why")
+    raise PageError(
+        f"{url}: still an HTML page after {MAX_PAGES} confirm steps, not the file; open it in a browser to see why"
+    )
 
 
 def _is_html(headers) -> bool:
@@ -289,22 +319,29 @@ def _follow_page(url: str, page_url: str, page: str) -> str:
     try:
         return urllib.parse.urljoin(page_url, get_url_from_gdrive_confirmation(page))
     except FileURLRetrievalError:
-        raise PageError(f"{url} answered with an HTML page ({_title(page) or 'untitled'!r}), not the file; "
-                        f"is the link public and right? open it in a browser to see") from None
+        raise PageError(
+            f"{url} answered with an HTML page ({_title(page) or 'untitled'!r}), not the file; "
+            f"is the link public and right? open it in a browser to see"
+        ) from None
 
 
 def _raise_for_known_page(url: str, page_url: str, page: str) -> None:
     parsed = urllib.parse.urlparse(page_url)
-    if parsed.hostname == "accounts.google.com" or "servicelogin" in parsed.path.lower() \
-            or _title(page).lower().startswith("sign in"):
+    if (
+        parsed.hostname == "accounts.google.com"
+        or "servicelogin" in parsed.path.lower()
+        or _title(page).lower().startswith("sign in")
+    ):
         api = storage_api_url(url)
         raise SignInPageError(
             f"{url} led to a sign-in page, not the file (a Cloud Storage browser address, or a private "
-            f"file); a public object downloads from {STORAGE_API}" + (f", here {api}" if api else ""))
+            f"file); a public object downloads from {STORAGE_API}" + (f", here {api}" if api else "")
+        )
     if DRIVE_QUOTA in page.lower() or "quota exceeded" in _title(page).lower():
         raise DriveQuotaError(
             f"Google Drive refuses {url} for now: download quota exceeded (too many downloads of this file "
-            f"in the last 24 hours); use another mirror or a local copy of it, or try again tomorrow")
+            f"in the last 24 hours); use another mirror or a local copy of it, or try again tomorrow"
+        )
 
 
 def safe_extract(archive: str | Path, target: str | Path) -> list[str]:

@@ -1,5 +1,6 @@
 """The base model a DreamBooth run starts from, its identity, and the check that the subject
 latents, the class samples and the base model belong together (same VAE, same base)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,8 +9,8 @@ from pathlib import Path
 from pipelines import LatentDiffusionPipeline
 from pipelines.identity import module_identity
 from pipelines.ldm_base import load_latent_base, vae_folder
-from tasks.shards.dataset import read_manifest
 from tasks.latent.vae import vae_identity
+from tasks.shards.dataset import read_manifest
 
 
 def load_base(base_dir: str | Path) -> LatentDiffusionPipeline:
@@ -41,17 +42,24 @@ def check_compatible(base: dict, base_dir: str, subject_dir: str, class_dir: str
     this base model: a clear error naming both identities, never a silent mix."""
     subject = read_manifest(subject_dir)
     if subject["vae"]["identity"] != base["vae"]:
-        raise ValueError(f"{subject_dir} was encoded by VAE {subject['vae']['identity']}, but the base model "
-                         f"{base_dir} decodes with VAE {base['vae']}: re-run encode_subject with the base's VAE")
+        raise ValueError(
+            f"{subject_dir} was encoded by VAE {subject['vae']['identity']}, but the base model "
+            f"{base_dir} decodes with VAE {base['vae']}: re-run encode_subject with the base's VAE"
+        )
     if class_dir is None:
         return
     klass = read_manifest(class_dir)
     if klass.get("base", {}).get("identity") != base["identity"]:
-        raise ValueError(f"{class_dir} was sampled from base model {klass.get('base', {}).get('identity')}, but "
-                         f"{base_dir} is base model {base['identity']}: re-run sample_class")
+        raise ValueError(
+            f"{class_dir} was sampled from base model {klass.get('base', {}).get('identity')}, but "
+            f"{base_dir} is base model {base['identity']}: re-run sample_class"
+        )
     if klass["vae"]["identity"] != subject["vae"]["identity"]:
-        raise ValueError(f"{class_dir} holds latents of VAE {klass['vae']['identity']}, {subject_dir} of VAE "
-                         f"{subject['vae']['identity']}: both must come from the base model's VAE")
+        raise ValueError(
+            f"{class_dir} holds latents of VAE {klass['vae']['identity']}, {subject_dir} of VAE "
+            f"{subject['vae']['identity']}: both must come from the base model's VAE"
+        )
     if klass["latent_shape"] != subject["latent_shape"]:
-        raise ValueError(f"{class_dir} latents are {klass['latent_shape']}, {subject_dir} are "
-                         f"{subject['latent_shape']}")
+        raise ValueError(
+            f"{class_dir} latents are {klass['latent_shape']}, {subject_dir} are {subject['latent_shape']}"
+        )

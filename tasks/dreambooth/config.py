@@ -1,4 +1,5 @@
 """Typed params of the DreamBooth stages (values and their comments live in params.yaml)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,7 +32,9 @@ class SampleClassConfig(StageConfig):
 
     def __post_init__(self):
         if self.num_class_samples < 1 or self.batch_size < 1 or self.shard_size < 1 or self.num_inference_steps < 1:
-            raise ConfigError("sample_class: num_class_samples, batch_size, shard_size and num_inference_steps must be >= 1")
+            raise ConfigError(
+                "sample_class: num_class_samples, batch_size, shard_size and num_inference_steps must be >= 1"
+            )
         if not 0 <= self.grid_images <= self.num_class_samples:
             raise ConfigError("sample_class.grid_images must be in [0, num_class_samples]")
 
@@ -64,11 +67,13 @@ class TrainDreamboothConfig(StageConfig):
         if self.instance_batch_size < 1:
             raise ConfigError("train_dreambooth.instance_batch_size must be >= 1")
         if self.prior_preservation and (self.class_batch_size < 1 or self.prior_loss_weight <= 0):
-            raise ConfigError("train_dreambooth: prior_preservation needs class_batch_size >= 1 and "
-                              "prior_loss_weight > 0")
+            raise ConfigError(
+                "train_dreambooth: prior_preservation needs class_batch_size >= 1 and prior_loss_weight > 0"
+            )
         if self.identifier and not self.prior_preservation:
-            raise ConfigError("train_dreambooth: identifier: true needs prior_preservation (label 0 is learnt "
-                              "from the class samples)")
+            raise ConfigError(
+                "train_dreambooth: identifier: true needs prior_preservation (label 0 is learnt from the class samples)"
+            )
         if not 0 <= self.flip_prob <= 1:
             raise ConfigError("train_dreambooth.flip_prob must be in [0, 1]")
         if self.lora.rank < 1:

@@ -18,6 +18,7 @@ step 0 the model computes exactly what the base computes.
 LoRA. `method: lora` injects peft LoRA layers (`inject_adapter_in_model`) into the modules named by
 `lora.target_modules`, trains only those (and the identifier's embedding), and saves only them.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,26 +32,33 @@ from diffusers import UNet2DModel
 from diffusers.utils import make_image_grid
 
 from pipelines import make_scheduler
+from pipelines.dreambooth import (
+    ADAPTER_CONFIG,
+    ADAPTER_FILE,
+    CLASS_LABEL,
+    SUBJECT_LABEL,
+    SubjectDiffusionPipeline,
+    base_reference,
+    with_identifier,
+)
+from pipelines.folders import ADAPTER_RECORD
 from pipelines.outputs import to_output
 from pipelines.portable import save_portable
-from pipelines.folders import ADAPTER_RECORD
-from pipelines.dreambooth import (ADAPTER_CONFIG, ADAPTER_FILE, CLASS_LABEL, SUBJECT_LABEL,
-                                  SubjectDiffusionPipeline, base_reference, with_identifier)
-from tasks.shards.dataset import read_manifest, write_json_atomic
-from tasks.reporting.timings import write_metrics
 from tasks.dreambooth.base import base_identity, check_compatible, load_base
 from tasks.dreambooth.config import TrainDreamboothConfig
 from tasks.latent.encode import iter_latents
+from tasks.processes.launch import config_job_main, run_or_launch
+from tasks.reporting.model_card import last_grid, write_model_card
+from tasks.reporting.timings import write_metrics
+from tasks.shards.dataset import read_manifest, write_json_atomic
 from tasks.tracking.hashing import derive_seed
 from tasks.tracking.identity import data_identity, identity
-from tasks.processes.launch import config_job_main, run_or_launch
 from tasks.training.config import TrainConfig
 from tasks.training.diffusion import DiffusionSpec
 from tasks.training.engine import mean_of_last_steps, train
-from tasks.reporting.model_card import last_grid, write_model_card
-
 
 # ---------------------------------------------------------------------------------------- data
+
 
 class LatentSet:
     """Every latent of a latent dataset, in memory (subject photos and class samples are few)."""
@@ -94,8 +102,9 @@ def _cycled(perm: np.ndarray, start: int, n: int) -> np.ndarray:
     return perm[np.arange(start, start + n) % len(perm)]
 
 
-def epoch_batches(subject: LatentSet, klass: LatentSet | None, cfg: TrainDreamboothConfig, seed: int, epoch: int,
-                  rank: int) -> list[dict]:
+def epoch_batches(
+    subject: LatentSet, klass: LatentSet | None, cfg: TrainDreamboothConfig, seed: int, epoch: int, rank: int
+) -> list[dict]:
     """The micro-batches of one epoch on one process: dicts with `latent` (B, C, h, w) [instance; class],
     `labels` (B,) (1 subject, 0 class) and `n_instance`."""
     ib = cfg.instance_batch_size
@@ -109,8 +118,9 @@ def epoch_batches(subject: LatentSet, klass: LatentSet | None, cfg: TrainDreambo
         if cb:
             parts.append(klass.draw(_cycled(class_order, b * cb, cb), rng, 0.0))
         labels = np.array([SUBJECT_LABEL] * ib + [CLASS_LABEL] * cb)
-        out.append({"latent": torch.from_numpy(np.concatenate(parts)), "labels": torch.from_numpy(labels),
-                    "n_instance": ib})
+        out.append(
+            {"latent": torch.from_numpy(np.concatenate(parts)), "labels": torch.from_numpy(labels), "n_instance": ib}
+        )
     return out
 
 
@@ -134,6 +144,7 @@ def prior_loss(pred: torch.Tensor, target: torch.Tensor, n_instance: int, weight
 
 
 # ---------------------------------------------------------------------------------------- model
+
 
 def build_unet(base_unet: UNet2DModel, cfg: TrainDreamboothConfig) -> UNet2DModel:
     """A trainable copy of the base UNet: with the identifier's zero embedding, and LoRA layers when
@@ -164,8 +175,13 @@ def identifier_groups(unet: UNet2DModel, lr: float, identifier_lr: float) -> lis
 
 
 def lora_settings(cfg: TrainDreamboothConfig) -> dict:
-    return {"r": cfg.lora.rank, "lora_alpha": cfg.lora.alpha, "target_modules": list(cfg.lora.target_modules),
-            "lora_dropout": 0.0, "init_lora_weights": True}
+    return {
+        "r": cfg.lora.rank,
+        "lora_alpha": cfg.lora.alpha,
+        "target_modules": list(cfg.lora.target_modules),
+        "lora_dropout": 0.0,
+        "init_lora_weights": True,
+    }
 
 
 def lora_config(cfg: TrainDreamboothConfig):
@@ -181,17 +197,21 @@ def save_adapter(unet: UNet2DModel, cfg: TrainDreamboothConfig, base_dir: str, b
 
     state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
     if cfg.identifier:
-        state.update({f"identifier.{k}": v.detach().cpu().contiguous()
-                      for k, v in unet.class_embedding.state_dict().items()})
+        state.update(
+            {f"identifier.{k}": v.detach().cpu().contiguous() for k, v in unet.class_embedding.state_dict().items()}
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / ADAPTER_FILE))
     write_json_atomic(out / ADAPTER_CONFIG, lora_settings(cfg))
-    write_json_atomic(out / ADAPTER_RECORD, {**base_reference(base_dir, out, base_unet_id),
-                                             "identifier": cfg.identifier, "method": "lora"})
+    write_json_atomic(
+        out / ADAPTER_RECORD,
+        {**base_reference(base_dir, out, base_unet_id), "identifier": cfg.identifier, "method": "lora"},
+    )
 
 
 # ---------------------------------------------------------------------------------------- spec
+
 
 def check_schedule(train_cfg: TrainConfig, base_scheduler) -> None:
     """Fine-tuning must add noise the way the base model was trained to remove it."""
@@ -199,21 +219,26 @@ def check_schedule(train_cfg: TrainConfig, base_scheduler) -> None:
     keys = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")
     diff = {k: (ours[k], base_scheduler.config[k]) for k in keys if ours[k] != base_scheduler.config[k]}
     if diff:
-        raise ValueError(f"train_dreambooth.training's noise schedule differs from the base model's "
-                         f"(ours, base): {diff}; set them as in train_ldm.training")
+        raise ValueError(
+            f"train_dreambooth.training's noise schedule differs from the base model's "
+            f"(ours, base): {diff}; set them as in train_ldm.training"
+        )
 
 
-def dreambooth_spec(subject_dir: str, class_dir: str | None, base_dir: str, cfg: TrainDreamboothConfig,
-                    train_cfg: TrainConfig) -> tuple[DiffusionSpec, dict]:
+def dreambooth_spec(
+    subject_dir: str, class_dir: str | None, base_dir: str, cfg: TrainDreamboothConfig, train_cfg: TrainConfig
+) -> tuple[DiffusionSpec, dict]:
     base = load_base(base_dir)
     ident = base_identity(base)
     check_compatible(ident, base_dir, subject_dir, class_dir if cfg.prior_preservation else None)
     check_schedule(train_cfg, base.scheduler)
     subject = LatentSet(subject_dir)
     if tuple(subject.mean.shape[1:]) != tuple(base.latent_shape):  # e.g. 64 px photos for a 256 px base
-        raise ValueError(f"{subject_dir} latents are {list(subject.mean.shape[1:])}, but the base model {base_dir} "
-                         f"denoises {list(base.latent_shape)}: align the subject at the base's resolution "
-                         f"(prepare_subject) and re-run encode_subject")
+        raise ValueError(
+            f"{subject_dir} latents are {list(subject.mean.shape[1:])}, but the base model {base_dir} "
+            f"denoises {list(base.latent_shape)}: align the subject at the base's resolution "
+            f"(prepare_subject) and re-run encode_subject"
+        )
     klass = LatentSet(class_dir) if cfg.prior_preservation else None
     scale = float(base.vae.config.scaling_factor)
     weight = cfg.prior_loss_weight if cfg.prior_preservation else None
@@ -230,16 +255,31 @@ def dreambooth_spec(subject_dir: str, class_dir: str | None, base_dir: str, cfg:
         """Top row: subject (label 1, guided from label 0 by samples.guidance_scale); bottom row:
         class (label 0), or without an identifier the
         first class samples as they were drawn from the base; same seeds across epochs."""
-        pipe = SubjectDiffusionPipeline(unet=unet, vae=vae.to(unet.device),
-                                        scheduler=make_scheduler(cfg.samples.scheduler, noise_scheduler.config))
+        pipe = SubjectDiffusionPipeline(
+            unet=unet, vae=vae.to(unet.device), scheduler=make_scheduler(cfg.samples.scheduler, noise_scheduler.config)
+        )
         pipe.set_progress_bar_config(disable=True)
         n, steps = cfg.samples.num_images, cfg.samples.num_inference_steps
         guidance = {"guidance_scale": cfg.samples.guidance_scale} if cfg.identifier else {}
-        rows = [pipe(batch_size=n, num_inference_steps=steps, output_type="pil", **guidance,
-                     generator=torch.Generator(device=unet.device).manual_seed(cfg.samples.seed)).images]
+        rows = [
+            pipe(
+                batch_size=n,
+                num_inference_steps=steps,
+                output_type="pil",
+                **guidance,
+                generator=torch.Generator(device=unet.device).manual_seed(cfg.samples.seed),
+            ).images
+        ]
         if cfg.identifier:
-            rows.append(pipe(batch_size=n, subject=False, num_inference_steps=steps, output_type="pil",
-                             generator=torch.Generator(device=unet.device).manual_seed(cfg.samples.seed)).images)
+            rows.append(
+                pipe(
+                    batch_size=n,
+                    subject=False,
+                    num_inference_steps=steps,
+                    output_type="pil",
+                    generator=torch.Generator(device=unet.device).manual_seed(cfg.samples.seed),
+                ).images
+            )
         elif klass is not None:
             z = torch.from_numpy(klass.mean[:n]).to(unet.device) * scale
             with torch.no_grad():
@@ -256,56 +296,107 @@ def dreambooth_spec(subject_dir: str, class_dir: str | None, base_dir: str, cfg:
         build_model=lambda: build_unet(base.unet, cfg),
         make_loader=lambda epoch, rank, world: epoch_batches(subject, klass, cfg, train_cfg.seed, epoch, rank),
         batches_per_epoch=batches_per_epoch(len(subject), cfg.instance_batch_size),
-        prepare_batch=prepare, predict=predict, save=save,
+        prepare_batch=prepare,
+        predict=predict,
+        save=save,
         sample_grid=sample_grid if cfg.samples.num_images > 0 else None,
         loss=lambda pred, target, cond: prior_loss(pred, target, cond["n_instance"], weight),
-        param_groups=lambda unet, lr: identifier_groups(unet, lr, cfg.identifier_learning_rate))
+        param_groups=lambda unet, lr: identifier_groups(unet, lr, cfg.identifier_learning_rate),
+    )
     info = {"base": ident, "subject_photos": len(subject), "class_samples": len(klass) if klass else 0}
     return spec, info
 
 
-def run_training(subject_dir: str, class_dir: str, base_dir: str, model_dir: str, checkpoint_dir: str,
-                 live_dir: str, metrics_path: str, config: TrainDreamboothConfig, step_callback=None,
-                 show_progress: bool = True) -> dict:
+def run_training(
+    subject_dir: str,
+    class_dir: str,
+    base_dir: str,
+    model_dir: str,
+    checkpoint_dir: str,
+    live_dir: str,
+    metrics_path: str,
+    config: TrainDreamboothConfig,
+    step_callback=None,
+    show_progress: bool = True,
+) -> dict:
     """Fine-tune in this process (one of possibly several under `accelerate launch`)."""
     cfg, train_cfg = config, config.training
     t0 = time.perf_counter()
     spec, info = dreambooth_spec(subject_dir, class_dir, base_dir, cfg, train_cfg)
     data_ids = [data_identity(subject_dir)] + ([data_identity(class_dir)] if cfg.prior_preservation else [])
     run_id = identity(cfg.to_dict(), info["base"], data_ids)
-    summary = train(spec, cfg=train_cfg, model_dir=model_dir, checkpoint_dir=checkpoint_dir, live_dir=live_dir,
-                    run_id=run_id, step_callback=step_callback, show_progress=show_progress)
+    summary = train(
+        spec,
+        cfg=train_cfg,
+        model_dir=model_dir,
+        checkpoint_dir=checkpoint_dir,
+        live_dir=live_dir,
+        run_id=run_id,
+        step_callback=step_callback,
+        show_progress=show_progress,
+    )
     if int(os.environ.get("RANK", "0")) == 0:
-        metrics = {"method": cfg.method, "identifier": cfg.identifier, "prior_preservation": cfg.prior_preservation,
-                   "prior_loss_weight": cfg.prior_loss_weight, "base_identity": info["base"]["identity"],
-                   "subject_photos": info["subject_photos"], "class_samples": info["class_samples"],
-                   **_last_losses(Path(live_dir), summary), **{k: v for k, v in summary.items() if k != "run"}}
+        metrics = {
+            "method": cfg.method,
+            "identifier": cfg.identifier,
+            "prior_preservation": cfg.prior_preservation,
+            "prior_loss_weight": cfg.prior_loss_weight,
+            "base_identity": info["base"]["identity"],
+            "subject_photos": info["subject_photos"],
+            "class_samples": info["class_samples"],
+            **_last_losses(Path(live_dir), summary),
+            **{k: v for k, v in summary.items() if k != "run"},
+        }
         timings = {**summary["run"], "stage_seconds": time.perf_counter() - t0}  # not quality metrics
         write_metrics(metrics_path, metrics, timings)
-        write_model_card(model_dir, stage="train_dreambooth", params=cfg.to_dict(), metrics_path=metrics_path,
-                         data_dirs=[subject_dir] + ([class_dir] if cfg.prior_preservation else []),
-                         sample_grid=last_grid(live_dir), base_model=base_dir)
+        write_model_card(
+            model_dir,
+            stage="train_dreambooth",
+            params=cfg.to_dict(),
+            metrics_path=metrics_path,
+            data_dirs=[subject_dir] + ([class_dir] if cfg.prior_preservation else []),
+            sample_grid=last_grid(live_dir),
+            base_model=base_dir,
+        )
     return summary
 
 
 def _last_losses(live_dir: Path, summary: dict) -> dict:
     """The instance and prior losses over the last epoch, as the engine's `final_loss` (dvclive TSVs)."""
     steps_per_epoch = max(1, summary["steps"] // max(1, summary["epochs"]))
-    return {f"final_{name}": mean_of_last_steps(live_dir / "plots" / "metrics" / "train" / f"{name}.tsv",
-                                                summary["steps"], steps_per_epoch)
-            for name in ("instance_loss", "prior_loss")}
+    return {
+        f"final_{name}": mean_of_last_steps(
+            live_dir / "plots" / "metrics" / "train" / f"{name}.tsv", summary["steps"], steps_per_epoch
+        )
+        for name in ("instance_loss", "prior_loss")
+    }
 
 
-def train_dreambooth(subject_dir: str, class_dir: str, base_dir: str, model_dir: str, checkpoint_dir: str,
-                     live_dir: str, metrics_path: str, config: TrainDreamboothConfig) -> dict | None:
+def train_dreambooth(
+    subject_dir: str,
+    class_dir: str,
+    base_dir: str,
+    model_dir: str,
+    checkpoint_dir: str,
+    live_dir: str,
+    metrics_path: str,
+    config: TrainDreamboothConfig,
+) -> dict | None:
     """Fine-tune here, or in `num_processes` processes under `accelerate launch`; returns this
     process's summary (None when launched: the processes write the metrics)."""
-    paths = dict(subject_dir=subject_dir, class_dir=class_dir, base_dir=base_dir, model_dir=model_dir,
-                 checkpoint_dir=checkpoint_dir, live_dir=live_dir, metrics_path=metrics_path)
-    return run_or_launch("tasks.dreambooth.train", run_training, paths, config,
-                         Path(checkpoint_dir).with_suffix(".job.json"))
+    paths = dict(
+        subject_dir=subject_dir,
+        class_dir=class_dir,
+        base_dir=base_dir,
+        model_dir=model_dir,
+        checkpoint_dir=checkpoint_dir,
+        live_dir=live_dir,
+        metrics_path=metrics_path,
+    )
+    return run_or_launch(
+        "tasks.dreambooth.train", run_training, paths, config, Path(checkpoint_dir).with_suffix(".job.json")
+    )
 
 
 if __name__ == "__main__":  # one process of `accelerate launch -m tasks.dreambooth.train --job job.json`
     config_job_main(run_training, TrainDreamboothConfig, "train_dreambooth")
-

@@ -14,12 +14,14 @@ metrics (tasks/evaluation/metrics.py):
 Sample i of every model starts from the noise of `seed + i` (one generator per image), so the grids
 show the same seeds side by side and the same model always gives the same figures.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -30,35 +32,35 @@ from pipelines.dreambooth import load_subject_pipeline
 from pipelines.ldm_base import load_latent_base
 from tasks.config.samples import SamplerName
 from tasks.config.typed import StageConfig
-from tasks.shards.dataset import read_manifest
 from tasks.evaluation import metrics as M
 from tasks.evaluation.features import DlibFaceExtractor, FaceFeatures, FeatureConfig
 from tasks.evaluation.targets import CLASS_DRIFT, ID_ABOVE_BASE, ID_CEILING_SHARE
 from tasks.latent.images import load_split
+from tasks.shards.dataset import read_manifest
 
 SUBJECT_MODES = ("auto", "required", "off")
 
 
 @dataclass(frozen=True)
 class KidConfig(StageConfig):
-    num_subsets: int     # random subsets the unbiased MMD^2 is averaged over
-    subset_size: int     # per subset, capped at the smaller set's number of detected faces
+    num_subsets: int  # random subsets the unbiased MMD^2 is averaged over
+    subset_size: int  # per subset, capped at the smaller set's number of detected faces
     seed: int
 
 
 @dataclass(frozen=True)
 class EvaluateFacesConfig(StageConfig):
-    real_splits: list[str]        # splits of data/faces/aligned whose faces are "real"
-    num_samples: int              # per generated set (base, untrained, subject, class)
+    real_splits: list[str]  # splits of data/faces/aligned whose faces are "real"
+    num_samples: int  # per generated set (base, untrained, subject, class)
     batch_size: int
     scheduler: SamplerName
     num_inference_steps: int
-    seed: int                     # sample i starts from the noise of seed + i, in every model
-    subject: str                  # auto (evaluate when the subject model exists) | required | off
-    subject_guidance_scale: float # identifier models: guidance from the class label to the subject label (1: none)
-    grid_images: int              # columns of the side-by-side grid
-    k_nearest: int                # precision/recall ball size (Kynkäänniemi et al.: 3)
-    min_detect_ratio: float       # target: samples' face_detect_rate >= this x the real faces' rate
+    seed: int  # sample i starts from the noise of seed + i, in every model
+    subject: str  # auto (evaluate when the subject model exists) | required | off
+    subject_guidance_scale: float  # identifier models: guidance from the class label to the subject label (1: none)
+    grid_images: int  # columns of the side-by-side grid
+    k_nearest: int  # precision/recall ball size (Kynkäänniemi et al.: 3)
+    min_detect_ratio: float  # target: samples' face_detect_rate >= this x the real faces' rate
     features: FeatureConfig
     kid: KidConfig
 
@@ -68,16 +70,20 @@ class EvaluateFacesConfig(StageConfig):
         if not self.real_splits:
             raise ValueError("evaluate_faces.real_splits must name at least one split of the aligned faces")
         if self.subject_guidance_scale < 1.0:
-            raise ValueError(f"evaluate_faces.subject_guidance_scale must be >= 1 (1: the subject label alone), "
-                             f"got {self.subject_guidance_scale}")
+            raise ValueError(
+                f"evaluate_faces.subject_guidance_scale must be >= 1 (1: the subject label alone), "
+                f"got {self.subject_guidance_scale}"
+            )
         if self.num_samples < 2 or self.batch_size < 1 or self.num_inference_steps < 1:
             raise ValueError("evaluate_faces: num_samples >= 2, batch_size >= 1, num_inference_steps >= 1")
 
 
 # --- images --------------------------------------------------------------------------------------
 
-def load_faces(dataset_dir: str | Path, splits: list[str] | None, resolution: int | None,
-               limit: int | None = None) -> list[np.ndarray]:
+
+def load_faces(
+    dataset_dir: str | Path, splits: list[str] | None, resolution: int | None, limit: int | None = None
+) -> list[np.ndarray]:
     """uint8 RGB faces of the given splits (None: every split in the manifest), in stored order."""
     available = list(read_manifest(dataset_dir)["splits"])
     for split in splits or []:
@@ -99,8 +105,13 @@ def sample_images(pipe, cfg: EvaluateFacesConfig, **call_kwargs) -> list[np.ndar
     for start in range(0, cfg.num_samples, cfg.batch_size):
         idx = range(start, min(start + cfg.batch_size, cfg.num_samples))
         gens = [torch.Generator(device="cpu").manual_seed(cfg.seed + i) for i in idx]
-        batch = pipe(batch_size=len(gens), num_inference_steps=cfg.num_inference_steps, generator=gens,
-                     output_type="np", **call_kwargs).images
+        batch = pipe(
+            batch_size=len(gens),
+            num_inference_steps=cfg.num_inference_steps,
+            generator=gens,
+            output_type="np",
+            **call_kwargs,
+        ).images
         out.extend((np.clip(batch, 0.0, 1.0) * 255.0).round().astype(np.uint8))
     return out
 
@@ -140,6 +151,7 @@ def load_subject_model(model_dir: str | Path):
 
 # --- metrics -------------------------------------------------------------------------------------
 
+
 def split_real(features: FaceFeatures) -> tuple[np.ndarray, np.ndarray]:
     """Reference and held-out halves of the real descriptors (even / odd positions: deterministic,
     and both halves span the whole stored order)."""
@@ -155,8 +167,9 @@ def distribution_metrics(reference: np.ndarray, other: np.ndarray, cfg: Evaluate
     except M.NotEnoughSamples:
         out["fd_dlib"] = None
     try:
-        mean, std, size = M.kernel_inception_distance(reference, other, cfg.kid.num_subsets,
-                                                      cfg.kid.subset_size, cfg.kid.seed)
+        mean, std, size = M.kernel_inception_distance(
+            reference, other, cfg.kid.num_subsets, cfg.kid.subset_size, cfg.kid.seed
+        )
         out.update(kid_dlib=mean, kid_dlib_std=std, kid_subset_size=size)
     except M.NotEnoughSamples:
         out.update(kid_dlib=None, kid_dlib_std=None, kid_subset_size=0)
@@ -177,8 +190,9 @@ def _or_none(fn: Callable, *args) -> float | None:
 def subject_targets(m: dict) -> dict[str, Any]:
     """Whether the subject model meets the DreamBooth targets (False when a figure is missing)."""
     subj, cls, base, ceiling = m["id_top1"], m["id_top1_class"], m["id_top1_base"], m["id_top1_ceiling"]
-    identity_ok = None not in (subj, base, ceiling) and subj >= ID_CEILING_SHARE * ceiling and \
-        subj >= base + ID_ABOVE_BASE
+    identity_ok = (
+        None not in (subj, base, ceiling) and subj >= ID_CEILING_SHARE * ceiling and subj >= base + ID_ABOVE_BASE
+    )
     prior_ok = None not in (cls, base) and abs(cls - base) <= CLASS_DRIFT
     return {"subject_identity_ok": bool(identity_ok), "subject_prior_ok": bool(prior_ok)}
 
@@ -199,6 +213,7 @@ def targets(base: dict, untrained: dict, floor: dict, real_rate: float, min_rati
 @dataclass
 class RealFaces:
     """Features of the real validation faces, shared by the base and subject evaluations."""
+
     images: list[np.ndarray]
     features: FaceFeatures
 
@@ -207,8 +222,9 @@ class RealFaces:
         return split_real(self.features)[0]
 
 
-def real_faces(aligned_dir: str | Path, resolution: int, cfg: EvaluateFacesConfig,
-               extractor: DlibFaceExtractor) -> RealFaces:
+def real_faces(
+    aligned_dir: str | Path, resolution: int, cfg: EvaluateFacesConfig, extractor: DlibFaceExtractor
+) -> RealFaces:
     images = load_faces(aligned_dir, list(cfg.real_splits), resolution)
     return RealFaces(images=images, features=extractor(images))
 
@@ -219,34 +235,59 @@ def model_resolution(pipe) -> int:
     return int(pipe.unet.config.sample_size) * factor
 
 
-def evaluate_base(base_dir: str | Path, aligned_dir: str | Path, cfg: EvaluateFacesConfig,
-                  extractor: DlibFaceExtractor, log: Callable[[str], None] = print) -> dict[str, Any]:
+def evaluate_base(
+    base_dir: str | Path,
+    aligned_dir: str | Path,
+    cfg: EvaluateFacesConfig,
+    extractor: DlibFaceExtractor,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Real faces, base samples and untrained samples: features, metrics and images."""
     base_pipe = load_base_pipeline(base_dir)
     resolution = model_resolution(base_pipe)
     real = real_faces(aligned_dir, resolution, cfg, extractor)
     ref, held_out = split_real(real.features)
-    log(f"evaluate_faces: {len(real.images)} real {'+'.join(cfg.real_splits)} faces at {resolution} px, "
-        f"{real.features.detect_rate:.0%} detected ({len(ref)} reference, {len(held_out)} held out)")
-    sets = {"base": sample_images(base_pipe, cfg),
-            "untrained": sample_images(untrained_pipeline(base_pipe, cfg.seed), cfg)}
-    result: dict[str, Any] = {"resolution": resolution, "real": real, "images": sets, "features": {},
-                              "metrics": {"real_vs_real": distribution_metrics(ref, held_out, cfg)}}
+    log(
+        f"evaluate_faces: {len(real.images)} real {'+'.join(cfg.real_splits)} faces at {resolution} px, "
+        f"{real.features.detect_rate:.0%} detected ({len(ref)} reference, {len(held_out)} held out)"
+    )
+    sets = {
+        "base": sample_images(base_pipe, cfg),
+        "untrained": sample_images(untrained_pipeline(base_pipe, cfg.seed), cfg),
+    }
+    result: dict[str, Any] = {
+        "resolution": resolution,
+        "real": real,
+        "images": sets,
+        "features": {},
+        "metrics": {"real_vs_real": distribution_metrics(ref, held_out, cfg)},
+    }
     result["metrics"]["real_vs_real"]["face_detect_rate"] = real.features.detect_rate
     for name, images in sets.items():
         feats = extractor(images)
         result["features"][name] = feats
-        result["metrics"][name] = {"face_detect_rate": feats.detect_rate,
-                                   **distribution_metrics(ref, feats.descriptors, cfg)}
-        log(f"evaluate_faces: {name}: {feats.detect_rate:.0%} faces detected, "
-            f"kid_dlib {result['metrics'][name]['kid_dlib']}")
+        result["metrics"][name] = {
+            "face_detect_rate": feats.detect_rate,
+            **distribution_metrics(ref, feats.descriptors, cfg),
+        }
+        log(
+            f"evaluate_faces: {name}: {feats.detect_rate:.0%} faces detected, "
+            f"kid_dlib {result['metrics'][name]['kid_dlib']}"
+        )
     return result
 
 
-def evaluate_subject_model(model_dir: str | Path, base_dir: str | Path, subject_dir: str | Path,
-                           aligned_dir: str | Path, cfg: EvaluateFacesConfig, *,
-                           extractor: DlibFaceExtractor | None = None, base: dict | None = None,
-                           log: Callable[[str], None] = print) -> dict[str, Any]:
+def evaluate_subject_model(
+    model_dir: str | Path,
+    base_dir: str | Path,
+    subject_dir: str | Path,
+    aligned_dir: str | Path,
+    cfg: EvaluateFacesConfig,
+    *,
+    extractor: DlibFaceExtractor | None = None,
+    base: dict | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Identity, prior preservation, diversity and memorisation of one fine-tuned subject model.
 
     Returns {"metrics": {...}, "images": {"subject": [...], "class": [...]}}. `extractor` and `base`
@@ -259,8 +300,10 @@ def evaluate_subject_model(model_dir: str | Path, base_dir: str | Path, subject_
     photo_feats = extractor(photos)
     recon_d = extractor(vae_round_trip(pipe, photos)).descriptors
     guidance = {"guidance_scale": cfg.subject_guidance_scale} if getattr(pipe, "has_identifier", False) else {}
-    images = {"subject": sample_images(pipe, cfg, subject=True, **guidance),
-              "class": sample_images(pipe, cfg, subject=False)}
+    images = {
+        "subject": sample_images(pipe, cfg, subject=True, **guidance),
+        "class": sample_images(pipe, cfg, subject=False),
+    }
     feats = {name: extractor(ims) for name, ims in images.items()}
     subj, cls = feats["subject"].descriptors, feats["class"].descriptors
     photo_d, real_d = photo_feats.descriptors, base["real"].features.descriptors
@@ -295,12 +338,15 @@ def evaluate_subject_model(model_dir: str | Path, base_dir: str | Path, subject_
         "prior": distribution_metrics(base_d, cls, cfg) if len(base_d) >= 2 else None,
         "class_vs_real": distribution_metrics(base["real"].reference, cls, cfg),
     }
-    log(f"evaluate_faces: {model_dir}: id_top1 {metrics['id_top1']}, class id_top1 {metrics['id_top1_class']}, "
-        f"subject detect {metrics['face_detect_rate_subject']:.0%}")
+    log(
+        f"evaluate_faces: {model_dir}: id_top1 {metrics['id_top1']}, class id_top1 {metrics['id_top1_class']}, "
+        f"subject detect {metrics['face_detect_rate_subject']:.0%}"
+    )
     return {"metrics": metrics, "images": images, "has_identifier": bool(getattr(pipe, "has_identifier", False))}
 
 
 # --- outputs -------------------------------------------------------------------------------------
+
 
 def headline(base: dict, subject: dict | None, cfg: EvaluateFacesConfig) -> dict[str, Any]:
     """The flat metrics file: the few keys `dvc metrics diff` should show."""
@@ -311,20 +357,42 @@ def headline(base: dict, subject: dict | None, cfg: EvaluateFacesConfig) -> dict
         "face_detect_rate": b["face_detect_rate"],
         "face_detect_rate_real": real_rate,
         "face_detect_rate_untrained": u["face_detect_rate"],
-        "kid_dlib": b["kid_dlib"], "kid_dlib_std": b["kid_dlib_std"],
-        "kid_dlib_floor": floor["kid_dlib"], "kid_dlib_untrained": u["kid_dlib"],
-        "fd_dlib": b["fd_dlib"], "fd_dlib_floor": floor["fd_dlib"], "fd_dlib_untrained": u["fd_dlib"],
-        "precision_dlib": b["precision_dlib"], "recall_dlib": b["recall_dlib"],
-        "precision_dlib_floor": floor["precision_dlib"], "recall_dlib_floor": floor["recall_dlib"],
+        "kid_dlib": b["kid_dlib"],
+        "kid_dlib_std": b["kid_dlib_std"],
+        "kid_dlib_floor": floor["kid_dlib"],
+        "kid_dlib_untrained": u["kid_dlib"],
+        "fd_dlib": b["fd_dlib"],
+        "fd_dlib_floor": floor["fd_dlib"],
+        "fd_dlib_untrained": u["fd_dlib"],
+        "precision_dlib": b["precision_dlib"],
+        "recall_dlib": b["recall_dlib"],
+        "precision_dlib_floor": floor["precision_dlib"],
+        "recall_dlib_floor": floor["recall_dlib"],
         **targets(b, u, floor, real_rate, cfg.min_detect_ratio),
     }
     if subject is not None:
         s = subject["metrics"]
-        out.update({k: s[k] for k in ("id_top1", "id_top1_class", "identity_distance", "diversity",
-                                      "diversity_photos", "nearest_photo_distance",
-                                      "nearest_photo_distance_photos", "face_detect_rate_subject")})
-        out.update({k: s[k] for k in ("id_top1_base", "id_top1_ceiling", "id_top1_vae_round_trip", "id_top1_se",
-                                      "id_top1_class_se")})
+        out.update(
+            {
+                k: s[k]
+                for k in (
+                    "id_top1",
+                    "id_top1_class",
+                    "identity_distance",
+                    "diversity",
+                    "diversity_photos",
+                    "nearest_photo_distance",
+                    "nearest_photo_distance_photos",
+                    "face_detect_rate_subject",
+                )
+            }
+        )
+        out.update(
+            {
+                k: s[k]
+                for k in ("id_top1_base", "id_top1_ceiling", "id_top1_vae_round_trip", "id_top1_se", "id_top1_class_se")
+            }
+        )
         out["kid_dlib_prior"] = s["prior"]["kid_dlib"] if s["prior"] else None
         out.update(subject_targets(s))
     return out
@@ -348,8 +416,11 @@ def write_grids(out_dir: str | Path, base: dict, subject: dict | None, cfg: Eval
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n, cell = cfg.grid_images, max(base["resolution"], 64)
-    rows = [("real", base["real"].images[:n]), ("base", base["images"]["base"][:n]),
-            ("untrained", base["images"]["untrained"][:n])]
+    rows = [
+        ("real", base["real"].images[:n]),
+        ("base", base["images"]["base"][:n]),
+        ("untrained", base["images"]["untrained"][:n]),
+    ]
     if subject is not None:
         rows += [("subject", subject["images"]["subject"][:n]), ("class", subject["images"]["class"][:n])]
     written = []
@@ -365,8 +436,16 @@ def details(base: dict, subject: dict | None, cfg: EvaluateFacesConfig) -> dict[
     """Everything behind the headline: per-set metrics, counts and the feature preprocessing."""
     real = base["real"]
     ref, held = split_real(real.features)
-    return {"config": cfg.to_dict(), "resolution": base["resolution"],
-            "counts": {"real": len(real.images), "real_detected": int(real.features.detected.sum()),
-                       "reference": len(ref), "held_out": len(held), "samples_per_set": cfg.num_samples},
-            "sets": base["metrics"], "subject": None if subject is None else
-            {"has_identifier": subject["has_identifier"], **subject["metrics"]}}
+    return {
+        "config": cfg.to_dict(),
+        "resolution": base["resolution"],
+        "counts": {
+            "real": len(real.images),
+            "real_detected": int(real.features.detected.sum()),
+            "reference": len(ref),
+            "held_out": len(held),
+            "samples_per_set": cfg.num_samples,
+        },
+        "sets": base["metrics"],
+        "subject": None if subject is None else {"has_identifier": subject["has_identifier"], **subject["metrics"]},
+    }

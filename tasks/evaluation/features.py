@@ -8,6 +8,7 @@ the largest face -> 68-point shape predictor -> aligned `chip_size` px chip (dli
 The model files are the ones `face-recognition-models` ships, located without importing it (see
 tasks/faces/landmarks.py). No prefect, no torch: cheap to import.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -17,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from tasks.config.typed import StageConfig
-from tasks.processes.pool import resolve_workers, spawn_executor
 from tasks.faces.landmarks import dlib_predictor_path
+from tasks.processes.pool import resolve_workers, spawn_executor
 
 DESCRIPTOR_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
 DESCRIPTOR_DIM = 128
@@ -26,12 +27,12 @@ DESCRIPTOR_DIM = 128
 
 @dataclass(frozen=True)
 class FeatureConfig(StageConfig):
-    upscale_to: int      # every image is Lanczos-resized to this square size before detection
-    upsample: int        # HOG detector pyramid upsampling
-    chip_size: int       # aligned face chip fed to the descriptor network (dlib's model wants 150)
+    upscale_to: int  # every image is Lanczos-resized to this square size before detection
+    upsample: int  # HOG detector pyramid upsampling
+    chip_size: int  # aligned face chip fed to the descriptor network (dlib's model wants 150)
     chip_padding: float  # context around the face in the chip (dlib's default 0.25)
-    num_jitters: int     # descriptor averaged over this many jittered chips (0 or 1: none)
-    workers: int = 0     # processes describing images (dlib runs on one core); 0 = all cores
+    num_jitters: int  # descriptor averaged over this many jittered chips (0 or 1: none)
+    workers: int = 0  # processes describing images (dlib runs on one core); 0 = all cores
 
     def __post_init__(self):
         if self.upscale_to < 32:
@@ -51,15 +52,16 @@ def descriptor_model_path() -> Path:
 @dataclass
 class FaceFeatures:
     """Descriptors of the images in which a face was found, and which those were."""
+
     descriptors: np.ndarray  # (n_detected, 128) float64
-    detected: np.ndarray     # (n_images,) bool
+    detected: np.ndarray  # (n_images,) bool
 
     @property
     def detect_rate(self) -> float:
         return float(self.detected.mean()) if len(self.detected) else 0.0
 
 
-_WORKER_EXTRACTOR: "DlibFaceExtractor | None" = None
+_WORKER_EXTRACTOR: DlibFaceExtractor | None = None
 
 
 def _init_worker(cfg: FeatureConfig) -> None:
@@ -94,7 +96,7 @@ class DlibFaceExtractor:
             self._pool.shutdown()
             self._pool = None
 
-    def __enter__(self) -> "DlibFaceExtractor":
+    def __enter__(self) -> DlibFaceExtractor:
         return self
 
     def __exit__(self, *_) -> None:

@@ -5,6 +5,7 @@ nothing here knows the extractor: callers name the results, e.g. `fd_dlib`). Fun
 more samples than they got raise `NotEnoughSamples`, so a caller can record "not measurable"
 instead of a number computed from one face.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,8 +71,9 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     return float(term_xx + term_yy - 2.0 * k_xy.mean())
 
 
-def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, num_subsets: int, subset_size: int,
-                              seed: int) -> tuple[float, float, int]:
+def kernel_inception_distance(
+    real: np.ndarray, fake: np.ndarray, num_subsets: int, subset_size: int, seed: int
+) -> tuple[float, float, int]:
     """KID (Binkowski et al. 2018) on any features: unbiased MMD^2 averaged over `num_subsets`
     random subsets of `subset_size` from each set, capped at half the smaller set (at least 2) so
     that subsets differ and their std says how much the figure moves with the sample drawn.
@@ -79,8 +81,12 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, num_subsets: i
     real, fake = _as_2d(real, "real", 2), _as_2d(fake, "fake", 2)
     size = min(int(subset_size), max(2, min(len(real), len(fake)) // 2))
     rng = np.random.default_rng(seed)
-    values = [mmd2_unbiased(real[rng.choice(len(real), size, replace=False)],
-                            fake[rng.choice(len(fake), size, replace=False)]) for _ in range(int(num_subsets))]
+    values = [
+        mmd2_unbiased(
+            real[rng.choice(len(real), size, replace=False)], fake[rng.choice(len(fake), size, replace=False)]
+        )
+        for _ in range(int(num_subsets))
+    ]
     return float(np.mean(values)), float(np.std(values)), size
 
 
@@ -106,8 +112,11 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[fl
 def id_top1(samples: np.ndarray, subject: np.ndarray, others: np.ndarray) -> float:
     """Share of samples whose nearest neighbour among subject photos + other real faces is a subject
     photo. Needs no identity labels: 1.0 = every sample looks most like the subject."""
-    samples, subject, others = (_as_2d(samples, "samples", 1), _as_2d(subject, "subject", 1),
-                                _as_2d(others, "others", 1))
+    samples, subject, others = (
+        _as_2d(samples, "samples", 1),
+        _as_2d(subject, "subject", 1),
+        _as_2d(others, "others", 1),
+    )
     nearest_subject = pairwise_distances(samples, subject).min(axis=1)
     nearest_other = pairwise_distances(samples, others).min(axis=1)
     return float((nearest_subject < nearest_other).mean())

@@ -9,6 +9,7 @@ input (grey, RGBA, palette) is converted to RGB first (the reference would fail 
 Coordinates: a landmark (x, y) is a pixel centre (pixel (0, 0) has centre (0, 0)), which is why
 the reference adds 0.5 before handing the quad to Pillow, whose pixel (0, 0) spans [0, 1).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,11 +23,11 @@ import scipy.ndimage
 class Quad(NamedTuple):
     """The oriented crop: corners (upper-left, lower-left, lower-right, upper-right), size, axes."""
 
-    quad: np.ndarray   # (4, 2) float64
-    qsize: float       # side of the square, in source pixels
-    c0: np.ndarray     # centre
-    x: np.ndarray      # half-side vector pointing right in the aligned image
-    y: np.ndarray      # half-side vector pointing down in the aligned image
+    quad: np.ndarray  # (4, 2) float64
+    qsize: float  # side of the square, in source pixels
+    c0: np.ndarray  # centre
+    x: np.ndarray  # half-side vector pointing right in the aligned image
+    y: np.ndarray  # half-side vector pointing down in the aligned image
 
 
 def _check_landmarks(landmarks) -> np.ndarray:
@@ -95,8 +96,9 @@ def _as_rgb(image) -> PIL.Image.Image:
     raise TypeError(f"image must be a PIL image, a uint8 array or a path, got {type(image).__name__}")
 
 
-def align_face(image, landmarks, output_size: int, transform_size: int = 4096,
-               enable_padding: bool = True) -> PIL.Image.Image:
+def align_face(
+    image, landmarks, output_size: int, transform_size: int = 4096, enable_padding: bool = True
+) -> PIL.Image.Image:
     """Crop, rotate and scale a face the way FFHQ was made.
 
     image: PIL image, HxWx3 uint8 array, or path. landmarks: (68, 2) array, dlib's layout, in
@@ -120,27 +122,45 @@ def align_face(image, landmarks, output_size: int, transform_size: int = 4096,
 
     # Crop to the quad's bounding box plus a border.
     border = max(int(np.rint(qsize * 0.1)), 3)
-    crop = (int(np.floor(min(quad[:, 0]))), int(np.floor(min(quad[:, 1]))),
-            int(np.ceil(max(quad[:, 0]))), int(np.ceil(max(quad[:, 1]))))
-    crop = (max(crop[0] - border, 0), max(crop[1] - border, 0),
-            min(crop[2] + border, img.size[0]), min(crop[3] + border, img.size[1]))
+    crop = (
+        int(np.floor(min(quad[:, 0]))),
+        int(np.floor(min(quad[:, 1]))),
+        int(np.ceil(max(quad[:, 0]))),
+        int(np.ceil(max(quad[:, 1]))),
+    )
+    crop = (
+        max(crop[0] - border, 0),
+        max(crop[1] - border, 0),
+        min(crop[2] + border, img.size[0]),
+        min(crop[3] + border, img.size[1]),
+    )
     if crop[2] - crop[0] < img.size[0] or crop[3] - crop[1] < img.size[1]:
         img = img.crop(crop)
         quad -= crop[0:2]
 
     # Pad: where the quad leaves the image, reflect-pad, blur towards the edge and blend to the
     # median colour, so the out-of-image part is a soft continuation rather than a black corner.
-    pad = (int(np.floor(min(quad[:, 0]))), int(np.floor(min(quad[:, 1]))),
-           int(np.ceil(max(quad[:, 0]))), int(np.ceil(max(quad[:, 1]))))
-    pad = (max(-pad[0] + border, 0), max(-pad[1] + border, 0),
-           max(pad[2] - img.size[0] + border, 0), max(pad[3] - img.size[1] + border, 0))
+    pad = (
+        int(np.floor(min(quad[:, 0]))),
+        int(np.floor(min(quad[:, 1]))),
+        int(np.ceil(max(quad[:, 0]))),
+        int(np.ceil(max(quad[:, 1]))),
+    )
+    pad = (
+        max(-pad[0] + border, 0),
+        max(-pad[1] + border, 0),
+        max(pad[2] - img.size[0] + border, 0),
+        max(pad[3] - img.size[1] + border, 0),
+    )
     if enable_padding and max(pad) > border - 4:
         pad = np.maximum(pad, int(np.rint(qsize * 0.3)))
         arr = np.pad(np.float32(img), ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), "reflect")
         h, w, _ = arr.shape
         yy, xx, _ = np.ogrid[:h, :w, :1]
-        mask = np.maximum(1.0 - np.minimum(np.float32(xx) / pad[0], np.float32(w - 1 - xx) / pad[2]),
-                          1.0 - np.minimum(np.float32(yy) / pad[1], np.float32(h - 1 - yy) / pad[3]))
+        mask = np.maximum(
+            1.0 - np.minimum(np.float32(xx) / pad[0], np.float32(w - 1 - xx) / pad[2]),
+            1.0 - np.minimum(np.float32(yy) / pad[1], np.float32(h - 1 - yy) / pad[3]),
+        )
         blur = qsize * 0.02
         arr += (scipy.ndimage.gaussian_filter(arr, [blur, blur, 0]) - arr) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
         arr += (np.median(arr, axis=(0, 1)) - arr) * np.clip(mask, 0.0, 1.0)
@@ -148,8 +168,7 @@ def align_face(image, landmarks, output_size: int, transform_size: int = 4096,
         quad += pad[:2]
 
     # Transform: the quad onto a transform_size square, then one antialiased resize.
-    img = img.transform((transform_size, transform_size), PIL.Image.QUAD, (quad + 0.5).flatten(),
-                        PIL.Image.BILINEAR)
+    img = img.transform((transform_size, transform_size), PIL.Image.QUAD, (quad + 0.5).flatten(), PIL.Image.BILINEAR)
     if output_size < transform_size:
         img = img.resize((output_size, output_size), PIL.Image.LANCZOS)
     return img

@@ -12,6 +12,7 @@ when known) next to the files it names, plus `manifest.json` (counts, params, re
 
 No prefect and no torch at module level (the synthetic drawing runs in spawned processes).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,9 +20,9 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import PIL.Image
@@ -32,16 +33,21 @@ from tasks.faces.config import FetchFacesConfig
 from tasks.faces.images import BadImage, load_rgb
 from tasks.faces.work import BLOCKS, METADATA
 from tasks.processes.pool import imap, process_pool, resolve_workers
+from tasks.reporting.progress import progress as progress_bar
 from tasks.shards.dataset import split_of, write_json_atomic, write_manifest
 from tasks.synthetic import faces as synthetic
-from tasks.reporting.progress import progress as progress_bar
 
 # NVlabs/ffhq-dataset download_ffhq.py: the metadata file's official location and checksum.
-FFHQ_METADATA = dict(file_url="https://drive.google.com/uc?id=16N0RV4fHI6joBuKbQAoG34V_cQk7vxSA",
-                     file_size=267793842, file_md5="425ae20f06a4da1d4dc0f46d40ba5fd6")
+FFHQ_METADATA = dict(
+    file_url="https://drive.google.com/uc?id=16N0RV4fHI6joBuKbQAoG34V_cQk7vxSA",
+    file_size=267793842,
+    file_md5="425ae20f06a4da1d4dc0f46d40ba5fd6",
+)
 # What to do when Google Drive (the official file_urls) refuses files for its download quota.
-DRIVE_QUOTA_HINT = ("for FFHQ, set fetch_faces.ffhq.base_url to a mirror laid out like the original, "
-                    "or use photos you have: fetch_faces.source: folder, photos in fetch_faces.folder")
+DRIVE_QUOTA_HINT = (
+    "for FFHQ, set fetch_faces.ffhq.base_url to a mirror laid out like the original, "
+    "or use photos you have: fetch_faces.source: folder, photos in fetch_faces.folder"
+)
 FOLDER_README = "README.md"  # what an input folder is for: not a photo, skipped
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 
@@ -75,33 +81,63 @@ def _finish(out_dir: Path, entries: dict, manifest: dict) -> dict:
 
 # --- synthetic -----------------------------------------------------------------------------
 
+
 def _draw_one(args) -> tuple[str, dict]:
     out_dir, key, index, ident_kind, seed, ident_index, size, scale_range, max_rotation = args
     ident = synthetic.subject_identity(seed) if ident_kind == "subject" else synthetic.base_identity(seed, ident_index)
-    photo = synthetic.draw_photo(ident, ("photo", index), size=size, scale_range=tuple(scale_range),
-                                 max_rotation=max_rotation)
+    photo = synthetic.draw_photo(
+        ident, ("photo", index), size=size, scale_range=tuple(scale_range), max_rotation=max_rotation
+    )
     rel = _subdir_path("in-the-wild-images", index)
     wild = synthetic.write_photo(photo, Path(out_dir) / rel)
-    wild = {"file_url": None, "file_path": rel, **wild,
-            "face_quad": np.round(ffhq_quad(photo.landmarks).quad, 3).tolist()}
+    wild = {
+        "file_url": None,
+        "file_path": rel,
+        **wild,
+        "face_quad": np.round(ffhq_quad(photo.landmarks).quad, 3).tolist(),
+    }
     return key, {"identity": ident.name, "in_the_wild": wild}
 
 
-def fetch_synthetic(out_dir: str | Path, *, num_images: int, num_identities: int, seed: int,
-                    image_size: int = 320, scale_range=(22.0, 48.0), max_rotation: float = 30.0,
-                    val_fraction: float = 0.1, subject: bool = False, workers: int = 0,
-                    params: dict | None = None, progress: bool = True) -> dict:
+def fetch_synthetic(
+    out_dir: str | Path,
+    *,
+    num_images: int,
+    num_identities: int,
+    seed: int,
+    image_size: int = 320,
+    scale_range=(22.0, 48.0),
+    max_rotation: float = 30.0,
+    val_fraction: float = 0.1,
+    subject: bool = False,
+    workers: int = 0,
+    params: dict | None = None,
+    progress: bool = True,
+) -> dict:
     """Draw `num_images` photos of `num_identities` base identities (or of the held-out subject)."""
 
     if num_images < 1 or (not subject and num_identities < 1):
         raise ValueError(f"num_images and num_identities must be >= 1, got {num_images}, {num_identities}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out_dir), f"{i:05d}", i, "subject" if subject else "base", seed,
-             i % max(1, num_identities), image_size, list(scale_range), max_rotation) for i in range(num_images)]
+    jobs = [
+        (
+            str(out_dir),
+            f"{i:05d}",
+            i,
+            "subject" if subject else "base",
+            seed,
+            i % max(1, num_identities),
+            image_size,
+            list(scale_range),
+            max_rotation,
+        )
+        for i in range(num_images)
+    ]
     with process_pool(min(resolve_workers(workers), num_images)) as pool:
-        drawn = dict(progress_bar(imap(pool, _draw_one, jobs, 8), total=len(jobs), desc="draw",
-                                  unit="img", disable=not progress))
+        drawn = dict(
+            progress_bar(imap(pool, _draw_one, jobs, 8), total=len(jobs), desc="draw", unit="img", disable=not progress)
+        )
     entries = {}
     for key in sorted(drawn):
         d = drawn[key]
@@ -109,17 +145,25 @@ def fetch_synthetic(out_dir: str | Path, *, num_images: int, num_identities: int
             "category": "training" if subject else _category(key, val_fraction),
             "metadata": {"source": "synthetic", "identity": d["identity"], "license": "generated (CC0)"},
             # A drawn photo has no FFHQ-aligned or thumbnail version: align_faces makes it.
-            "image": None, "thumbnail": None,
+            "image": None,
+            "thumbnail": None,
             "in_the_wild": d["in_the_wild"],
         }
     identities = sorted({e["metadata"]["identity"] for e in entries.values()})
-    manifest = {"kind": "faces_raw", "source": "synthetic", "images": "in_the_wild",
-                "counts": {"images": len(entries), "identities": len(identities), "rejected": 0},
-                "identities": identities, "params": params or {}, "rejected": []}
+    manifest = {
+        "kind": "faces_raw",
+        "source": "synthetic",
+        "images": "in_the_wild",
+        "counts": {"images": len(entries), "identities": len(identities), "rejected": 0},
+        "identities": identities,
+        "params": params or {},
+        "rejected": [],
+    }
     return _finish(out_dir, entries, manifest)
 
 
 # --- a folder of photos --------------------------------------------------------------------
+
 
 def _safe_key(stem: str, taken: set[str]) -> str:
     key = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_") or "photo"
@@ -160,8 +204,16 @@ class Duplicates:
         return None
 
 
-def fetch_folder(src: str | Path, out_dir: str | Path, *, near_duplicate_bits: int, val_fraction: float = 0.1,
-                 all_training: bool = False, params: dict | None = None, log: Callable[[str], None] = print) -> dict:
+def fetch_folder(
+    src: str | Path,
+    out_dir: str | Path,
+    *,
+    near_duplicate_bits: int,
+    val_fraction: float = 0.1,
+    all_training: bool = False,
+    params: dict | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Copy every readable photo of `src` (recursively) as an upright RGB PNG; reject the rest,
     duplicates of an earlier photo (in name order) included."""
     src = Path(src).expanduser()
@@ -193,29 +245,52 @@ def fetch_folder(src: str | Path, out_dir: str | Path, *, near_duplicate_bits: i
         entries[key] = {
             "category": "training" if all_training else _category(key, val_fraction),
             "metadata": {"source": "folder", "original": rel_src},
-            "image": None, "thumbnail": None,
-            "in_the_wild": {"file_url": None, "file_path": rel, "file_size": len(data),
-                            "file_md5": hashlib.md5(data).hexdigest(), "pixel_size": list(img.size)},
+            "image": None,
+            "thumbnail": None,
+            "in_the_wild": {
+                "file_url": None,
+                "file_path": rel,
+                "file_size": len(data),
+                "file_md5": hashlib.md5(data).hexdigest(),
+                "pixel_size": list(img.size),
+            },
         }
     for r in rejected:
         log(f"rejected {r['file']}: {r['reason']}")
     if not entries:
         raise ValueError(f"no usable photo in {src} ({len(rejected)} files rejected): put your photos there")
     dups = sum(r["reason"].startswith("duplicate of ") for r in rejected)
-    manifest = {"kind": "faces_raw", "source": "folder", "images": "in_the_wild", "folder": str(src),
-                "counts": {"files": len(files), "images": len(entries), "rejected": len(rejected), "duplicates": dups},
-                "params": params or {}, "rejected": rejected}
+    manifest = {
+        "kind": "faces_raw",
+        "source": "folder",
+        "images": "in_the_wild",
+        "folder": str(src),
+        "counts": {"files": len(files), "images": len(entries), "rejected": len(rejected), "duplicates": dups},
+        "params": params or {},
+        "rejected": rejected,
+    }
     return _finish(out_dir, entries, manifest)
 
 
 # --- FFHQ ----------------------------------------------------------------------------------
 
-def fetch_ffhq(out_dir: str | Path, *, images: str = "in_the_wild", num_images: int | None = None,
-               base_url: str | None = None, metadata_url: str | None = None,
-               metadata_md5: str | None = FFHQ_METADATA["file_md5"],
-               metadata_size: int | None = FFHQ_METADATA["file_size"], num_threads: int = 8,
-               retries: int = 3, download_dir: str | Path | None = "data/downloads/ffhq",
-               params: dict | None = None, log: Callable[[str], None] = print, progress: bool = True) -> dict:
+
+def fetch_ffhq(
+    out_dir: str | Path,
+    *,
+    images: str = "in_the_wild",
+    num_images: int | None = None,
+    base_url: str | None = None,
+    metadata_url: str | None = None,
+    metadata_md5: str | None = FFHQ_METADATA["file_md5"],
+    metadata_size: int | None = FFHQ_METADATA["file_size"],
+    num_threads: int = 8,
+    retries: int = 3,
+    download_dir: str | Path | None = "data/downloads/ffhq",
+    params: dict | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict:
     """Download FFHQ's metadata, then the first `num_images` photos (by index), verified.
 
     `base_url` points at a mirror laid out like the official one (`<base>/<file_path>`,
@@ -237,8 +312,9 @@ def fetch_ffhq(out_dir: str | Path, *, images: str = "in_the_wild", num_images: 
         log(f"metadata_md5 not set: {meta_url} is not verified")
     cache = Path(download_dir) if download_dir else out_dir / ".ffhq"
     try:
-        meta_path = download_file(meta_url, cache / METADATA, size=metadata_size, md5=metadata_md5,
-                                  retries=retries, progress=progress)
+        meta_path = download_file(
+            meta_url, cache / METADATA, size=metadata_size, md5=metadata_md5, retries=retries, progress=progress
+        )
     except DriveQuotaError as exc:
         raise DriveQuotaError(f"{exc}; {DRIVE_QUOTA_HINT}") from None
     with open(meta_path) as f:
@@ -258,8 +334,14 @@ def fetch_ffhq(out_dir: str | Path, *, images: str = "in_the_wild", num_images: 
     def get(job):
         k, url, spec = job
         try:
-            download_file(url, out_dir / spec["file_path"], size=spec.get("file_size"), md5=spec.get("file_md5"),
-                          retries=retries, progress=False)
+            download_file(
+                url,
+                out_dir / spec["file_path"],
+                size=spec.get("file_size"),
+                md5=spec.get("file_md5"),
+                retries=retries,
+                progress=False,
+            )
         except DownloadError as exc:
             failures.append((k, spec["file_path"], exc))
 
@@ -267,14 +349,23 @@ def fetch_ffhq(out_dir: str | Path, *, images: str = "in_the_wild", num_images: 
         list(progress_bar(pool.map(get, specs), total=len(specs), desc="ffhq", unit="file", disable=not progress))
     if failures:
         quota = any(isinstance(exc, DriveQuotaError) for *_, exc in failures)
-        raise DownloadError(f"{len(failures)} of {len(specs)} FFHQ files failed verification or download (bytes "
-                            f"that failed are kept as .partial, never used; good files are kept for the rerun)"
-                            + (f"; {DRIVE_QUOTA_HINT}" if quota else "") + ":\n  "
-                            + "\n  ".join(f"{k} ({path}): {exc}" for k, path, exc in failures[:20]))
+        raise DownloadError(
+            f"{len(failures)} of {len(specs)} FFHQ files failed verification or download (bytes "
+            f"that failed are kept as .partial, never used; good files are kept for the rerun)"
+            + (f"; {DRIVE_QUOTA_HINT}" if quota else "")
+            + ":\n  "
+            + "\n  ".join(f"{k} ({path}): {exc}" for k, path, exc in failures[:20])
+        )
     entries = {f"{int(k):05d}": full[k] for k in keys}
-    manifest = {"kind": "faces_raw", "source": "ffhq", "images": images,
-                "counts": {"images": len(entries), "rejected": 0},
-                "metadata": {"url": meta_url, "md5": metadata_md5}, "params": params or {}, "rejected": []}
+    manifest = {
+        "kind": "faces_raw",
+        "source": "ffhq",
+        "images": images,
+        "counts": {"images": len(entries), "rejected": 0},
+        "metadata": {"url": meta_url, "md5": metadata_md5},
+        "params": params or {},
+        "rejected": [],
+    }
     if not download_dir:
         shutil.rmtree(cache)  # the 255 MB metadata: its subset is kept instead
     return _finish(out_dir, entries, manifest)
@@ -282,22 +373,46 @@ def fetch_ffhq(out_dir: str | Path, *, images: str = "in_the_wild", num_images: 
 
 # --- the stage ---------------------------------------------------------------------------
 
+
 def fetch_faces(out_dir: str, config: FetchFacesConfig, log) -> str:
     """Stage fetch_faces: fill `out_dir` with photos + ffhq-dataset-v2.json + manifest.json from `source`
     (`log`: a logger)."""
     source, syn, ffhq, params = config.source, config.synthetic, config.ffhq, config.to_dict()
     if source == "synthetic":
-        m = fetch_synthetic(out_dir, num_images=syn.num_images, num_identities=syn.num_identities, seed=syn.seed,
-                          image_size=syn.image_size, scale_range=syn.face_scale,
-                          max_rotation=float(syn.max_rotation), val_fraction=config.val_fraction,
-                          workers=config.workers, params=params)
+        m = fetch_synthetic(
+            out_dir,
+            num_images=syn.num_images,
+            num_identities=syn.num_identities,
+            seed=syn.seed,
+            image_size=syn.image_size,
+            scale_range=syn.face_scale,
+            max_rotation=float(syn.max_rotation),
+            val_fraction=config.val_fraction,
+            workers=config.workers,
+            params=params,
+        )
     elif source == "ffhq":
-        m = fetch_ffhq(out_dir, images=ffhq.images, num_images=ffhq.num_images, base_url=ffhq.base_url,
-                       metadata_url=ffhq.metadata_url, metadata_md5=ffhq.metadata_md5,
-                       metadata_size=ffhq.metadata_size, num_threads=ffhq.num_threads, retries=ffhq.retries,
-                       params=params, log=log.info)
+        m = fetch_ffhq(
+            out_dir,
+            images=ffhq.images,
+            num_images=ffhq.num_images,
+            base_url=ffhq.base_url,
+            metadata_url=ffhq.metadata_url,
+            metadata_md5=ffhq.metadata_md5,
+            metadata_size=ffhq.metadata_size,
+            num_threads=ffhq.num_threads,
+            retries=ffhq.retries,
+            params=params,
+            log=log.info,
+        )
     else:
-        m = fetch_folder(config.folder, out_dir, near_duplicate_bits=config.near_duplicate_bits,
-                         val_fraction=config.val_fraction, params=params, log=log.warning)
+        m = fetch_folder(
+            config.folder,
+            out_dir,
+            near_duplicate_bits=config.near_duplicate_bits,
+            val_fraction=config.val_fraction,
+            params=params,
+            log=log.warning,
+        )
     log.info(f"fetch_faces ({m['source']}): {m['counts']} -> {out_dir}")
     return str(out_dir)

@@ -2,6 +2,7 @@
 
 Pure Pillow + numpy (no prefect, no torch): imported by spawned worker processes.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -37,8 +38,13 @@ def load_rgb(path: str | Path) -> PIL.Image.Image:
         raise
     except PIL.UnidentifiedImageError:
         raise BadImage("not an image (Pillow cannot identify the file format)") from None
-    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombWarning,
-            PIL.Image.DecompressionBombError) as exc:
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        PIL.Image.DecompressionBombWarning,
+        PIL.Image.DecompressionBombError,
+    ) as exc:
         raise BadImage(f"truncated or corrupt image: {type(exc).__name__}: {exc}") from None
     if img.mode != "RGB":
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

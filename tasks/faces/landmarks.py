@@ -4,6 +4,7 @@ Both return every face found as a (68, 2) float array in dlib's layout; `pick_fa
 largest and applies the minimum size. Nothing here imports prefect, and torch is imported only
 when the face-alignment source is used, so dlib workers spawn fast.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -45,13 +46,15 @@ def pick_face(faces: list[np.ndarray], min_face_size: float) -> np.ndarray:
 
 # --- dlib ------------------------------------------------------------------------------------
 
+
 def dlib_predictor_path() -> Path:
     """The 68-point model shipped by `face-recognition-models` (found without importing it: its
     __init__ needs pkg_resources, which recent setuptools no longer provides)."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("landmarks 'dlib' needs the package face-recognition-models "
-                           "(pip install face-recognition-models==0.3.0)")
+        raise RuntimeError(
+            "landmarks 'dlib' needs the package face-recognition-models (pip install face-recognition-models==0.3.0)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / "models" / DLIB_PREDICTOR
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: reinstall face-recognition-models")
@@ -99,13 +102,15 @@ def check_face_alignment_weights(offline: bool | None = None) -> Path:
     folder = torch_hub_checkpoints()
     missing = [name for name in FA_WEIGHTS if not (folder / name).is_file()]
     if offline is None:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or \
-            os.environ.get("FACEDIFF_OFFLINE", "") not in ("", "0")
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get(
+            "FACEDIFF_OFFLINE", ""
+        ) not in ("", "0")
     if missing and offline:
         lines = "\n".join(f"  {folder / name}   (from {FA_WEIGHTS[name]})" for name in missing)
         raise FileNotFoundError(
             f"landmarks 'face_alignment' needs its weights and this machine is offline; place these files:\n"
-            f"{lines}\n(the folder is $TORCH_HOME/hub/checkpoints; or use landmarks: dlib, which works offline)")
+            f"{lines}\n(the folder is $TORCH_HOME/hub/checkpoints; or use landmarks: dlib, which works offline)"
+        )
     return folder
 
 
@@ -123,26 +128,31 @@ class FanLandmarks:
         import torch
 
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"landmarks 'face_alignment' asks for device {device!r} but torch sees no GPU "
-                               f"here: set device: cpu")
+            raise RuntimeError(
+                f"landmarks 'face_alignment' asks for device {device!r} but torch sees no GPU here: set device: cpu"
+            )
         self.torch = torch
         self.batch_size = max(1, int(batch_size))
         try:
             self.fa = face_alignment.FaceAlignment(
-                face_alignment.LandmarksType.TWO_D, device=device,
+                face_alignment.LandmarksType.TWO_D,
+                device=device,
                 compile=device != "cpu",  # torch.compile costs ~77 s on CPU: never worth it there
-                max_batch_size=self.batch_size)
+                max_batch_size=self.batch_size,
+            )
         except OSError as exc:  # urllib errors are OSErrors: no network and no weights
             missing = [n for n in FA_WEIGHTS if not (folder / n).is_file()]
             raise FileNotFoundError(
-                f"face-alignment could not fetch its weights ({exc}); place {missing} in {folder}") from exc
+                f"face-alignment could not fetch its weights ({exc}); place {missing} in {folder}"
+            ) from exc
         except (RuntimeError, pickle.UnpicklingError, EOFError) as exc:
             # torch.load / load_state_dict on a truncated file, an HTML page saved under the name, or
             # another model's weights: their own messages name neither the file nor the fix.
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise RuntimeError(
                 f"face-alignment could not load its weights from {folder} ({type(exc).__name__}: {first_line}); "
-                f"{' and '.join(FA_WEIGHTS)} there must be the complete original files: download them again") from exc
+                f"{' and '.join(FA_WEIGHTS)} there must be the complete original files: download them again"
+            ) from exc
 
     def batch(self, images: list[np.ndarray]) -> list[list[np.ndarray]]:
         """All faces of each image (RGB uint8 HxWx3 arrays), each a (68, 2) float64 array."""
@@ -163,8 +173,10 @@ class FanLandmarks:
             images = [np.asarray(PIL.Image.fromarray(im).resize(size, PIL.Image.BILINEAR)) for im in images]
         batch = self.torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)  # B x 3 x H x W, uint8
         back = np.array([w / size[0], h / size[1], w / size[0], h / size[1], 1.0])
-        return [[np.asarray(b, dtype=np.float64) * back for b in found]
-                for found in self.fa.face_detector.detect_from_batch(batch)]
+        return [
+            [np.asarray(b, dtype=np.float64) * back for b in found]
+            for found in self.fa.face_detector.detect_from_batch(batch)
+        ]
 
     def _landmarks(self, image: np.ndarray, boxes: list[np.ndarray]) -> list[np.ndarray]:
         """FAN's 68 points for each box (face-alignment crops each box from the full photo)."""
@@ -179,4 +191,4 @@ def _equal_size_chunks(images: list[np.ndarray], size: int) -> list[list[int]]:
     by_shape: dict[tuple, list[int]] = {}
     for i, im in enumerate(images):
         by_shape.setdefault(im.shape, []).append(i)
-    return [idx[start:start + size] for idx in by_shape.values() for start in range(0, len(idx), size)]
+    return [idx[start : start + size] for idx in by_shape.values() for start in range(0, len(idx), size)]

@@ -10,14 +10,16 @@ running the stage again after a kill; the fingerprint makes reuse safe.
 
 No prefect and no torch at module level: this module is imported by spawned worker processes.
 """
+
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -25,12 +27,11 @@ import PIL.Image
 from tasks.faces.align import align_face
 from tasks.faces.images import BadImage, load_rgb
 from tasks.faces.landmarks import DlibLandmarks, NoFace, face_size, pick_face
-from tasks.tracking.hashing import file_digest
-
-from tasks.tracking.identity import code_identity, identity
 from tasks.processes.pool import resolve_workers, spawn_executor
-from tasks.shards.dataset import ResumableShards, shard_name
 from tasks.reporting.progress import progress as progress_bar
+from tasks.shards.dataset import ResumableShards, shard_name
+from tasks.tracking.hashing import file_digest
+from tasks.tracking.identity import code_identity, identity
 
 # The raw folder's FFHQ-style metadata file, and which of its blocks holds each kind of image.
 METADATA = "ffhq-dataset-v2.json"
@@ -44,12 +45,12 @@ LANDMARK_SOURCES = ("metadata", "dlib", "face_alignment")
 
 @dataclass
 class Item:
-    key: str                              # stable sample id (the shard key)
-    split: str                            # train | val (decided at fetch: FFHQ's category)
-    path: str                             # the photo
-    landmarks: list | None = None         # (68, 2) from the metadata, or None
-    aligned: bool = False                 # already an FFHQ-aligned square: only resize
-    md5: str | None = None                # of the photo file (for the fingerprint)
+    key: str  # stable sample id (the shard key)
+    split: str  # train | val (decided at fetch: FFHQ's category)
+    path: str  # the photo
+    landmarks: list | None = None  # (68, 2) from the metadata, or None
+    aligned: bool = False  # already an FFHQ-aligned square: only resize
+    md5: str | None = None  # of the photo file (for the fingerprint)
     info: dict = field(default_factory=dict)  # carried into the sample's json
 
 
@@ -97,8 +98,9 @@ def process_item(item: Item, cfg: AlignConfig) -> dict[str, Any]:
             elif cfg.landmarks == "dlib":
                 faces = _dlib(cfg.dlib_upsample)(np.asarray(img))
             else:
-                raise NoFace("no landmarks in the metadata (use landmarks: dlib or face_alignment "
-                             "for photos without them)")
+                raise NoFace(
+                    "no landmarks in the metadata (use landmarks: dlib or face_alignment for photos without them)"
+                )
             lm = pick_face(faces, cfg.min_face_size)
             size = face_size(lm)
             out = align_face(img, lm, cfg.output_size, cfg.transform_size, cfg.enable_padding)
@@ -106,8 +108,12 @@ def process_item(item: Item, cfg: AlignConfig) -> dict[str, Any]:
         return {"key": item.key, "reason": str(exc), "file": item.info.get("file")}
     buf = io.BytesIO()
     out.save(buf, format="PNG", compress_level=1)  # CPU-bound stage: fast zlib, ~15% larger
-    meta = {**item.info, "key": item.key, "face_size": round(size, 2),
-            "landmarks": None if lm is None else np.round(lm, 2).tolist()}
+    meta = {
+        **item.info,
+        "key": item.key,
+        "face_size": round(size, 2),
+        "landmarks": None if lm is None else np.round(lm, 2).tolist(),
+    }
     return {"key": item.key, "png": buf.getvalue(), "json": meta}
 
 
@@ -122,6 +128,7 @@ CHUNK = 8  # items per worker task: few round trips, still even work across work
 
 # --- shard planning and resumption (main process) ---------------------------------------------
 
+
 def plan_shards(items: list[Item], shard_size: int) -> list[tuple[str, int, list[Item]]]:
     """Fixed mapping: per split, consecutive runs of `shard_size` in key order."""
     if shard_size < 1:
@@ -133,7 +140,7 @@ def plan_shards(items: list[Item], shard_size: int) -> list[tuple[str, int, list
     for split in sorted(by_split):
         group = by_split[split]
         for idx, start in enumerate(range(0, len(group), shard_size)):
-            plan.append((split, idx, group[start:start + shard_size]))
+            plan.append((split, idx, group[start : start + shard_size]))
     return plan
 
 
@@ -148,19 +155,27 @@ def _file_md5(path: str) -> str:
         return "missing"
 
 
-def align_to_shards(items: list[Item], out_dir: str | Path, cfg: AlignConfig, *, shard_size: int,
-                    workers: int, params: dict, progress: bool = True,
-                    log: Callable[[str], None] = print, fan: Any = None,
-                    extra_rejections: list[dict] | None = None, extra_manifest: dict | None = None,
-                    list_used: bool = False) -> dict:
+def align_to_shards(
+    items: list[Item],
+    out_dir: str | Path,
+    cfg: AlignConfig,
+    *,
+    shard_size: int,
+    workers: int,
+    params: dict,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    fan: Any = None,
+    extra_rejections: list[dict] | None = None,
+    extra_manifest: dict | None = None,
+    list_used: bool = False,
+) -> dict:
     """Align `items` into `out_dir` (shards + manifest.json), reusing finished shards. Returns the manifest."""
-
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     workers = resolve_workers(workers)
-    base_fp = json.dumps({"cfg": cfg.__dict__, "code": code_identity(), "shard_size": shard_size},
-                         sort_keys=True)
+    base_fp = json.dumps({"cfg": cfg.__dict__, "code": code_identity(), "shard_size": shard_size}, sort_keys=True)
     plan = plan_shards(items, shard_size)
     shards = ResumableShards(out_dir, {shard_name(s, i): shard_fingerprint(base_fp, its) for s, i, its in plan})
     if (old := shards.completed()) is not None:
@@ -171,18 +186,29 @@ def align_to_shards(items: list[Item], out_dir: str | Path, cfg: AlignConfig, *,
     done = shards.resume()
     pending = [(s, i, its) for s, i, its in plan if shard_name(s, i) not in done]
     n_pending = sum(len(its) for _, _, its in pending)
-    log(f"{len(plan)} shards: {len(done)} already finished, {len(pending)} to do ({n_pending} images, "
-        f"{workers} processes, landmarks {cfg.landmarks}); removed {shards.removed} stale files")
+    log(
+        f"{len(plan)} shards: {len(done)} already finished, {len(pending)} to do ({n_pending} images, "
+        f"{workers} processes, landmarks {cfg.landmarks}); removed {shards.removed} stale files"
+    )
 
     def finish(split: str, idx: int, results: list[dict]) -> None:
         ok = sorted((r for r in results if "png" in r), key=lambda r: r["key"])
-        shards.write(split, idx, ({"__key__": r["key"], "png": r["png"], "json": r["json"]} for r in ok),
-                     {"split": split, "used": [{"key": r["key"], "file": r["json"].get("file")} for r in ok],
-                      "rejected": sorted((r for r in results if "reason" in r), key=lambda r: r["key"])})
+        shards.write(
+            split,
+            idx,
+            ({"__key__": r["key"], "png": r["png"], "json": r["json"]} for r in ok),
+            {
+                "split": split,
+                "used": [{"key": r["key"], "file": r["json"].get("file")} for r in ok],
+                "rejected": sorted((r for r in results if "reason" in r), key=lambda r: r["key"]),
+            },
+        )
 
     if pending:
-        with spawn_executor(min(workers, max(1, n_pending))) as pool, \
-                progress_bar(total=n_pending, desc="align", unit="img", disable=not progress) as bar:
+        with (
+            spawn_executor(min(workers, max(1, n_pending))) as pool,
+            progress_bar(total=n_pending, desc="align", unit="img", disable=not progress) as bar,
+        ):
             futures: dict = {}
             results: dict[tuple, list] = {}
             remaining: dict[tuple, int] = {}
@@ -208,7 +234,7 @@ def align_to_shards(items: list[Item], out_dir: str | Path, cfg: AlignConfig, *,
                     remaining[sid] -= len(pre)
                     bar.update(len(pre))
                 for start in range(0, len(its), CHUNK):
-                    futures[pool.submit(_run, (its[start:start + CHUNK], cfg))] = sid
+                    futures[pool.submit(_run, (its[start : start + CHUNK], cfg))] = sid
                 if remaining[sid] == 0:
                     finish(split, idx, results.pop(sid))
                 while len(futures) * CHUNK > 4 * workers * shard_size:  # bound memory on huge runs
@@ -233,12 +259,17 @@ def align_to_shards(items: list[Item], out_dir: str | Path, cfg: AlignConfig, *,
     all_shards = [n for sp in splits.values() for n in sp["shards"]]
     manifest = {
         "kind": "faces_aligned",
-        "schema": {"png": f"uint8 RGB PNG, {cfg.output_size}x{cfg.output_size}, FFHQ-aligned",
-                   "json": "key, file, face_size (px, larger side of the landmarks' box in the source), "
-                           "landmarks (68x2, source pixels) and source fields"},
-        "counts": {"inputs": len(items) + len(extra_rejections or []),
-                   "written": sum(sp["count"] for sp in splits.values()), "rejected": len(rejected),
-                   **{split: sp["count"] for split, sp in splits.items()}},
+        "schema": {
+            "png": f"uint8 RGB PNG, {cfg.output_size}x{cfg.output_size}, FFHQ-aligned",
+            "json": "key, file, face_size (px, larger side of the landmarks' box in the source), "
+            "landmarks (68x2, source pixels) and source fields",
+        },
+        "counts": {
+            "inputs": len(items) + len(extra_rejections or []),
+            "written": sum(sp["count"] for sp in splits.values()),
+            "rejected": len(rejected),
+            **{split: sp["count"] for split, sp in splits.items()},
+        },
         "splits": splits,
         "all_shards": all_shards,
         "params": params,
@@ -275,6 +306,7 @@ def _fan_landmarks(fan, its: list[Item], cfg: AlignConfig) -> tuple[list[Item], 
 
 # --- reading a raw folder back ---------------------------------------------------------------
 
+
 def items_from_raw(raw_dir: str | Path, landmarks: str) -> tuple[list[Item], dict]:
     """Items to align from a raw folder; metadata landmarks are attached only when asked for."""
     raw_dir = Path(raw_dir)
@@ -293,10 +325,18 @@ def items_from_raw(raw_dir: str | Path, landmarks: str) -> tuple[list[Item], dic
     for key, e in entries.items():
         spec = e[block]
         lm = spec.get("face_landmarks") if (block == "in_the_wild" and landmarks == "metadata") else None
-        items.append(Item(
-            key=key, split="val" if e.get("category") == "validation" else "train",
-            path=str(raw_dir / spec["file_path"]), landmarks=lm, aligned=block != "in_the_wild",
-            md5=spec.get("file_md5"),
-            info={"file": spec["file_path"], **{k: v for k, v in (e.get("metadata") or {}).items()
-                                                 if k in ("identity", "source", "original")}}))
+        items.append(
+            Item(
+                key=key,
+                split="val" if e.get("category") == "validation" else "train",
+                path=str(raw_dir / spec["file_path"]),
+                landmarks=lm,
+                aligned=block != "in_the_wild",
+                md5=spec.get("file_md5"),
+                info={
+                    "file": spec["file_path"],
+                    **{k: v for k, v in (e.get("metadata") or {}).items() if k in ("identity", "source", "original")},
+                },
+            )
+        )
     return items, raw_manifest

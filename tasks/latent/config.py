@@ -1,4 +1,5 @@
 """Typed configs of the latent stages (train_vae, encode_latents, train_ldm); values in params.yaml."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,36 +11,36 @@ from tasks.training.config import LoopConfig, TrainConfig
 
 @dataclass(frozen=True)
 class VaeModelConfig(StageConfig):  # pipelines.autoencoder.PatchAutoencoderKL
-    patch_size: int       # f: pixels per latent side
+    patch_size: int  # f: pixels per latent side
     latent_channels: int
     hidden_channels: int  # width of every layer (all at the latent resolution)
-    encoder_blocks: int   # residual blocks
+    encoder_blocks: int  # residual blocks
     decoder_blocks: int
 
 
 @dataclass(frozen=True)
 class VaeLossConfig(StageConfig):
     batch_size: int
-    kl_weight: float       # per latent element
+    kl_weight: float  # per latent element
     l1_weight: float
     mse_weight: float
-    hflip: bool            # each face mirrored with probability 1/2
+    hflip: bool  # each face mirrored with probability 1/2
     logvar_init: float | None  # the log-variance outputs' initial bias (null: the model's own init)
 
 
 @dataclass(frozen=True)
 class TrainVaeConfig(StageConfig):
-    source: str                    # train | a hub id | a local diffusers folder
+    source: str  # train | a hub id | a local diffusers folder
     subfolder: str | None
     resolution: int
     eval_batch_size: int
     eval_images: int | None
     device: str
     min_gain_over_bilinear_db: float  # target: validation PSNR at least this far above the bilinear reference
-    min_val_images: int            # fewer: the PSNR is flagged reliable: false
-    model: VaeModelConfig          # source train only
-    loss: VaeLossConfig            # source train only
-    training: LoopConfig           # source train only: the shared engine's loop
+    min_val_images: int  # fewer: the PSNR is flagged reliable: false
+    model: VaeModelConfig  # source train only
+    loss: VaeLossConfig  # source train only
+    training: LoopConfig  # source train only: the shared engine's loop
 
 
 @dataclass(frozen=True)

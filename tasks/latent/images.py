@@ -4,11 +4,12 @@ Aligned shards hold uint8 PNGs (256x256 for the embedded default); the VAE may w
 `resolution` (64 in the embedded default), reached by an antialiased Lanczos resize in Pillow.
 Normalisation to [-1, 1] happens here, in the loader, as the data contract says.
 """
+
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -40,8 +41,9 @@ def iter_shard(path: str | Path) -> Iterator[tuple[str, bytes]]:
         yield sample["__key__"], sample["png"]
 
 
-def load_split(shard_dir: str | Path, split: str, resolution: int | None,
-               limit: int | None = None) -> tuple[list[str], np.ndarray]:
+def load_split(
+    shard_dir: str | Path, split: str, resolution: int | None, limit: int | None = None
+) -> tuple[list[str], np.ndarray]:
     """Every image of a split as uint8 (N, H, W, 3) in memory, with its keys.
 
     The VAE trains on the embedded default's few hundred faces (a few MB at 64x64); at scale the

@@ -6,6 +6,7 @@ Training the small VAE of the embedded default is the train_vae stage's own work
 (tasks/latent/train_vae.py); nothing here imports the training engine, so the stages that only
 load a VAE do not depend on it.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,6 +25,7 @@ from tasks.latent.images import to_model_input
 VAE_CLASSES = ("AutoencoderKL", "VQModel", "PatchAutoencoderKL")  # the last is this project's (pipelines/)
 
 # --------------------------------------------------------------------------- loading
+
 
 class VAESourceError(RuntimeError):
     """The VAE cannot be loaded from the given source (offline with no copy, wrong folder, ...)."""
@@ -51,12 +53,14 @@ def _local_vae_dir(path: Path, subfolder: str | None) -> Path:
 def offline_help(source: str, subfolder: str | None) -> str:
     sub = f" --include '{subfolder}/*'" if subfolder else ""
     target = f"models/{source.split('/')[-1]}"
-    return (f"cannot load the VAE '{source}'{f' (subfolder {subfolder})' if subfolder else ''}: it is not in the "
-            f"local Hugging Face cache and the hub cannot be reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}). "
-            f"Provide a local copy: on a machine with internet run `huggingface-cli download {source}{sub} "
-            f"--local-dir {target}`, copy that folder here and set `train_vae.source: {target}` in params.yaml "
-            f"(or fill the HF cache and set HF_HUB_OFFLINE=0); or use `train_vae.source: train` to train a small "
-            f"VAE on the aligned faces.")
+    return (
+        f"cannot load the VAE '{source}'{f' (subfolder {subfolder})' if subfolder else ''}: it is not in the "
+        f"local Hugging Face cache and the hub cannot be reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}). "
+        f"Provide a local copy: on a machine with internet run `huggingface-cli download {source}{sub} "
+        f"--local-dir {target}`, copy that folder here and set `train_vae.source: {target}` in params.yaml "
+        f"(or fill the HF cache and set HF_HUB_OFFLINE=0); or use `train_vae.source: train` to train a small "
+        f"VAE on the aligned faces."
+    )
 
 
 def load_pretrained(source: str, subfolder: str | None = None) -> tuple[torch.nn.Module, dict, str]:
@@ -68,8 +72,9 @@ def load_pretrained(source: str, subfolder: str | None = None) -> tuple[torch.nn
         cls = _vae_class(raw.get("_class_name", "AutoencoderKL"))
         return cls.from_pretrained(str(folder)), raw, str(folder)
     if source.count("/") != 1 or source.startswith((".", "/")):
-        raise VAESourceError(f"train_vae.source {source!r} is neither 'train', an existing folder, nor a hub id "
-                             "(owner/name)")
+        raise VAESourceError(
+            f"train_vae.source {source!r} is neither 'train', an existing folder, nor a hub id (owner/name)"
+        )
     # A hub id: fetch the config first (small), so offline fails in a second with a clear message.
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -108,6 +113,7 @@ def vae_identity(vae: torch.nn.Module) -> str:
 
 # --------------------------------------------------------------------------- encode / decode
 
+
 def posterior_moments(vae: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Images in [-1, 1] -> the posterior's (mean, std), unscaled. A VQ model is deterministic
     (std = 0; its latents are the encoder output before quantisation, as the LDM paper trains on)."""
@@ -133,8 +139,12 @@ def latent_variance(stats: dict[str, float]) -> float:
 
 def moment_sums(mean: torch.Tensor, std: torch.Tensor) -> dict[str, float]:
     mean, std = mean.double(), std.double()
-    return {"n": float(mean.numel()), "sum_mean": mean.sum().item(), "sum_mean_sq": mean.square().sum().item(),
-            "sum_std_sq": std.square().sum().item()}
+    return {
+        "n": float(mean.numel()),
+        "sum_mean": mean.sum().item(),
+        "sum_mean_sq": mean.square().sum().item(),
+        "sum_std_sq": std.square().sum().item(),
+    }
 
 
 def add_sums(a: dict[str, float] | None, b: dict[str, float]) -> dict[str, float]:
@@ -145,7 +155,7 @@ def add_sums(a: dict[str, float] | None, b: dict[str, float]) -> dict[str, float
 def measure_latent_sums(vae: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> dict:
     sums = None
     for i in range(0, len(images), batch_size):
-        mean, std = posterior_moments(vae, to_model_input(images[i:i + batch_size]).to(device))
+        mean, std = posterior_moments(vae, to_model_input(images[i : i + batch_size]).to(device))
         sums = add_sums(sums, moment_sums(mean, std))
     return sums
 
@@ -163,7 +173,7 @@ def reconstruction_psnr(vae: torch.nn.Module, images: np.ndarray, batch_size: in
         return (10 * torch.log10(1.0 / mse)).tolist()
 
     for i in range(0, len(images), batch_size):
-        x = to_model_input(images[i:i + batch_size]).to(device)
+        x = to_model_input(images[i : i + batch_size]).to(device)
         mean, _ = posterior_moments(vae, x)
         out["vae"] += psnr(decode(vae, mean).float(), x)
         out["flat"] += psnr(x.mean(dim=(2, 3), keepdim=True).expand_as(x), x)

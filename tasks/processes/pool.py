@@ -6,15 +6,15 @@ functions live in modules that import neither prefect nor torch, and, unlike mul
 default, the workers here do not re-run the caller's `__main__` module (see `_preparation_data`),
 so they cannot run functions defined in a `__main__` script.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
 import multiprocessing.spawn
 import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from typing import Iterator
-
 
 # multiprocessing re-runs the parent's `__main__` module in every spawned child (as `__mp_main__`),
 # in case the work refers to functions defined there. The pool's work never does, so that is pure
@@ -51,8 +51,9 @@ def resolve_workers(workers: int) -> int:
 def spawn_executor(workers: int, initializer=None, initargs: tuple = ()) -> ProcessPoolExecutor:
     """`workers` spawned processes (<= 0: every core), for callers that submit and wait themselves;
     `initializer(*initargs)` runs once in each (e.g. to load models)."""
-    return ProcessPoolExecutor(max_workers=resolve_workers(workers), mp_context=_PoolContext(),
-                               initializer=initializer, initargs=initargs)
+    return ProcessPoolExecutor(
+        max_workers=resolve_workers(workers), mp_context=_PoolContext(), initializer=initializer, initargs=initargs
+    )
 
 
 @contextmanager

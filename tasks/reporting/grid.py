@@ -1,4 +1,5 @@
 """Sample grids for dvclive and evaluation pages: diffusers' `make_image_grid`, squared and padded."""
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ fast, and prefect is only asked when it is already loaded: a run context exists 
 that imported prefect to start the run, so elsewhere (benchmarks, tests, scripts) the answer is
 plain logging without the ~1.2 s of CPU that importing prefect costs.
 """
+
 from __future__ import annotations
 
 import logging

@@ -16,6 +16,7 @@ A folder saved with its code (`pipelines.portable.save_portable`) gets a snippet
 diffusers alone (`trust_remote_code=True`); a folder without (a LoRA adapter, the cartoon model, the
 face VAE today) gets one that imports this project's `pipelines`, and says so.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,10 @@ import os
 import shutil
 import subprocess
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -36,26 +38,41 @@ from tasks.tracking.identity import PACKAGES, REPO, code_identity, data_identity
 
 # What each training stage's folder is (title, tags, one paragraph).
 STAGES = {
-    "train_cartoon": ("Attribute-conditional cartoon diffusion", ["cartoon", "class-conditional", "ddpm"],
-                      "A pixel-space DDPM that draws cartoon avatars for given Cartoon Set attributes "
-                      "(hair colour, face colour, glasses, ...), with classifier-free guidance: a dict of attribute "
-                      "indices per image; attributes left out are drawn uniformly at random."),
-    "train_vae": ("Face autoencoder", ["autoencoder", "vae", "faces"],
-                  "The KL autoencoder of the face track: aligned face images <-> latents that the latent diffusion "
-                  "model is trained on. It reconstructs images; it does not sample them."),
-    "train_ldm": ("Unconditional face latent diffusion", ["latent-diffusion", "unconditional-image-generation", "faces"],
-                  "An unconditional UNet2DModel denoising the face autoencoder's latents, decoded by that autoencoder "
-                  "(saved with it in `vae/`): aligned faces from noise."),
-    "train_dreambooth": ("DreamBooth subject model", ["dreambooth", "faces", "latent-diffusion"],
-                         "The face latent diffusion model fine-tuned on one subject's photos with prior preservation. "
-                         "With an identifier (a 2-row class embedding) it draws the subject (label 1) or the general "
-                         "class (label 0); `guidance_scale` guides from the class towards the subject."),
+    "train_cartoon": (
+        "Attribute-conditional cartoon diffusion",
+        ["cartoon", "class-conditional", "ddpm"],
+        "A pixel-space DDPM that draws cartoon avatars for given Cartoon Set attributes "
+        "(hair colour, face colour, glasses, ...), with classifier-free guidance: a dict of attribute "
+        "indices per image; attributes left out are drawn uniformly at random.",
+    ),
+    "train_vae": (
+        "Face autoencoder",
+        ["autoencoder", "vae", "faces"],
+        "The KL autoencoder of the face track: aligned face images <-> latents that the latent diffusion "
+        "model is trained on. It reconstructs images; it does not sample them.",
+    ),
+    "train_ldm": (
+        "Unconditional face latent diffusion",
+        ["latent-diffusion", "unconditional-image-generation", "faces"],
+        "An unconditional UNet2DModel denoising the face autoencoder's latents, decoded by that autoencoder "
+        "(saved with it in `vae/`): aligned faces from noise.",
+    ),
+    "train_dreambooth": (
+        "DreamBooth subject model",
+        ["dreambooth", "faces", "latent-diffusion"],
+        "The face latent diffusion model fine-tuned on one subject's photos with prior preservation. "
+        "With an identifier (a 2-row class embedding) it draws the subject (label 1) or the general "
+        "class (label 0); `guidance_scale` guides from the class towards the subject.",
+    ),
 }
 
 # Data source -> (hub license id, license_name for `other`, what it means).
 LICENSES = {
-    "synthetic": ("other", "facediff-synthetic", "synthetic images drawn by this project's own generators: "
-                                                 "no third-party images, the project's own terms"),
+    "synthetic": (
+        "other",
+        "facediff-synthetic",
+        "synthetic images drawn by this project's own generators: no third-party images, the project's own terms",
+    ),
     "cartoonset": ("cc-by-4.0", None, "Cartoon Set (Google), CC BY 4.0: credit Google's Cartoon Set"),
     "ffhq": ("cc-by-nc-sa-4.0", None, "FFHQ (NVIDIA), CC BY-NC-SA 4.0: non-commercial, share alike"),
     "folder": ("other", "user-photos", "a folder of photos the user supplied: their owners' terms"),
@@ -65,9 +82,17 @@ UNKNOWN = ("other", "unknown", "data whose source its manifests do not name")
 
 # ---------------------------------------------------------------------------------------------- the card
 
-def write_model_card(model_dir: str | Path, *, stage: str, params: dict, metrics_path: str | Path,
-                     data_dirs: list[str | Path], sample_grid: str | Path | None = None,
-                     base_model: str | Path | None = None) -> Path:
+
+def write_model_card(
+    model_dir: str | Path,
+    *,
+    stage: str,
+    params: dict,
+    metrics_path: str | Path,
+    data_dirs: list[str | Path],
+    sample_grid: str | Path | None = None,
+    base_model: str | Path | None = None,
+) -> Path:
     """Write `model_dir/README.md` for the folder `stage` just saved. `params`: the stage's params
     section; `metrics_path`: the JSON the stage wrote; `data_dirs`: the dataset folders it trained on
     (identity: their manifest's hash; license: traced from the manifests); `sample_grid`: a PNG, copied
@@ -123,11 +148,17 @@ def front_matter(model_dir: Path, stage: str, tags: list[str], licenses: list[tu
 
 # ---------------------------------------------------------------------------------------------- usage
 
+
 def usage_section(model_dir: Path, params: dict) -> str:
     code, needs = usage(model_dir, params)
-    cli = "" if model_folder(model_dir).kind in ("autoencoder", "model") else (
-        f"\n\nWith this project, a grid without code: `python -m pipelines.sample {model_dir} --num-images 16 "
-        f"--seed 0 --out grid.png`.")
+    cli = (
+        ""
+        if model_folder(model_dir).kind in ("autoencoder", "model")
+        else (
+            f"\n\nWith this project, a grid without code: `python -m pipelines.sample {model_dir} --num-images 16 "
+            f"--seed 0 --out grid.png`."
+        )
+    )
     return f"## Use\n\n{needs}\n\n```python\n{code}```{cli}"
 
 
@@ -137,17 +168,22 @@ def usage(model_dir: Path, params: dict) -> tuple[str, str]:
     folder = model_folder(model_dir)
     if folder.kind == "lora":
         record = json.loads((model_dir / ADAPTER_RECORD).read_text())
-        load = (f"from pipelines.dreambooth import load_subject_pipeline\n"
-                f"pipe = load_subject_pipeline({path})  # onto its base, {record['base_dir']}\n")
+        load = (
+            f"from pipelines.dreambooth import load_subject_pipeline\n"
+            f"pipe = load_subject_pipeline({path})  # onto its base, {record['base_dir']}\n"
+        )
         call = _subject_call(bool(record["identifier"]), params)
-        return _snippet(load, params, call), ("A LoRA adapter, not a whole model: this project's `pipelines` and "
-                                              "`peft` put it onto its base model.")
+        return _snippet(load, params, call), (
+            "A LoRA adapter, not a whole model: this project's `pipelines` and `peft` put it onto its base model."
+        )
     if folder.kind in ("autoencoder", "model"):
         return _autoencoder_usage(model_dir)
     name = folder.class_name
     if folder.code_file:
-        load = (f"from diffusers import DiffusionPipeline\n"
-                f"pipe = DiffusionPipeline.from_pretrained({path}, trust_remote_code=True)\n")
+        load = (
+            f"from diffusers import DiffusionPipeline\n"
+            f"pipe = DiffusionPipeline.from_pretrained({path}, trust_remote_code=True)\n"
+        )
         needs = f"diffusers alone: the folder carries its pipeline's code (`{folder.code_file}`)."
     else:
         module = "pipelines.dreambooth" if folder.kind == "dreambooth" else "pipelines"  # pipelines/__init__.py's
@@ -164,15 +200,17 @@ def _snippet(load: str, params: dict, call: str) -> str:
         cls, build = scheduler_code(samples["scheduler"])
         imports += f"from diffusers import {cls}\n"
         scheduler = f"pipe.scheduler = {build}  # the stage's sampler\n"
-    return f"{imports}{load}{scheduler}{call}images[0].save(\"sample.png\")\n"
+    return f'{imports}{load}{scheduler}{call}images[0].save("sample.png")\n'
 
 
 def _pipeline_call(kind: str, model_dir: Path, params: dict) -> str:
     if kind == "cartoon":
         first = json.loads((model_dir / "tau" / "config.json").read_text())["attribute_names"][0]
-        return (f"images = pipe([{{{json.dumps(first)}: 0}}] * 4,  # one dict per image; unnamed attributes at random\n"
-                f"              guidance_scale={_samples(params, 'guidance_scale')}, "
-                f"{_steps(params)}generator=torch.Generator().manual_seed(0)).images\n")
+        return (
+            f"images = pipe([{{{json.dumps(first)}: 0}}] * 4,  # one dict per image; unnamed attributes at random\n"
+            f"              guidance_scale={_samples(params, 'guidance_scale')}, "
+            f"{_steps(params)}generator=torch.Generator().manual_seed(0)).images\n"
+        )
     if kind == "dreambooth":
         unet = json.loads((model_dir / "unet" / "config.json").read_text())
         return _subject_call(unet.get("num_class_embeds") is not None, params)
@@ -182,10 +220,12 @@ def _pipeline_call(kind: str, model_dir: Path, params: dict) -> str:
 def _subject_call(identifier: bool, params: dict) -> str:
     if not identifier:
         return f"images = pipe(batch_size=4, {_steps(params)}generator=torch.Generator().manual_seed(0)).images\n"
-    return (f"images = pipe(batch_size=4, guidance_scale={_samples(params, 'guidance_scale')}, {_steps(params)}"
-            f"generator=torch.Generator().manual_seed(0)).images  # the subject\n"
-            f"classes = pipe(batch_size=4, subject=False, {_steps(params)}"
-            f"generator=torch.Generator().manual_seed(0)).images  # the general class\n")
+    return (
+        f"images = pipe(batch_size=4, guidance_scale={_samples(params, 'guidance_scale')}, {_steps(params)}"
+        f"generator=torch.Generator().manual_seed(0)).images  # the subject\n"
+        f"classes = pipe(batch_size=4, subject=False, {_steps(params)}"
+        f"generator=torch.Generator().manual_seed(0)).images  # the general class\n"
+    )
 
 
 def _samples(params: dict, key: str):
@@ -205,30 +245,34 @@ def _autoencoder_usage(model_dir: Path) -> tuple[str, str]:
     else:
         load, needs = f"from diffusers import {name}\n", "diffusers alone."
     encode = "vae.encode(x).latents" if name == "VQModel" else "vae.encode(x).latent_dist.mean"
-    code = (f"import torch\n{load}vae = {name}.from_pretrained({json.dumps(str(model_dir))})\n"
-            f"x = torch.rand(1, 3, {size}, {size}) * 2 - 1  # an image in [-1, 1]\n"
-            f"with torch.no_grad():\n"
-            f"    z = {encode} * vae.config.scaling_factor  # what the diffusion model sees\n"
-            f"    reconstruction = vae.decode(z / vae.config.scaling_factor).sample\n")
+    code = (
+        f"import torch\n{load}vae = {name}.from_pretrained({json.dumps(str(model_dir))})\n"
+        f"x = torch.rand(1, 3, {size}, {size}) * 2 - 1  # an image in [-1, 1]\n"
+        f"with torch.no_grad():\n"
+        f"    z = {encode} * vae.config.scaling_factor  # what the diffusion model sees\n"
+        f"    reconstruction = vae.decode(z / vae.config.scaling_factor).sample\n"
+    )
     return code, f"{needs} An autoencoder reconstructs; it does not sample."
 
 
 # ---------------------------------------------------------------------------------------------- results
 
+
 @dataclass(frozen=True)
 class Figure:
     """One figure of what a model achieves, in the metrics file of the stage that measures it."""
-    key: str                                # its key in that file
-    what: str                               # what it says
-    target: Callable[[dict, dict], str]     # (that file's figures, {} before they exist; the stage's params) -> words
-    verdict: str | None = None              # that file's met flag for it; None: no target of its own
+
+    key: str  # its key in that file
+    what: str  # what it says
+    target: Callable[[dict, dict], str]  # (that file's figures, {} before they exist; the stage's params) -> words
+    verdict: str | None = None  # that file's met flag for it; None: no target of its own
 
 
 @dataclass(frozen=True)
 class Results:
-    by: str | None            # the stage that measures the model; None: the training stage, in its own metrics
-    metrics: str | None       # that stage's metrics file, relative to where stages run (dvc.yaml's paths)
-    folder_key: str | None    # its key naming the folder it measured (pipelines.folders.folder_identity)
+    by: str | None  # the stage that measures the model; None: the training stage, in its own metrics
+    metrics: str | None  # that stage's metrics file, relative to where stages run (dvc.yaml's paths)
+    folder_key: str | None  # its key naming the folder it measured (pipelines.folders.folder_identity)
     figures: tuple[Figure, ...]
 
 
@@ -239,37 +283,92 @@ def _of(m: dict, key: str, spec: str = ".2f") -> str:
 
 
 RESULTS = {
-    "train_vae": Results(None, None, None, (
-        Figure("psnr_gain_over_bilinear_db", "validation PSNR gain over bilinear upsampling from the latent size (dB)",
-               lambda m, p: f">= {p['min_gain_over_bilinear_db']:g} dB (params min_gain_over_bilinear_db)",
-               "target_met"),
-        Figure("val_images", "validation faces the PSNR is measured on",
-               lambda m, p: f">= {p['min_val_images']} (params min_val_images)", "reliable"),
-    )),
-    "train_ldm": Results("evaluate_faces", "metrics/evaluate_faces.json", "base_folder_identity", (
-        Figure("face_detect_rate", "samples with a face found (dlib)",
-               lambda m, p: (
-                   f">= evaluate_faces.min_detect_ratio x the real faces' rate{_of(m, 'face_detect_rate_real')}"),
-               "detect_rate_ok"),
-        Figure("kid_dlib", "KID to real faces (dlib features)",
-               lambda m, p: f"nearer real vs real{_of(m, 'kid_dlib_floor', '.2g')} than the untrained model"
-                            f"{_of(m, 'kid_dlib_untrained', '.2g')}", "kid_ok"),
-        Figure("fd_dlib", "Frechet distance to real faces (dlib features)",
-               lambda m, p: f"none of its own; real vs real{_of(m, 'fd_dlib_floor', '.3f')}"),
-    )),
-    "train_dreambooth": Results("evaluate_faces", "metrics/evaluate_faces.json", "subject_folder_identity", (
-        Figure("id_top1", "subject samples whose nearest photo identity is the subject's (dlib)",
-               lambda m, p: f">= {ID_CEILING_SHARE:g} x the photos' own id_top1{_of(m, 'id_top1_ceiling')} and >= "
-                            f"the base model's{_of(m, 'id_top1_base')} + {ID_ABOVE_BASE:g}", "subject_identity_ok"),
-        Figure("id_top1_class", "the same for class samples (label 0): prior preservation",
-               lambda m, p: f"within {CLASS_DRIFT:g} of the base model's{_of(m, 'id_top1_base')}", "subject_prior_ok"),
-    )),
-    "train_cartoon": Results("evaluate_cartoon", "metrics/evaluate_cartoon.json", "model_folder_identity", (
-        Figure("reliable_accuracy_vs_ceiling", "attribute accuracy / the judge's ceiling, over the attributes the "
-               "judge reads reliably, at the best guidance",
-               lambda m, p: "none numeric; compare guidance 0, no conditioning"
-                            f"{_of(m, 'reliable_accuracy_vs_ceiling_guidance_0', '.3f')}"),
-    )),
+    "train_vae": Results(
+        None,
+        None,
+        None,
+        (
+            Figure(
+                "psnr_gain_over_bilinear_db",
+                "validation PSNR gain over bilinear upsampling from the latent size (dB)",
+                lambda m, p: f">= {p['min_gain_over_bilinear_db']:g} dB (params min_gain_over_bilinear_db)",
+                "target_met",
+            ),
+            Figure(
+                "val_images",
+                "validation faces the PSNR is measured on",
+                lambda m, p: f">= {p['min_val_images']} (params min_val_images)",
+                "reliable",
+            ),
+        ),
+    ),
+    "train_ldm": Results(
+        "evaluate_faces",
+        "metrics/evaluate_faces.json",
+        "base_folder_identity",
+        (
+            Figure(
+                "face_detect_rate",
+                "samples with a face found (dlib)",
+                lambda m, p: (
+                    f">= evaluate_faces.min_detect_ratio x the real faces' rate{_of(m, 'face_detect_rate_real')}"
+                ),
+                "detect_rate_ok",
+            ),
+            Figure(
+                "kid_dlib",
+                "KID to real faces (dlib features)",
+                lambda m, p: (
+                    f"nearer real vs real{_of(m, 'kid_dlib_floor', '.2g')} than the untrained model"
+                    f"{_of(m, 'kid_dlib_untrained', '.2g')}"
+                ),
+                "kid_ok",
+            ),
+            Figure(
+                "fd_dlib",
+                "Frechet distance to real faces (dlib features)",
+                lambda m, p: f"none of its own; real vs real{_of(m, 'fd_dlib_floor', '.3f')}",
+            ),
+        ),
+    ),
+    "train_dreambooth": Results(
+        "evaluate_faces",
+        "metrics/evaluate_faces.json",
+        "subject_folder_identity",
+        (
+            Figure(
+                "id_top1",
+                "subject samples whose nearest photo identity is the subject's (dlib)",
+                lambda m, p: (
+                    f">= {ID_CEILING_SHARE:g} x the photos' own id_top1{_of(m, 'id_top1_ceiling')} and >= "
+                    f"the base model's{_of(m, 'id_top1_base')} + {ID_ABOVE_BASE:g}"
+                ),
+                "subject_identity_ok",
+            ),
+            Figure(
+                "id_top1_class",
+                "the same for class samples (label 0): prior preservation",
+                lambda m, p: f"within {CLASS_DRIFT:g} of the base model's{_of(m, 'id_top1_base')}",
+                "subject_prior_ok",
+            ),
+        ),
+    ),
+    "train_cartoon": Results(
+        "evaluate_cartoon",
+        "metrics/evaluate_cartoon.json",
+        "model_folder_identity",
+        (
+            Figure(
+                "reliable_accuracy_vs_ceiling",
+                "attribute accuracy / the judge's ceiling, over the attributes the "
+                "judge reads reliably, at the best guidance",
+                lambda m, p: (
+                    "none numeric; compare guidance 0, no conditioning"
+                    f"{_of(m, 'reliable_accuracy_vs_ceiling_guidance_0', '.3f')}"
+                ),
+            ),
+        ),
+    ),
 }
 
 
@@ -302,25 +401,38 @@ def results_section(model_dir: Path, stage: str, params: dict, metrics_path: Pat
     else:
         why = "did not exist"
     if m is None:
-        head = (f"Measured after this stage: `dvc repro {spec.by}` writes these figures to `{source}`, under the "
-                f"keys below. When this card was written that file {why}.")
+        head = (
+            f"Measured after this stage: `dvc repro {spec.by}` writes these figures to `{source}`, under the "
+            f"keys below. When this card was written that file {why}."
+        )
         rows = [f"| `{f.key}`: {f.what} | pending | {f.target({}, params)} | pending |" for f in spec.figures]
     else:
-        head = f"From `{source}`, " + (f"written by `{spec.by}` for this folder." if spec.by else "as the stage wrote it.")
-        rows = [f"| `{f.key}`: {f.what} | {cell(m.get(f.key))} | {f.target(m, params)} | {_verdict(m, f)} |"
-                for f in spec.figures]
+        head = f"From `{source}`, " + (
+            f"written by `{spec.by}` for this folder." if spec.by else "as the stage wrote it."
+        )
+        rows = [
+            f"| `{f.key}`: {f.what} | {cell(m.get(f.key))} | {f.target(m, params)} | {_verdict(m, f)} |"
+            for f in spec.figures
+        ]
     training = f"\n\nTraining figures (steps, final losses): `{metrics_path}`." if spec.metrics else ""
-    return (f"## Results\n\n{head}\n\n| figure | value | target | met |\n| --- | --- | --- | --- |\n"
-            + "\n".join(rows) + training)
+    return (
+        f"## Results\n\n{head}\n\n| figure | value | target | met |\n| --- | --- | --- | --- |\n"
+        + "\n".join(rows)
+        + training
+    )
 
 
 # ---------------------------------------------------------------------------------------------- data
 
+
 def data_section(data_dirs: list[str | Path], licenses: list[tuple]) -> str:
     rows = [f"- `{d}`: manifest sha256 `{data_identity(d)}`" for d in data_dirs]
     terms = "\n".join(f"- {words}" for _, _, words in dict.fromkeys(licenses))
-    return f"## Data\n\nTrained on (identity: the hash of each dataset's manifest.json):\n\n" + "\n".join(rows) + \
-        f"\n\nLicense of the data, traced from the manifests:\n\n{terms}"
+    return (
+        "## Data\n\nTrained on (identity: the hash of each dataset's manifest.json):\n\n"
+        + "\n".join(rows)
+        + f"\n\nLicense of the data, traced from the manifests:\n\n{terms}"
+    )
 
 
 def _licenses(data_dirs: list[str | Path], base_model) -> list[tuple]:
@@ -395,15 +507,17 @@ def model_license(model_dir: Path) -> tuple:
 def read_front_matter(text: str) -> dict:
     if not text.startswith("---\n"):
         raise ValueError("a model card starts with YAML front matter between --- lines")
-    return yaml.safe_load(text[4:text.index("\n---", 4)])
+    return yaml.safe_load(text[4 : text.index("\n---", 4)])
 
 
 # ---------------------------------------------------------------------------------------------- provenance
+
 
 def git_state(stage: str | None = None) -> dict[str, Any]:
     """The newest commit that changed the stage's code (its module import closure) and whether that code
     has uncommitted changes (None for both outside a git checkout). Not HEAD: a card must be a function
     of the stage's deps, so that `dvc repro -f`, a later commit or the GPU worker write the same bytes."""
+
     def git(*args: str) -> str | None:
         try:
             proc = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30)
@@ -421,12 +535,13 @@ def git_state(stage: str | None = None) -> dict[str, Any]:
 
 def provenance_section(stage: str, params: dict) -> str:
     state = git_state(stage)
-    dirty = {True: " plus uncommitted changes to it", False: " (clean)",
-             None: " (changes unknown)"}[state["dirty"]]
-    commit = (f"its code as of git commit `{state['commit']}`{dirty}" if state["commit"]
-              else "outside a git checkout")
-    return (f"## How it was made\n\n- stage `{stage}` (`dvc repro {stage}`), {commit}\n"
-            f"- code identity `{code_identity(stage)}` (the stage's code and library versions: "
-            f"tasks/tracking/identity.py)\n\n"
-            f"The stage's params (params.yaml `{stage}:`):\n\n```yaml\n"
-            + yaml.safe_dump({stage: params}, sort_keys=False) + "```")
+    dirty = {True: " plus uncommitted changes to it", False: " (clean)", None: " (changes unknown)"}[state["dirty"]]
+    commit = f"its code as of git commit `{state['commit']}`{dirty}" if state["commit"] else "outside a git checkout"
+    return (
+        f"## How it was made\n\n- stage `{stage}` (`dvc repro {stage}`), {commit}\n"
+        f"- code identity `{code_identity(stage)}` (the stage's code and library versions: "
+        f"tasks/tracking/identity.py)\n\n"
+        f"The stage's params (params.yaml `{stage}:`):\n\n```yaml\n"
+        + yaml.safe_dump({stage: params}, sort_keys=False)
+        + "```"
+    )

@@ -18,19 +18,29 @@ every FACEDIFF_PROGRESS_SECONDS seconds (default 30) and one when it closes:
 
 FACEDIFF_PROGRESS=bar | log | off forces a form (off: nothing; `disable=True` is off for one loop).
 """
+
 from __future__ import annotations
 
 import os
 import sys
 import time
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 SECONDS_ENV, MODE_ENV = "FACEDIFF_PROGRESS_SECONDS", "FACEDIFF_PROGRESS"
 DEFAULT_SECONDS = 30.0
 
 
-def progress(iterable: Iterable | None = None, *, total: float | None = None, desc: str | None = None,
-             unit: str = "it", disable: bool | None = False, every: float | None = None, **tqdm_kwargs: Any):
+def progress(
+    iterable: Iterable | None = None,
+    *,
+    total: float | None = None,
+    desc: str | None = None,
+    unit: str = "it",
+    disable: bool | None = False,
+    every: float | None = None,
+    **tqdm_kwargs: Any,
+):
     """A tqdm bar on a terminal, else a LogProgress (see the module's docstring). `disable=None` (tqdm's
     "only on a terminal") counts as False: off a terminal the log lines are the point. `every`: seconds
     between log lines (default: FACEDIFF_PROGRESS_SECONDS, else 30). Other keyword arguments go to tqdm
@@ -72,10 +82,23 @@ def seconds_between_lines() -> float:
 class LogProgress:
     """tqdm's interface as rate-limited log lines; `disable=True`: the interface, silent."""
 
-    def __init__(self, iterable: Iterable | None = None, total: float | None = None, desc: str | None = None,
-                 unit: str = "it", *, initial: float = 0, disable: bool = False, every: float | None = None,
-                 unit_scale: bool = False, unit_divisor: int = 1000, leave: bool | None = True, logger=None,
-                 clock: Callable[[], float] = time.monotonic, **_tqdm_only: Any):
+    def __init__(
+        self,
+        iterable: Iterable | None = None,
+        total: float | None = None,
+        desc: str | None = None,
+        unit: str = "it",
+        *,
+        initial: float = 0,
+        disable: bool = False,
+        every: float | None = None,
+        unit_scale: bool = False,
+        unit_divisor: int = 1000,
+        leave: bool | None = True,
+        logger=None,
+        clock: Callable[[], float] = time.monotonic,
+        **_tqdm_only: Any,
+    ):
         if total is None and iterable is not None:
             try:
                 total = len(iterable)  # type: ignore[arg-type]
@@ -105,7 +128,7 @@ class LogProgress:
     def __len__(self) -> int:
         return int(self.total) if self.total is not None else len(self.iterable)  # type: ignore[arg-type]
 
-    def __enter__(self) -> "LogProgress":
+    def __enter__(self) -> LogProgress:
         return self
 
     def __exit__(self, *exc) -> None:

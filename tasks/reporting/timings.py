@@ -5,6 +5,7 @@ deterministic re-run reproduces, so `dvc metrics diff` after a re-run is empty. 
 throughput, the step a run resumed from and measured memory go to metrics/timings/<stage>.json,
 declared as a plain uncached out: kept with the results, never compared as a metric.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -4,6 +4,7 @@ A dataset folder holds `<split>-NNNNNN.tar` shards and `manifest.json`. Shards a
 temporary name and renamed when complete, so a half-written shard is never visible; a folder
 whose manifest is missing is an unfinished stage.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,8 +14,9 @@ import os
 import shutil
 import sys
 import tarfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from tasks.tracking.identity import identity
 
@@ -100,7 +102,7 @@ def plain_tar_members(tar: bytes | memoryview) -> list[tuple[str, int, int]] | N
     """
     members, pos, end = [], 0, len(tar)
     while pos + _BLOCK <= end:
-        header = bytes(tar[pos:pos + _BLOCK])
+        header = bytes(tar[pos : pos + _BLOCK])
         if not any(header):  # end-of-archive marker
             return members
         if header[156:157] not in (b"0", b"\0") or header[345:346] != b"\0":  # not a regular file, or a ustar prefix
@@ -177,7 +179,7 @@ class AtomicShardWriter:
             self._tmp.unlink(missing_ok=True)
             self._writer, self._tmp = None, None
 
-    def __enter__(self) -> "AtomicShardWriter":
+    def __enter__(self) -> AtomicShardWriter:
         return self
 
     def __exit__(self, exc_type, *_) -> None:
@@ -202,9 +204,7 @@ def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> Path:
 def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
     path = Path(dataset_dir) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: {dataset_dir} is not a finished dataset (run its stage first)"
-        )
+        raise FileNotFoundError(f"{path} is missing: {dataset_dir} is not a finished dataset (run its stage first)")
     with open(path) as f:
         return json.load(f)
 
@@ -234,8 +234,9 @@ PROGRESS = ".progress"
 
 
 class ResumableShards:
-    def __init__(self, out_dir: str | Path, fingerprints: dict[str, str],
-                 on_shard: Callable[[str], None] | None = None):
+    def __init__(
+        self, out_dir: str | Path, fingerprints: dict[str, str], on_shard: Callable[[str], None] | None = None
+    ):
         self.out_dir, self.fingerprints, self.on_shard = Path(out_dir), fingerprints, on_shard
         self.fingerprint = identity(sorted(fingerprints.items()))  # the run's: goes in the manifest
         self.done: dict[str, dict] = {}  # {shard name: record} of the finished shards
@@ -247,8 +248,9 @@ class ResumableShards:
             manifest = json.loads((self.out_dir / MANIFEST).read_text())
         except (OSError, ValueError):
             return None
-        if manifest.get("fingerprint") == self.fingerprint \
-                and all((self.out_dir / n).is_file() for n in manifest.get("all_shards", [])):
+        if manifest.get("fingerprint") == self.fingerprint and all(
+            (self.out_dir / n).is_file() for n in manifest.get("all_shards", [])
+        ):
             return manifest
         return None
 

@@ -11,6 +11,7 @@ Batches are made inside the webdataset pipeline, in the DataLoader worker that r
 (the DataLoader only passes them on): the same batches the DataLoader's own batching made, with a
 dataset's `collate` free to stack numpy arrays instead of building a tensor per sample.
 """
+
 from __future__ import annotations
 
 import mmap
@@ -18,10 +19,11 @@ import random
 import re
 import tarfile
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import webdataset as wds
@@ -59,8 +61,10 @@ class ShardDataError(ValueError):
 
 def _damaged(url: str, what: str) -> ShardDataError:
     folder = Path(urlparse(url).path).parent
-    return ShardDataError(f"{url}: {what}. The shard was damaged or changed after its stage wrote it: restore it "
-                          f"(`dvc checkout {folder}`) or re-run the stage that writes {folder}")
+    return ShardDataError(
+        f"{url}: {what}. The shard was damaged or changed after its stage wrote it: restore it "
+        f"(`dvc checkout {folder}`) or re-run the stage that writes {folder}"
+    )
 
 
 def _tar_files(sources: Iterator[dict], counts: dict[str, int]) -> Iterator[dict]:
@@ -92,8 +96,12 @@ def _shard_files(source: dict) -> Iterator[dict]:
             if members is not None:
                 for name, start, size in members:
                     if not _is_meta(name):
-                        yield {"fname": name, "data": tar[start:start + size], "__url__": url,
-                               "__local_path__": parsed.path}
+                        yield {
+                            "fname": name,
+                            "data": tar[start : start + size],
+                            "__url__": url,
+                            "__local_path__": parsed.path,
+                        }
                 yield {}
                 return
     try:
@@ -123,12 +131,16 @@ def _is_meta(name: str) -> bool:
 
 def _named_errors(to_tensors: Callable[[dict], Any]) -> Callable[[dict], Any]:
     """`to_tensors` whose failure on a sample (an image that does not decode) names the shard and key."""
+
     def convert(sample: dict) -> Any:
         try:
             return to_tensors(sample)
         except Exception as err:  # noqa: BLE001 - re-raised with where it happened
-            raise _damaged(sample.get("__url__", "?"), f"sample {sample.get('__key__')!r} cannot be read "
-                                                      f"({type(err).__name__}: {err})") from err
+            raise _damaged(
+                sample.get("__url__", "?"),
+                f"sample {sample.get('__key__')!r} cannot be read ({type(err).__name__}: {err})",
+            ) from err
+
     return convert
 
 
@@ -147,8 +159,12 @@ class _ShardPipeline(wds.DataPipeline, wds.FluidInterface):
 
     def __init__(self, shards: list[tuple[str, int]]):
         counts = dict(shards)
-        super().__init__(wds.SimpleShardList([url for url, _ in shards]), wds.split_by_worker,
-                         partial(_tar_files, counts=counts), group_by_keys)
+        super().__init__(
+            wds.SimpleShardList([url for url, _ in shards]),
+            wds.split_by_worker,
+            partial(_tar_files, counts=counts),
+            group_by_keys,
+        )
 
 
 class ShardLoader:
@@ -161,19 +177,35 @@ class ShardLoader:
     one per sample in the workers.
     """
 
-    def __init__(self, shard_dir: str | Path, split: str, to_tensors: Callable[[dict], Any], *,
-                 batch_size: int = 64, shuffle_buffer: int = 1000, workers: int = 0, seed: int = 0,
-                 epoch: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = True,
-                 shuffle: bool = True, decode: bool = False, finish_batch: Callable[[Any], Any] | None = None,
-                 collate: Callable[[list], Any] = default_collate):
+    def __init__(
+        self,
+        shard_dir: str | Path,
+        split: str,
+        to_tensors: Callable[[dict], Any],
+        *,
+        batch_size: int = 64,
+        shuffle_buffer: int = 1000,
+        workers: int = 0,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = True,
+        shuffle: bool = True,
+        decode: bool = False,
+        finish_batch: Callable[[Any], Any] | None = None,
+        collate: Callable[[list], Any] = default_collate,
+    ):
         self.manifest = read_manifest(shard_dir)
         self.finish_batch = finish_batch
         if split not in self.manifest.get("splits", {}):
             raise KeyError(f"{shard_dir} has no split {split!r}")
         shards = list(zip(shard_paths(shard_dir, split), self.manifest["splits"][split]["shard_counts"]))
         if world_size > len(shards):
-            raise ValueError(f"{len(shards)} {split} shard(s) cannot feed {world_size} processes: "
-                             "write smaller shards (the upstream stage's shard_size) or use fewer processes")
+            raise ValueError(
+                f"{len(shards)} {split} shard(s) cannot feed {world_size} processes: "
+                "write smaller shards (the upstream stage's shard_size) or use fewer processes"
+            )
         self.workers = min(workers, len(shards) // world_size)
 
         def rank_shards(r: int) -> list[tuple[str, int]]:
@@ -193,9 +225,16 @@ class ShardLoader:
             dataset = dataset.compose(_SeededShuffle(shuffle_buffer, seed, epoch, rank))
         # Batched per worker, a partial last batch kept unless drop_last: what DataLoader(batch_size=
         # batch_size, drop_last=drop_last) did with an iterable dataset.
-        dataset = dataset.map(_named_errors(to_tensors)).batched(batch_size, collation_fn=collate, partial=not drop_last)
-        self._loader = DataLoader(dataset, batch_size=None, num_workers=self.workers, persistent_workers=False,
-                                  worker_init_fn=_forget_parent_exit_hooks if self.workers else None)
+        dataset = dataset.map(_named_errors(to_tensors)).batched(
+            batch_size, collation_fn=collate, partial=not drop_last
+        )
+        self._loader = DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=self.workers,
+            persistent_workers=False,
+            worker_init_fn=_forget_parent_exit_hooks if self.workers else None,
+        )
 
     def __len__(self) -> int:
         return self.num_batches

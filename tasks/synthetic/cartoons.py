@@ -19,6 +19,7 @@ What each attribute draws (the names are Cartoon Set's; the looks are this modul
   eyebrow_width 3 (length), eye_eyebrow_distance 3
   facial_hair 15 (last = none), glasses 12 (last = none), glasses_color 7 (frame colour)
 """
+
 from __future__ import annotations
 
 import math
@@ -59,17 +60,38 @@ _COUNTS = dict(CARTOONSET_ATTRIBUTES)
 # sees these at 64x64, where only a colour's mean over a region survives.
 
 FACE_COLORS = (  # seven skin tones, very light to very dark, then four cartoon tints
-    (255, 231, 215), (226, 184, 148), (208, 126, 74), (152, 104, 90), (140, 68, 30),
-    (84, 60, 52), (42, 22, 12),
-    (140, 215, 130), (135, 175, 245), (205, 155, 235), (250, 220, 70),
+    (255, 231, 215),
+    (226, 184, 148),
+    (208, 126, 74),
+    (152, 104, 90),
+    (140, 68, 30),
+    (84, 60, 52),
+    (42, 22, 12),
+    (140, 215, 130),
+    (135, 175, 245),
+    (205, 155, 235),
+    (250, 220, 70),
 )
 HAIR_COLORS = (  # black, dark brown, brown, auburn, ginger, blonde, platinum, grey, blue, pink
-    (22, 20, 24), (88, 54, 30), (156, 108, 62), (168, 44, 32), (238, 128, 40),
-    (242, 212, 110), (245, 245, 238), (150, 150, 156), (40, 90, 220), (236, 100, 176),
+    (22, 20, 24),
+    (88, 54, 30),
+    (156, 108, 62),
+    (168, 44, 32),
+    (238, 128, 40),
+    (242, 212, 110),
+    (245, 245, 238),
+    (150, 150, 156),
+    (40, 90, 220),
+    (236, 100, 176),
 )
 EYE_COLORS = ((80, 45, 20), (50, 120, 225), (50, 165, 70), (140, 140, 150), (190, 120, 20))
 GLASSES_COLORS = (
-    (20, 20, 20), (210, 30, 40), (40, 80, 220), (30, 160, 70), (230, 190, 30), (235, 235, 235),
+    (20, 20, 20),
+    (210, 30, 40),
+    (40, 80, 220),
+    (30, 160, 70),
+    (230, 190, 30),
+    (235, 235, 235),
     (150, 60, 200),
 )
 _INK = (45, 30, 30, 255)  # outlines: eye rims, lashes, nose
@@ -171,14 +193,36 @@ assert len(HAIR_STYLES) == 111 and len(set(HAIR_STYLES)) == 111
 
 # facial_hair: index 14 is none
 _FACIAL_HAIR = (
-    "stubble", "beard_short", "beard_medium", "beard_long", "goatee", "chin_strap",
-    "mustache_thin", "mustache_thick", "handlebar", "mustache_goatee", "soul_patch",
-    "mutton_chops", "chin_curtain", "horseshoe", None,
+    "stubble",
+    "beard_short",
+    "beard_medium",
+    "beard_long",
+    "goatee",
+    "chin_strap",
+    "mustache_thin",
+    "mustache_thick",
+    "handlebar",
+    "mustache_goatee",
+    "soul_patch",
+    "mutton_chops",
+    "chin_curtain",
+    "horseshoe",
+    None,
 )
 # glasses: index 11 is none
 _GLASSES = (
-    "round", "oval", "rectangle", "rounded", "cat_eye", "aviator", "browline", "hexagon",
-    "small_round", "sun_round", "sun_square", None,
+    "round",
+    "oval",
+    "rectangle",
+    "rounded",
+    "cat_eye",
+    "aviator",
+    "browline",
+    "hexagon",
+    "small_round",
+    "sun_round",
+    "sun_square",
+    None,
 )
 
 
@@ -240,10 +284,16 @@ def _encode_png(box: Image.Image, size: int, offset: int) -> bytes:
     """
     rows = np.zeros((size, 1 + 4 * size), dtype=np.uint8)  # each row: filter type 0, then RGBA
     w, h = box.size
-    rows[offset:offset + h, 1 + 4 * offset:1 + 4 * (offset + w)] = np.asarray(box).reshape(h, 4 * w)
+    rows[offset : offset + h, 1 + 4 * offset : 1 + 4 * (offset + w)] = np.asarray(box).reshape(h, 4 * w)
     header = struct.pack(">IIBBBBB", size, size, 8, 6, 0, 0, 0)  # 8-bit RGBA, not interlaced
-    return b"".join([_PNG_SIGNATURE, _png_chunk(b"IHDR", header), _png_chunk(b"IDAT", zlib.compress(rows, 1)),
-                     _png_chunk(b"IEND", b"")])
+    return b"".join(
+        [
+            _PNG_SIGNATURE,
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", zlib.compress(rows, 1)),
+            _png_chunk(b"IEND", b""),
+        ]
+    )
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -369,8 +419,10 @@ def _clip_convex(subject: np.ndarray, clip: np.ndarray) -> np.ndarray:
     # One array operation finds them; the per-vertex loop below (the renderer's hottest code) then
     # runs on those few edges instead of all of the face outline's.
     p = np.asarray(subject, dtype=np.float64).reshape(-1, 2)
-    sides = sgn * ((b[:, None, 0] - a[:, None, 0]) * (p[None, :, 1] - a[:, None, 1])
-                   - (b[:, None, 1] - a[:, None, 1]) * (p[None, :, 0] - a[:, None, 0]))
+    sides = sgn * (
+        (b[:, None, 0] - a[:, None, 0]) * (p[None, :, 1] - a[:, None, 1])
+        - (b[:, None, 1] - a[:, None, 1]) * (p[None, :, 0] - a[:, None, 0])
+    )
     for i in np.flatnonzero((sides < 0).any(axis=1)):
         (ax, ay), (bx, by) = a[i].tolist(), b[i].tolist()
         inp, out = out, []
@@ -541,9 +593,7 @@ def _brow_curve(shape: int, length: float, n: int = 14) -> np.ndarray:
         y = 5.5 * np.sin(t * 2 * math.pi) - 2
     elif smooth:
         # quadratic through the three points (Lagrange), peak at tp
-        y = (yi * (t - tp) * (t - 1) / (tp * 1)
-             + yp * t * (t - 1) / (tp * (tp - 1))
-             + yo * t * (t - tp) / (1 * (1 - tp)))
+        y = yi * (t - tp) * (t - 1) / (tp * 1) + yp * t * (t - 1) / (tp * (tp - 1)) + yo * t * (t - tp) / (1 * (1 - tp))
     else:
         y = np.interp(t, [0, tp, 1], [yi, yp, yo])
     return np.stack([t * length, y], axis=1)
@@ -591,13 +641,17 @@ def _lens_shape(kind: str) -> tuple[np.ndarray, bool]:
         # superellipse: a rounded square
         t = np.linspace(0, 2 * math.pi, 36, endpoint=False)
         c, s = np.cos(t), np.sin(t)
-        return np.stack([28 * np.sign(c) * np.abs(c) ** 0.4, 23 * np.sign(s) * np.abs(s) ** 0.4], 1), kind == "sun_square"
+        return np.stack(
+            [28 * np.sign(c) * np.abs(c) ** 0.4, 23 * np.sign(s) * np.abs(s) ** 0.4], 1
+        ), kind == "sun_square"
     if kind == "cat_eye":
-        return np.array([(-26, -14), (0, -17), (24, -20), (34, -26), (30, -4), (20, 14), (0, 18),
-                         (-20, 14), (-28, 2)], float), False
+        return np.array(
+            [(-26, -14), (0, -17), (24, -20), (34, -26), (30, -4), (20, 14), (0, 18), (-20, 14), (-28, 2)], float
+        ), False
     if kind == "aviator":
-        return np.array([(-26, -17), (0, -19), (28, -18), (30, -6), (24, 12), (10, 24), (-6, 24),
-                         (-20, 14), (-28, -2)], float), False
+        return np.array(
+            [(-26, -17), (0, -19), (28, -18), (30, -6), (24, 12), (10, 24), (-6, 24), (-20, 14), (-28, -2)], float
+        ), False
     if kind == "hexagon":
         t = np.linspace(0, 2 * math.pi, 6, endpoint=False)
         return np.stack([27 * np.cos(t), 25 * np.sin(t)], 1), False
@@ -657,19 +711,30 @@ def _facial_hair_under(p, kind, outline, chin_y, hair_c, skin) -> None:
         return
     colour = _rgba(hair_c)
     if kind == "stubble":
-        p.poly(np.concatenate([_jaw_band(outline, 228, None, 0), [(CX - 40, 236), (CX + 40, 236)]]), _mix(skin, hair_c, 0.45))
+        p.poly(
+            np.concatenate([_jaw_band(outline, 228, None, 0), [(CX - 40, 236), (CX + 40, 236)]]),
+            _mix(skin, hair_c, 0.45),
+        )
     elif kind in ("beard_short", "beard_medium", "beard_long"):
         ext = {"beard_short": 8, "beard_medium": 22, "beard_long": 38}[kind]
         band = _jaw_band(outline, 212, None, ext, point=0.5 if kind == "beard_long" else 0.0)
         p.poly(np.concatenate([band, [(CX - 50, 222), (CX, 238), (CX + 50, 222)]]), colour)
     elif kind == "goatee":
-        p.poly([(CX - 24, MOUTH_Y + 16), (CX + 24, MOUTH_Y + 16), (CX + 22, chin_y - 6),
-                (CX + 8, chin_y + 4), (CX - 8, chin_y + 4), (CX - 22, chin_y - 6)], colour)
+        p.poly(
+            [
+                (CX - 24, MOUTH_Y + 16),
+                (CX + 24, MOUTH_Y + 16),
+                (CX + 22, chin_y - 6),
+                (CX + 8, chin_y + 4),
+                (CX - 8, chin_y + 4),
+                (CX - 22, chin_y - 6),
+            ],
+            colour,
+        )
     elif kind == "chin_strap":
         p.poly(_jaw_band(outline, 200, 9, 3), colour)
     elif kind == "mustache_goatee":
-        p.poly([(CX - 14, MOUTH_Y + 18), (CX + 14, MOUTH_Y + 18), (CX + 4, chin_y + 10),
-                (CX - 4, chin_y + 10)], colour)
+        p.poly([(CX - 14, MOUTH_Y + 18), (CX + 14, MOUTH_Y + 18), (CX + 4, chin_y + 10), (CX - 4, chin_y + 10)], colour)
     elif kind == "soul_patch":
         p.poly([(CX - 12, MOUTH_Y + 19), (CX + 12, MOUTH_Y + 19), (CX, MOUTH_Y + 40)], colour)
     elif kind == "mutton_chops":
@@ -683,18 +748,32 @@ def _facial_hair_under(p, kind, outline, chin_y, hair_c, skin) -> None:
         p.poly(_jaw_band(outline, 190, 18, 12), colour)
     elif kind == "horseshoe":
         for sx in (1, -1):
-            p.line([(CX + sx * 20, MOUTH_Y - 6), (CX + sx * 32, MOUTH_Y + 4), (CX + sx * 32, MOUTH_Y + 38)], colour, 9.0)
+            p.line(
+                [(CX + sx * 20, MOUTH_Y - 6), (CX + sx * 32, MOUTH_Y + 4), (CX + sx * 32, MOUTH_Y + 38)], colour, 9.0
+            )
 
 
 def _facial_hair_over(p, kind, hair_c) -> None:
     colour = _rgba(hair_c)
     y = MOUTH_Y - 9
     if kind == "mustache_thick":
-        p.poly([(CX - 40, y + 12), (CX - 28, y - 8), (CX, y - 11), (CX + 28, y - 8), (CX + 40, y + 12),
-                (CX + 14, y + 5), (CX, y + 7), (CX - 14, y + 5)], colour)
+        p.poly(
+            [
+                (CX - 40, y + 12),
+                (CX - 28, y - 8),
+                (CX, y - 11),
+                (CX + 28, y - 8),
+                (CX + 40, y + 12),
+                (CX + 14, y + 5),
+                (CX, y + 7),
+                (CX - 14, y + 5),
+            ],
+            colour,
+        )
     elif kind in ("beard_short", "beard_medium", "beard_long", "mustache_goatee", "horseshoe"):
-        p.poly([(CX - 32, y + 8), (CX - 22, y - 6), (CX, y - 8), (CX + 22, y - 6), (CX + 32, y + 8),
-                (CX, y + 3)], colour)
+        p.poly(
+            [(CX - 32, y + 8), (CX - 22, y - 6), (CX, y - 8), (CX + 22, y - 6), (CX + 32, y + 8), (CX, y + 3)], colour
+        )
     elif kind == "mustache_thin":
         p.line([(CX - 24, y + 4), (CX - 10, y - 2), (CX, y - 1), (CX + 10, y - 2), (CX + 24, y + 4)], colour, 4.0)
     elif kind == "handlebar":
@@ -718,12 +797,14 @@ def _spikes(k: int, amp: float):
     def bump(t):
         phase = (t - math.pi) / math.pi * k
         return 1 + amp * (1 - np.abs((phase % 1.0) * 2 - 1))
+
     return bump
 
 
 def _curls(k: int, amp: float):
     def bump(t):
         return 1 + amp * np.abs(np.sin((t - math.pi) * k))
+
     return bump
 
 
@@ -735,13 +816,25 @@ def _hairline(fringe: str) -> np.ndarray:
     if fringe == "bangs":
         xs = np.linspace(CX + 96, CX - 96, 13)
         ys = 115 + 3 * np.cos(np.linspace(0, 12 * math.pi, 13))  # a slightly ragged cut
-        return np.concatenate([[(CX + 99, 182), (CX + 98, 117)], np.stack([xs, ys], 1),
-                               [(CX - 98, 117), (CX - 99, 182)]])
+        return np.concatenate(
+            [[(CX + 99, 182), (CX + 98, 117)], np.stack([xs, ys], 1), [(CX - 98, 117), (CX - 99, 182)]]
+        )
     if fringe in ("part_left", "part_right"):
         # swept away from a side parting: low over one brow, high at the parting
-        pts = np.array([(CX + 99, 182), (CX + 98, 132), (CX + 70, 121), (CX + 30, 112),
-                        (CX - 10, 100), (CX - 45, 88), (CX - 62, 86), (CX - 82, 100),
-                        (CX - 96, 130), (CX - 99, 182)])
+        pts = np.array(
+            [
+                (CX + 99, 182),
+                (CX + 98, 132),
+                (CX + 70, 121),
+                (CX + 30, 112),
+                (CX - 10, 100),
+                (CX - 45, 88),
+                (CX - 62, 86),
+                (CX - 82, 100),
+                (CX - 96, 130),
+                (CX - 99, 182),
+            ]
+        )
         return pts if fringe == "part_left" else _mirror(pts)[::-1]
     if fringe == "middle":
         pts = [(CX + 99, 182), (CX + 97, 152), (CX + 72, 126), (CX + 38, 106), (CX + 10, 88), (CX, 84)]
@@ -810,15 +903,29 @@ def _hair_back(p: _Painter, style, hair_c, skin) -> None:
                 p.ellipse(CX + sx * 98, 74, 30, 30, back)
     elif family == "ponytail":
         sx = 1 if a == "right" else -1
-        tail = [(CX + sx * 96, 100), (CX + sx * 140, 130), (CX + sx * 160, 190), (CX + sx * 158, 260),
-                (CX + sx * 140, 318), (CX + sx * 128, 250), (CX + sx * 118, 180), (CX + sx * 100, 150)]
+        tail = [
+            (CX + sx * 96, 100),
+            (CX + sx * 140, 130),
+            (CX + sx * 160, 190),
+            (CX + sx * 158, 260),
+            (CX + sx * 140, 318),
+            (CX + sx * 128, 250),
+            (CX + sx * 118, 180),
+            (CX + sx * 100, 150),
+        ]
         p.poly(tail, back)
         p.ellipse(CX + sx * 124, 118, 10, 14, _rgba(hair_c, 0.55))
     elif family == "pigtails":
         end = 262 if a == "medium" else 330
         for sx in (1, -1):
-            tail = [(CX + sx * 100, 160), (CX + sx * 140, 178), (CX + sx * 150, (end + 170) / 2),
-                    (CX + sx * 134, end), (CX + sx * 120, (end + 170) / 2), (CX + sx * 108, 196)]
+            tail = [
+                (CX + sx * 100, 160),
+                (CX + sx * 140, 178),
+                (CX + sx * 150, (end + 170) / 2),
+                (CX + sx * 134, end),
+                (CX + sx * 120, (end + 170) / 2),
+                (CX + sx * 108, 196),
+            ]
             p.poly(tail, back)
             p.ellipse(CX + sx * 118, 178, 9, 12, _rgba(hair_c, 0.55))
     elif family == "afro":
@@ -866,16 +973,25 @@ def _hair_front(p: _Painter, style, hair_c, skin, fit) -> None:
             ys = top - 10 + 30 * (np.arange(n) % 2)
         else:
             ys = top + 18 * np.linspace(-1, 1, n) ** 2
-        pts = np.concatenate([[(CX - hw + 4, 100), (CX - hw, SKULL_CY - 80)], np.stack([xs, ys], 1),
-                              [(CX + hw, SKULL_CY - 80), (CX + hw - 4, 100)]])
+        pts = np.concatenate(
+            [
+                [(CX - hw + 4, 100), (CX - hw, SKULL_CY - 80)],
+                np.stack([xs, ys], 1),
+                [(CX + hw, SKULL_CY - 80), (CX + hw - 4, 100)],
+            ]
+        )
         p.poly(pts, colour)
     elif family == "buzz":
         p.poly(np.concatenate([_skull_arc(108, 96), fit(_hairline(a))]), _mix(hair_c, skin, 0.25))
     elif family == "receding":
         # hair on the sides only; the crown is bare skin
         for sx in (1, -1):
-            side = np.concatenate([[(CX + sx * 114, 182), (CX + sx * 112, 140), (CX + sx * 100, 104)],
-                                   fit([(CX + sx * 86, 96), (CX + sx * 90, 130), (CX + sx * 99, 182)])])
+            side = np.concatenate(
+                [
+                    [(CX + sx * 114, 182), (CX + sx * 112, 140), (CX + sx * 100, 104)],
+                    fit([(CX + sx * 86, 96), (CX + sx * 90, 130), (CX + sx * 99, 182)]),
+                ]
+            )
             p.poly(side, colour)
         if a == "tuft":
             for dx, dy, r in ((-16, 72, 16), (10, 66, 18), (26, 80, 12), (-4, 84, 13)):
@@ -885,10 +1001,19 @@ def _hair_front(p: _Painter, style, hair_c, skin, fit) -> None:
         p.poly(np.concatenate([_skull_arc(110, 98), fit(_hairline("high"))]), shaved)
         h = {"low": 10, "medium": 26, "tall": 42}[b]
         top = SKULL_CY - 100 - h
-        quiff = [(CX - sx * 92, 112), (CX - sx * 96, SKULL_CY - 86), (CX - sx * 60, top + 10),
-                 (CX, top), (CX + sx * 60, top + 4), (CX + sx * 112, top + 28),
-                 (CX + sx * 124, SKULL_CY - 48), (CX + sx * 100, 130), (CX + sx * 70, 112),
-                 (CX + sx * 20, 100), (CX - sx * 50, 96)]
+        quiff = [
+            (CX - sx * 92, 112),
+            (CX - sx * 96, SKULL_CY - 86),
+            (CX - sx * 60, top + 10),
+            (CX, top),
+            (CX + sx * 60, top + 4),
+            (CX + sx * 112, top + 28),
+            (CX + sx * 124, SKULL_CY - 48),
+            (CX + sx * 100, 130),
+            (CX + sx * 70, 112),
+            (CX + sx * 20, 100),
+            (CX - sx * 50, 96),
+        ]
         p.poly(quiff, colour)
         p.line([(CX - sx * 70, 100), (CX - sx * 62, SKULL_CY - 90)], dark, 3.0)
 
@@ -907,7 +1032,8 @@ if __name__ == "__main__":  # python -m tasks.synthetic.cartoons [sheet.png]: sp
         for i, im in enumerate(images):
             flat = Image.new("RGBA", im.size, (255, 255, 255, 255))
             flat.alpha_composite(im)
-            sheet.paste(flat.convert("RGB").resize((250, 250), Image.Resampling.LANCZOS),
-                        ((i % 4) * 250, (i // 4) * 250))
+            sheet.paste(
+                flat.convert("RGB").resize((250, 250), Image.Resampling.LANCZOS), ((i % 4) * 250, (i // 4) * 250)
+            )
         sheet.save(sys.argv[1])
         print("wrote", sys.argv[1])

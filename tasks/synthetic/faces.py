@@ -14,6 +14,7 @@ base identities `base-000`... from `("base", seed, i)` and the DreamBooth subjec
 
 Pure numpy + Pillow (no prefect, no torch): imported by spawned worker processes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,9 +39,9 @@ def _stream(*key) -> np.random.Generator:
 @dataclass(frozen=True)
 class Identity:
     name: str
-    face_width: float      # half-width of the jaw at eye level, in inter-ocular units
-    jaw_depth: float       # eye line to chin
-    chin_round: float      # exponent shaping the jaw (small: pointy chin, large: square jaw)
+    face_width: float  # half-width of the jaw at eye level, in inter-ocular units
+    jaw_depth: float  # eye line to chin
+    chin_round: float  # exponent shaping the jaw (small: pointy chin, large: square jaw)
     eye_width: float
     eye_height: float
     nose_length: float
@@ -52,7 +53,7 @@ class Identity:
     hair: tuple[int, int, int]
     iris: tuple[int, int, int]
     lips: tuple[int, int, int]
-    hair_style: int        # 0 short, 1 long, 2 bald-ish
+    hair_style: int  # 0 short, 1 long, 2 bald-ish
 
     def vector(self) -> np.ndarray:
         """Numeric description (for checking that two identities differ)."""
@@ -65,16 +66,29 @@ def make_identity(name: str, *key) -> Identity:
     r = _stream("identity", *key)
     tone = r.uniform(0.25, 1.0)
     skin = tuple(int(v) for v in np.clip(np.array([235, 200, 170]) * tone + r.normal(0, 8, 3), 40, 255))
-    hair = tuple(int(v) for v in r.choice([[30, 20, 15], [90, 60, 30], [200, 170, 100], [140, 50, 20],
-                                          [60, 60, 60], [190, 190, 190]]) + r.integers(-15, 15, 3))
+    hair = tuple(
+        int(v)
+        for v in r.choice([[30, 20, 15], [90, 60, 30], [200, 170, 100], [140, 50, 20], [60, 60, 60], [190, 190, 190]])
+        + r.integers(-15, 15, 3)
+    )
     iris = tuple(int(v) for v in r.choice([[70, 45, 20], [60, 110, 160], [70, 120, 70], [40, 30, 20]]))
     lips = tuple(int(v) for v in np.clip(np.array(skin) * [0.8, 0.5, 0.5] + [40, 0, 10], 0, 255))
     return Identity(
         name=name,
-        face_width=r.uniform(0.95, 1.2), jaw_depth=r.uniform(1.75, 2.1), chin_round=r.uniform(0.7, 1.6),
-        eye_width=r.uniform(0.38, 0.5), eye_height=r.uniform(0.09, 0.15), nose_length=r.uniform(0.65, 0.85),
-        mouth_y=r.uniform(1.1, 1.3), mouth_width=r.uniform(0.75, 1.0), lip_thickness=r.uniform(0.08, 0.16),
-        brow_height=r.uniform(0.3, 0.42), skin=skin, hair=hair, iris=iris, lips=lips,
+        face_width=r.uniform(0.95, 1.2),
+        jaw_depth=r.uniform(1.75, 2.1),
+        chin_round=r.uniform(0.7, 1.6),
+        eye_width=r.uniform(0.38, 0.5),
+        eye_height=r.uniform(0.09, 0.15),
+        nose_length=r.uniform(0.65, 0.85),
+        mouth_y=r.uniform(1.1, 1.3),
+        mouth_width=r.uniform(0.75, 1.0),
+        lip_thickness=r.uniform(0.08, 0.16),
+        brow_height=r.uniform(0.3, 0.42),
+        skin=skin,
+        hair=hair,
+        iris=iris,
+        lips=lips,
         hair_style=int(r.integers(0, 3)),
     )
 
@@ -150,12 +164,13 @@ def _background(r: np.random.Generator, size: int) -> PIL.Image.Image:
 @dataclass
 class Photo:
     image: PIL.Image.Image
-    landmarks: np.ndarray      # (68, 2), pixel centres of `image`
-    face_rect: list[int]       # [left, top, right, bottom] of the drawn head
+    landmarks: np.ndarray  # (68, 2), pixel centres of `image`
+    face_rect: list[int]  # [left, top, right, bottom] of the drawn head
 
 
-def draw_photo(ident: Identity, key, size: int = 320, scale_range=(22.0, 48.0),
-               max_rotation: float = 30.0, blank: bool = False) -> Photo:
+def draw_photo(
+    ident: Identity, key, size: int = 320, scale_range=(22.0, 48.0), max_rotation: float = 30.0, blank: bool = False
+) -> Photo:
     """One photo of `ident`, fully determined by `key`.
 
     scale_range is the inter-ocular distance in pixels. `blank=True` draws the background only
@@ -164,8 +179,9 @@ def draw_photo(ident: Identity, key, size: int = 320, scale_range=(22.0, 48.0),
     r = _stream("photo", ident.name, key)
     ss = SUPERSAMPLE
     img = _background(r, size * ss)
-    pts = face_shape(ident, smile=r.uniform(-0.3, 1.0), mouth_open=r.uniform(0, 1) ** 2,
-                     brow_raise=r.uniform(-0.03, 0.08))
+    pts = face_shape(
+        ident, smile=r.uniform(-0.3, 1.0), mouth_open=r.uniform(0, 1) ** 2, brow_raise=r.uniform(-0.03, 0.08)
+    )
     scale = r.uniform(*scale_range)
     theta = np.deg2rad(r.uniform(-max_rotation, max_rotation))
     rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
@@ -189,12 +205,18 @@ def draw_photo(ident: Identity, key, size: int = 320, scale_range=(22.0, 48.0),
         fw, jd = ident.face_width, ident.jaw_depth
         # Hair behind the head and neck.
         if ident.hair_style == 1:
-            d.polygon(to_draw([[-fw * 1.25, -0.6], [fw * 1.25, -0.6], [fw * 1.3, jd + 0.4], [-fw * 1.3, jd + 0.4]]), fill=hair)
+            d.polygon(
+                to_draw([[-fw * 1.25, -0.6], [fw * 1.25, -0.6], [fw * 1.3, jd + 0.4], [-fw * 1.3, jd + 0.4]]), fill=hair
+            )
         d.polygon(to_draw([[-0.55, 1.2], [0.55, 1.2], [0.6, jd + 1.2], [-0.6, jd + 1.2]]), fill=shade)
         # Ears.
         for sgn in (-1, 1):
-            d.polygon(to_draw([[sgn * fw * 0.95, 0.0], [sgn * (fw + 0.2), 0.05], [sgn * (fw + 0.15), 0.6],
-                               [sgn * fw * 0.9, 0.75]]), fill=shade)
+            d.polygon(
+                to_draw(
+                    [[sgn * fw * 0.95, 0.0], [sgn * (fw + 0.2), 0.05], [sgn * (fw + 0.15), 0.6], [sgn * fw * 0.9, 0.75]]
+                ),
+                fill=shade,
+            )
         # Face: jaw plus a forehead arc over the top.
         t = np.linspace(0, np.pi, 13)
         forehead = np.stack([fw * np.cos(t), 0.1 - 1.25 * np.sin(t)], 1)
@@ -219,7 +241,11 @@ def draw_photo(ident: Identity, key, size: int = 320, scale_range=(22.0, 48.0),
             d.ellipse([cx - rr, cy - rr, cx + rr, cy + rr], fill=ident.iris)
             rp = rr * 0.45
             d.ellipse([cx - rp, cy - rp, cx + rp, cy + rp], fill=(10, 10, 10))
-            d.line(to_draw(np.concatenate([pts[a:b], pts[a:a + 1]])), fill=_colour(ident.skin, 0.45), width=max(1, w // 2))
+            d.line(
+                to_draw(np.concatenate([pts[a:b], pts[a : a + 1]])),
+                fill=_colour(ident.skin, 0.45),
+                width=max(1, w // 2),
+            )
         # Nose.
         d.line(to_draw(pts[27:31]), fill=_colour(ident.skin, light * 0.7), width=max(1, w // 2))
         d.line(to_draw(pts[31:36]), fill=_colour(ident.skin, light * 0.6), width=max(1, w // 2), joint="curve")
@@ -236,10 +262,22 @@ def draw_photo(ident: Identity, key, size: int = 320, scale_range=(22.0, 48.0),
     arr += r.standard_normal(arr.shape, dtype=np.float32) * 2.0
     img = PIL.Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "RGB")
     lm = to_img(pts)
-    head = to_img(np.array([[-ident.face_width, -1.2], [ident.face_width, -1.2],
-                            [-ident.face_width, ident.jaw_depth], [ident.face_width, ident.jaw_depth]]))
-    rect = [int(np.floor(head[:, 0].min())), int(np.floor(head[:, 1].min())),
-            int(np.ceil(head[:, 0].max())), int(np.ceil(head[:, 1].max()))]
+    head = to_img(
+        np.array(
+            [
+                [-ident.face_width, -1.2],
+                [ident.face_width, -1.2],
+                [-ident.face_width, ident.jaw_depth],
+                [ident.face_width, ident.jaw_depth],
+            ]
+        )
+    )
+    rect = [
+        int(np.floor(head[:, 0].min())),
+        int(np.floor(head[:, 1].min())),
+        int(np.ceil(head[:, 0].max())),
+        int(np.ceil(head[:, 1].max())),
+    ]
     return Photo(img, lm, rect)
 
 

@@ -11,6 +11,7 @@ named by a param: `${fetch_faces.folder}`) are kept as written.
 
 Run `--write` after adding a stage or changing imports; tests/pipeline/test_deps.py runs the check.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.tracking.identity import PACKAGES, REPO, stage_code
 from tasks.config.params import read_yaml
+from tasks.tracking.identity import PACKAGES, REPO, stage_code
 
 FLOW_CMD = re.compile(r"^\s*python\s+-m\s+(flows\.[A-Za-z_][A-Za-z0-9_]*)\b")
 
@@ -33,9 +34,9 @@ class DepsError(Exception):
 @dataclass
 class StageDeps:
     stage: str
-    needed: list[str]                                      # code files the stage runs (repo-relative)
-    listed: list[str]                                      # code deps dvc.yaml lists now
-    directories: list[str] = field(default_factory=list)   # code deps given as directories
+    needed: list[str]  # code files the stage runs (repo-relative)
+    listed: list[str]  # code deps dvc.yaml lists now
+    directories: list[str] = field(default_factory=list)  # code deps given as directories
 
     @property
     def missing(self) -> list[str]:
@@ -65,8 +66,10 @@ def flow_module(stage: str, cmd: str | list, repo: Path) -> str | None:
     module = m.group(1)
     path = repo.joinpath(*module.split(".")).with_suffix(".py")
     if not path.is_file():
-        raise DepsError(f"stage {stage}: its cmd runs {module}, but {path.relative_to(repo)} does not exist "
-                        "(write the flow first, then run `python -m tasks.tracking.deps --write`)")
+        raise DepsError(
+            f"stage {stage}: its cmd runs {module}, but {path.relative_to(repo)} does not exist "
+            "(write the flow first, then run `python -m tasks.tracking.deps --write`)"
+        )
     return module
 
 
@@ -115,10 +118,13 @@ def _deps_block(lines: list[str], stage: str) -> tuple[int, int, str]:
         if lines[n].rstrip() == "    deps:":
             start = n + 1
             end = start
-            while end < len(lines) and lines[end].lstrip().startswith(("- ", "#")) \
-                    and len(lines[end]) - len(lines[end].lstrip()) > 4:
+            while (
+                end < len(lines)
+                and lines[end].lstrip().startswith(("- ", "#"))
+                and len(lines[end]) - len(lines[end].lstrip()) > 4
+            ):
                 end += 1
-            indent = lines[start][:len(lines[start]) - len(lines[start].lstrip())] if end > start else " " * 6
+            indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())] if end > start else " " * 6
             return start, end, indent
         n += 1
     raise DepsError(f"stage {stage}: no 'deps:' list in dvc.yaml (add one, even with a single file)")
@@ -131,8 +137,11 @@ def _rewrite(text: str, stage: str, needed: list[str]) -> str:
     helpers' sections) stays byte for byte."""
     lines = text.splitlines(keepends=True)
     start, end, indent = _deps_block(lines, stage)
-    kept = [line for line in lines[start:end]
-            if not (line.lstrip().startswith("- ") and is_code_dep(line.lstrip()[2:].split("#")[0].strip()))]
+    kept = [
+        line
+        for line in lines[start:end]
+        if not (line.lstrip().startswith("- ") and is_code_dep(line.lstrip()[2:].split("#")[0].strip()))
+    ]
     new = [f"{indent}- {dep}\n" for dep in needed] + kept
     return "".join(lines[:start] + new + lines[end:])
 
@@ -184,8 +193,9 @@ TEMPLATE = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
 def resolve(dep: str, params: dict) -> str:
     """A dep as DVC reads it: `${section.key}` replaced by params.yaml's value (dvc.yaml templating;
     an input folder named by a param). Left as written when the param is missing."""
-    return TEMPLATE.sub(lambda m: m.group(0) if _lookup(params, m.group(1)) is _MISSING
-                        else str(_lookup(params, m.group(1))), dep)
+    return TEMPLATE.sub(
+        lambda m: m.group(0) if _lookup(params, m.group(1)) is _MISSING else str(_lookup(params, m.group(1))), dep
+    )
 
 
 def _md5(path: Path) -> str:
@@ -202,12 +212,16 @@ def lock_problems(repo: Path = REPO) -> list[str]:
     working tree: a stage never run, another cmd, another deps list, a code file's md5, a param's
     value. Data deps (other stages' outputs) are not checked: that needs the data, and their own
     stage's entry covers them."""
-    stages = (_load(repo / "dvc.yaml").get("stages") or {})
+    stages = _load(repo / "dvc.yaml").get("stages") or {}
     lock = (_load(repo / "dvc.lock").get("stages") or {}) if (repo / "dvc.lock").is_file() else {}
     params_file = repo / "params.yaml"
     params = _load(params_file) if params_file.is_file() else {}
-    outs = {str(next(iter(o)) if isinstance(o, dict) else o).rstrip("/")
-            for spec in stages.values() for kind in ("outs", "metrics", "plots") for o in spec.get(kind) or []}
+    outs = {
+        str(next(iter(o)) if isinstance(o, dict) else o).rstrip("/")
+        for spec in stages.values()
+        for kind in ("outs", "metrics", "plots")
+        for o in spec.get(kind) or []
+    }
     problems = []
     for stage, spec in stages.items():
         entry = lock.get(stage)
@@ -249,16 +263,22 @@ def main(argv: list[str] | None = None) -> int:
         for line in problems:
             print(line, file=sys.stderr)
         if problems:
-            print(f"dvc.lock is stale in {len(problems)} place(s): run `dvc repro` and commit dvc.lock with the "
-                  "outputs it made", file=sys.stderr)
+            print(
+                f"dvc.lock is stale in {len(problems)} place(s): run `dvc repro` and commit dvc.lock with the "
+                "outputs it made",
+                file=sys.stderr,
+            )
         return 1 if problems else 0
     try:
         if args.write:
             changed = write(repo)
             for line in report(changed):
                 print(f"fixed: {line}")
-            print(f"dvc.yaml: code deps of {len(changed)} stage(s) rewritten" if changed
-                  else "dvc.yaml: code deps already complete")
+            print(
+                f"dvc.yaml: code deps of {len(changed)} stage(s) rewritten"
+                if changed
+                else "dvc.yaml: code deps already complete"
+            )
             return 0
         problems = report(analyse(repo))
     except DepsError as exc:

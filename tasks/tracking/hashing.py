@@ -1,4 +1,5 @@
 """The one file hasher: a streamed digest, so a multi-gigabyte archive never sits in memory."""
+
 from __future__ import annotations
 
 import hashlib

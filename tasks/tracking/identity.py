@@ -18,6 +18,7 @@ say a stage runs.
 - **models**: `pipelines.identity.module_identity`, the hash of a diffusers model's class, config
   and weights (it lives in pipelines/, which must not import tasks/).
 """
+
 from __future__ import annotations
 
 import ast
@@ -25,10 +26,11 @@ import hashlib
 import json
 import os
 import sys
-from functools import lru_cache
+from collections.abc import Iterable
+from functools import cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from tasks.tracking.hashing import file_digest
 
@@ -59,7 +61,7 @@ def _module_name(path: Path, repo: Path) -> str:
     return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _imports(path: Path, mtime_ns: int, repo: Path) -> tuple[str, ...]:
     """Every module a file imports (`from a import b` gives both `a` and `a.b`: b may be a module)."""
     package = _module_name(path, repo)
@@ -72,11 +74,16 @@ def _imports(path: Path, mtime_ns: int, repo: Path) -> tuple[str, ...]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:  # relative: `from . import x`, `from ..y import x`
-                parts = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                parts = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 base = ".".join(parts + ([node.module] if node.module else []))
             found += [base] + [f"{base}.{a.name}" for a in node.names if a.name != "*"]
-        elif isinstance(node, ast.Call) and _called(node.func) in MODULE_RUNNERS and node.args \
-                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+        elif (
+            isinstance(node, ast.Call)
+            and _called(node.func) in MODULE_RUNNERS
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             found.append(node.args[0].value)  # a module run by name: `launch("tasks.latent.encode", ...)`
     return tuple(found)
 
@@ -128,8 +135,11 @@ def code_identity(stage: str | None = None, repo: Path = REPO) -> str:
     inherited by `accelerate launch`; outside a stage, e.g. in a notebook or a test, every project
     file: conservative, and the same however the code was entered)."""
     stage = stage or os.environ.get(STAGE_ENV)
-    files = stage_code([f"flows.{stage}"], repo) if stage else sorted(
-        p for package in PACKAGES for p in (repo / package).rglob("*.py"))
+    files = (
+        stage_code([f"flows.{stage}"], repo)
+        if stage
+        else sorted(p for package in PACKAGES for p in (repo / package).rglob("*.py"))
+    )
     h = hashlib.sha256()
     for path in files:
         h.update(path.relative_to(repo).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")

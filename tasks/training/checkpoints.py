@@ -13,6 +13,7 @@ checkpoints, fingerprint and curves are set aside in `<dir>/.previous-run` until
 (`drop_previous`), and put back if it fails before its first checkpoint (`put_back_previous`): a
 run on bad data loses nothing of the last good one.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,8 @@ from pathlib import Path
 PREFIX = "checkpoint-"
 FINGERPRINT = "fingerprint.json"
 PREVIOUS_RUN = ".previous-run"
-LIVE_COPY = "dvclive"     # inside a checkpoint: the dvclive folder at that step
-UNHEALTHY = "unhealthy"   # inside a checkpoint: taken while the guard watched a spike
+LIVE_COPY = "dvclive"  # inside a checkpoint: the dvclive folder at that step
+UNHEALTHY = "unhealthy"  # inside a checkpoint: taken while the guard watched a spike
 
 
 class ResumeError(RuntimeError):
@@ -36,12 +37,12 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     d = Path(directory)
     if not d.is_dir():
         return []
-    found = [p for p in d.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+    found = [p for p in d.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX) :].isdigit()]
     return sorted(found, key=step_of)
 
 
 def step_of(checkpoint: Path) -> int:
-    return int(checkpoint.name[len(PREFIX):])
+    return int(checkpoint.name[len(PREFIX) :])
 
 
 def _remove(path: Path) -> None:
@@ -92,13 +93,16 @@ class CheckpointStore:
             raise ResumeError(
                 f"{self.dir} holds checkpoints of this run written with {said}: resuming would not continue "
                 f"the same batch order. Run with the settings it was written with, or delete {self.dir} "
-                "to start afresh.")
+                "to start afresh."
+            )
 
     def _set_aside(self, run_key: str, layout: dict, log) -> None:
         stale = list_checkpoints(self.dir)
         if stale:
-            log.warning(f"{self.dir}: {len(stale)} checkpoint(s) of another run (code, params or data changed); "
-                        f"starting afresh, the old ones kept in {PREVIOUS_RUN} until this run ends")
+            log.warning(
+                f"{self.dir}: {len(stale)} checkpoint(s) of another run (code, params or data changed); "
+                f"starting afresh, the old ones kept in {PREVIOUS_RUN} until this run ends"
+            )
         previous = self.dir / PREVIOUS_RUN
         keep = not previous.is_dir()
         previous.mkdir(exist_ok=True)
@@ -162,7 +166,7 @@ class CheckpointStore:
         if self.keep is None:
             return
         newest_healthy = self.latest(healthy=True)
-        for old in list_checkpoints(self.dir)[:-self.keep]:
+        for old in list_checkpoints(self.dir)[: -self.keep]:
             if old != newest_healthy:
                 shutil.rmtree(old)
 

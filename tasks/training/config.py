@@ -7,6 +7,7 @@ params.yaml only, and an unknown key is an error naming it (tasks/config/typed.p
 checkpoints, logging, the divergence guard); `TrainConfig` adds the noise schedule and loss of the
 diffusion models. The VAE's section is a `LoopConfig` plus its own loss weights.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,10 +25,14 @@ class GuardConfig(StageConfig):
     lr_factor: float  # each recovery multiplies the learning rate by this
 
     def __post_init__(self):
-        _check([(self.spike_factor > 1, "guard.spike_factor must be > 1"),
+        _check(
+            [
+                (self.spike_factor > 1, "guard.spike_factor must be > 1"),
                 (self.patience >= 1, "guard.patience must be >= 1"),
                 (self.max_recoveries >= 0, "guard.max_recoveries must be >= 0"),
-                (0 < self.lr_factor < 1, "guard.lr_factor must be in (0, 1)")])
+                (0 < self.lr_factor < 1, "guard.lr_factor must be in (0, 1)"),
+            ]
+        )
 
 
 @dataclass(frozen=True)
@@ -53,20 +58,24 @@ class LoopConfig(StageConfig):
     guard: GuardConfig
 
     def __post_init__(self):
-        _check([
-            (self.num_epochs >= 1, "num_epochs must be >= 1"),
-            (self.max_train_steps is None or self.max_train_steps >= 1, "max_train_steps must be >= 1 or null"),
-            (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
-            (self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision must be no, fp16 or bf16"),
-            (self.learning_rate > 0, "learning_rate must be > 0"),
-            (self.lr_warmup_steps >= 0, "lr_warmup_steps must be >= 0"),
-            (self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm must be > 0 or null"),
-            (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
-            (self.checkpointing_steps >= 1, "checkpointing_steps must be >= 1"),
-            (self.log_every_steps >= 1, "log_every_steps must be >= 1"),
-            (self.checkpoints_total_limit is None or self.checkpoints_total_limit >= 1,
-             "checkpoints_total_limit must be >= 1 or null"),
-        ])
+        _check(
+            [
+                (self.num_epochs >= 1, "num_epochs must be >= 1"),
+                (self.max_train_steps is None or self.max_train_steps >= 1, "max_train_steps must be >= 1 or null"),
+                (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
+                (self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision must be no, fp16 or bf16"),
+                (self.learning_rate > 0, "learning_rate must be > 0"),
+                (self.lr_warmup_steps >= 0, "lr_warmup_steps must be >= 0"),
+                (self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm must be > 0 or null"),
+                (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
+                (self.checkpointing_steps >= 1, "checkpointing_steps must be >= 1"),
+                (self.log_every_steps >= 1, "log_every_steps must be >= 1"),
+                (
+                    self.checkpoints_total_limit is None or self.checkpoints_total_limit >= 1,
+                    "checkpoints_total_limit must be >= 1 or null",
+                ),
+            ]
+        )
 
 
 @dataclass(frozen=True)
@@ -83,14 +92,21 @@ class TrainConfig(LoopConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check([
-            (self.beta_schedule in ("linear", "scaled_linear", "squaredcos_cap_v2"),
-             "beta_schedule must be linear, scaled_linear or squaredcos_cap_v2"),
-            (0 < self.beta_start < self.beta_end < 1, "need 0 < beta_start < beta_end < 1"),
-            (self.prediction_type in ("epsilon", "v_prediction"), "prediction_type must be epsilon or v_prediction"),
-            (self.snr_gamma is None or self.snr_gamma > 0, "snr_gamma must be > 0 or null"),
-            (0 <= self.cond_drop_prob < 1, "cond_drop_prob must be in [0, 1)"),
-        ])
+        _check(
+            [
+                (
+                    self.beta_schedule in ("linear", "scaled_linear", "squaredcos_cap_v2"),
+                    "beta_schedule must be linear, scaled_linear or squaredcos_cap_v2",
+                ),
+                (0 < self.beta_start < self.beta_end < 1, "need 0 < beta_start < beta_end < 1"),
+                (
+                    self.prediction_type in ("epsilon", "v_prediction"),
+                    "prediction_type must be epsilon or v_prediction",
+                ),
+                (self.snr_gamma is None or self.snr_gamma > 0, "snr_gamma must be > 0 or null"),
+                (0 <= self.cond_drop_prob < 1, "cond_drop_prob must be in [0, 1)"),
+            ]
+        )
 
     def noise_scheduler(self):
         """The training noise schedule (also the default sampling scheduler of a saved model): a

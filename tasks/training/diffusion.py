@@ -5,10 +5,12 @@ batch and call the network; the objective here does the rest of a training step:
 timesteps drawn from the engine's per-micro-batch generator, condition dropout for classifier-free
 guidance, the epsilon or v target, and the (Min-SNR weighted) MSE or the stage's own loss.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,24 +46,30 @@ class DiffusionSpec:
 
     def for_engine(self, cfg: TrainConfig) -> TrainSpec:
         if self.loss is not None and cfg.snr_gamma is not None:
-            raise ValueError("training.snr_gamma weights the engine's own MSE; this stage has a loss of its own "
-                             "(e.g. DreamBooth's prior-preservation loss): set snr_gamma: null")
+            raise ValueError(
+                "training.snr_gamma weights the engine's own MSE; this stage has a loss of its own "
+                "(e.g. DreamBooth's prior-preservation loss): set snr_gamma: null"
+            )
         scheduler = cfg.noise_scheduler()
         grid = self.sample_grid
         return TrainSpec(
-            build_model=self.build_model, make_loader=self.make_loader, batches_per_epoch=self.batches_per_epoch,
+            build_model=self.build_model,
+            make_loader=self.make_loader,
+            batches_per_epoch=self.batches_per_epoch,
             objective=lambda model, batch, generator: self._objective(model, batch, generator, scheduler, cfg),
             save=lambda net, out_dir: self.save(net, scheduler, out_dir),
             sample_grid=None if grid is None else (lambda net, epoch: grid(net, scheduler, epoch)),
-            param_groups=self.param_groups)
+            param_groups=self.param_groups,
+        )
 
     def _objective(self, model, batch, generator: torch.Generator, scheduler, cfg: TrainConfig):
         x0, cond = self.prepare_batch(batch, generator.device)
         bsz = x0.shape[0]
         # The draw order (noise, timesteps, dropout) is part of what a seed means: keep it.
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (bsz,), generator=generator,
-                                  device=x0.device)
+        timesteps = torch.randint(
+            0, scheduler.config.num_train_timesteps, (bsz,), generator=generator, device=x0.device
+        )
         if cfg.cond_drop_prob > 0 and self.null_condition is not None:
             drop = torch.rand(bsz, generator=generator, device=x0.device) < cfg.cond_drop_prob
             cond = self.null_condition(cond, drop)
@@ -76,8 +84,9 @@ class DiffusionSpec:
         return self.loss(pred, target.float(), cond)
 
 
-def denoising_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, noise_scheduler,
-                   cfg: TrainConfig) -> torch.Tensor:
+def denoising_loss(
+    pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, noise_scheduler, cfg: TrainConfig
+) -> torch.Tensor:
     """MSE, or with `snr_gamma` the Min-SNR weighted MSE: each sample's loss scaled by
     min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v), so the nearly clean timesteps, easy and
     many, stop dominating the gradient."""

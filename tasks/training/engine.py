@@ -27,6 +27,7 @@ what a micro-batch draws (noise, timesteps, dropout, flips) comes from a generat
 had consumed puts a resumed run where an uninterrupted one would be. Only the same code, params and
 data resume (the run key); see checkpoints.py for what happens to another run's checkpoints.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,9 +35,10 @@ import itertools
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,8 +51,15 @@ from tasks.training.config import LoopConfig
 from tasks.training.guard import DivergenceError, DivergenceGuard
 from tasks.training.memory import measured_adam_state_mb, memory_anatomy
 
-__all__ = ["TrainSpec", "StopTraining", "DivergenceError", "train", "noise_seed", "list_checkpoints",
-           "mean_of_last_steps"]
+__all__ = [
+    "TrainSpec",
+    "StopTraining",
+    "DivergenceError",
+    "train",
+    "noise_seed",
+    "list_checkpoints",
+    "mean_of_last_steps",
+]
 
 
 @dataclass
@@ -89,8 +98,8 @@ class _Counters:
     """Where the run is; saved with every checkpoint (accelerate's custom-state mechanism)."""
 
     def __init__(self):
-        self.global_step = 0     # optimizer steps done
-        self.epoch = 0           # epoch in progress
+        self.global_step = 0  # optimizer steps done
+        self.epoch = 0  # epoch in progress
         self.batch_in_epoch = 0  # micro-batches of that epoch consumed
 
     def state_dict(self) -> dict:
@@ -192,8 +201,17 @@ def _open_live(live_dir: Path, resume: bool, step: int):
     return live
 
 
-def train(spec: TrainSpec, cfg: LoopConfig, *, model_dir: str, checkpoint_dir: str, live_dir: str,
-          run_id: str, step_callback: Callable[[int], None] | None = None, show_progress: bool = True) -> dict:
+def train(
+    spec: TrainSpec,
+    cfg: LoopConfig,
+    *,
+    model_dir: str,
+    checkpoint_dir: str,
+    live_dir: str,
+    run_id: str,
+    step_callback: Callable[[int], None] | None = None,
+    show_progress: bool = True,
+) -> dict:
     """Train `spec`'s model under `cfg`; returns the summary metrics (also logged to dvclive).
 
     `run_id` identifies the run's params and data; the engine adds the code's identity.
@@ -213,8 +231,9 @@ def train(spec: TrainSpec, cfg: LoopConfig, *, model_dir: str, checkpoint_dir: s
     # ---------------------------------------------------------------- set up
     # Several processes without CUDA (torchrun on CPU): accelerate needs cpu=True to pick gloo.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=multi_cpu,
-                              gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision, cpu=multi_cpu, gradient_accumulation_steps=cfg.gradient_accumulation_steps
+    )
     rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     set_seed(cfg.seed)  # the model's initial weights; the same on every process
     cuda = accelerator.device.type == "cuda"
@@ -224,10 +243,12 @@ def train(spec: TrainSpec, cfg: LoopConfig, *, model_dir: str, checkpoint_dir: s
     # Inputs are checked before the resume block may set another run's checkpoints aside.
     steps_per_epoch = spec.batches_per_epoch // cfg.gradient_accumulation_steps
     if steps_per_epoch < 1:
-        raise ValueError(f"{spec.batches_per_epoch} batches per epoch (on each of {world} process(es)) cannot make "
-                         f"one optimizer step with gradient_accumulation_steps={cfg.gradient_accumulation_steps}: the "
-                         "training data is empty or smaller than a batch; use more data, smaller batches or less "
-                         f"accumulation. {checkpoint_dir} was left as it was.")
+        raise ValueError(
+            f"{spec.batches_per_epoch} batches per epoch (on each of {world} process(es)) cannot make "
+            f"one optimizer step with gradient_accumulation_steps={cfg.gradient_accumulation_steps}: the "
+            "training data is empty or smaller than a batch; use more data, smaller batches or less "
+            f"accumulation. {checkpoint_dir} was left as it was."
+        )
     total_steps = steps_per_epoch * cfg.num_epochs
     if cfg.max_train_steps is not None:
         total_steps = min(total_steps, cfg.max_train_steps)
@@ -241,9 +262,14 @@ def train(spec: TrainSpec, cfg: LoopConfig, *, model_dir: str, checkpoint_dir: s
     # skip decision to the kernel, and the loop could no longer tell that a step was skipped (the LR
     # schedule and the EMA must then stand still). The CPU keeps torch's default path.
     fused = cuda and cfg.mixed_precision != "fp16"
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon,
-                                  **({"fused": True} if fused else {}))
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        weight_decay=cfg.adam_weight_decay,
+        eps=cfg.adam_epsilon,
+        **({"fused": True} if fused else {}),
+    )
     # Stepped by hand once per optimizer step (not prepared: accelerate would step it per process).
     lr_scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.lr_warmup_steps, total_steps)
     peak_lrs = list(lr_scheduler.base_lrs)  # the guard scales these down after a roll-back
@@ -260,14 +286,19 @@ def train(spec: TrainSpec, cfg: LoopConfig, *, model_dir: str, checkpoint_dir: s
 
     # ---------------------------------------------------------------- resume
     store = CheckpointStore(checkpoint_dir, live_dir, accelerator, keep=cfg.checkpoints_total_limit)
-    store.adopt(identity(run_id, code_identity()),
-                {"processes": world, "gradient_accumulation_steps": cfg.gradient_accumulation_steps}, log)
+    store.adopt(
+        identity(run_id, code_identity()),
+        {"processes": world, "gradient_accumulation_steps": cfg.gradient_accumulation_steps},
+        log,
+    )
     resumed_from = store.latest()
     try:
         if resumed_from is not None:
             store.load(resumed_from)
-            log.info(f"resumed from {resumed_from} at step {counters.global_step} (epoch {counters.epoch}, "
-                     f"batch {counters.batch_in_epoch})")
+            log.info(
+                f"resumed from {resumed_from} at step {counters.global_step} (epoch {counters.epoch}, "
+                f"batch {counters.batch_in_epoch})"
+            )
         elif is_main and live_dir.is_dir():
             shutil.rmtree(live_dir)  # a fresh run starts fresh curves
         live = _open_live(live_dir, resumed_from is not None, counters.global_step) if is_main else None
@@ -275,8 +306,12 @@ def train(spec: TrainSpec, cfg: LoopConfig, *, model_dir: str, checkpoint_dir: s
         def log_samples(epoch: int, last: bool) -> None:
             """A grid every `samples_every_epochs` epochs and always one at the end of the run (a
             declared grid folder must never be empty, whatever the epoch count)."""
-            if is_main and spec.sample_grid is not None and cfg.samples_every_epochs > 0 \
-                    and ((epoch + 1) % cfg.samples_every_epochs == 0 or last):
+            if (
+                is_main
+                and spec.sample_grid is not None
+                and cfg.samples_every_epochs > 0
+                and ((epoch + 1) % cfg.samples_every_epochs == 0 or last)
+            ):
                 model.eval()
                 with ema_weights(accelerator.unwrap_model(model), ema) as net:
                     grid = spec.sample_grid(net, epoch)
@@ -288,10 +323,14 @@ def train(spec: TrainSpec, cfg: LoopConfig, *, model_dir: str, checkpoint_dir: s
             nonlocal live
             target = store.latest(healthy=True)
             if not guard.can_recover() or target is None:
-                why = ("no healthy checkpoint to return to: lower training.learning_rate or checkpointing_steps"
-                       if target is None else f"after {guard.recoveries} recoveries (guard.max_recoveries)")
-                raise DivergenceError(f"training diverged at step {counters.global_step} (loss {loss:.4g}) {why}; "
-                                      "no model was saved")
+                why = (
+                    "no healthy checkpoint to return to: lower training.learning_rate or checkpointing_steps"
+                    if target is None
+                    else f"after {guard.recoveries} recoveries (guard.max_recoveries)"
+                )
+                raise DivergenceError(
+                    f"training diverged at step {counters.global_step} (loss {loss:.4g}) {why}; no model was saved"
+                )
             recoveries, lr_scale = guard.recoveries, guard.lr_scale
             store.load(target)
             store.discard_after(step_of(target))
@@ -303,15 +342,25 @@ def train(spec: TrainSpec, cfg: LoopConfig, *, model_dir: str, checkpoint_dir: s
             lr_scheduler._last_lr = now
             if is_main:
                 live = _open_live(live_dir, True, counters.global_step)
-            log.warning(f"divergence guard: loss {loss:.4g} at step {step}; rolled back to step "
-                        f"{counters.global_step}, learning rate x{guard.lr_scale:g} "
-                        f"(recovery {guard.recoveries} of at most {cfg.guard.max_recoveries})")
+            log.warning(
+                f"divergence guard: loss {loss:.4g} at step {step}; rolled back to step "
+                f"{counters.global_step}, learning rate x{guard.lr_scale:g} "
+                f"(recovery {guard.recoveries} of at most {cfg.guard.max_recoveries})"
+            )
 
         # ---------------------------------------------------------------- train
-        log.info(f"training {anatomy['trainable_parameters']:,} parameters for {total_steps} steps "
-                 f"({steps_per_epoch} per epoch, {world} process(es), accumulation {cfg.gradient_accumulation_steps})")
-        bar = progress(total=total_steps, initial=counters.global_step, desc="train", unit="step",
-                       disable=not (is_main and show_progress), dynamic_ncols=True)
+        log.info(
+            f"training {anatomy['trainable_parameters']:,} parameters for {total_steps} steps "
+            f"({steps_per_epoch} per epoch, {world} process(es), accumulation {cfg.gradient_accumulation_steps})"
+        )
+        bar = progress(
+            total=total_steps,
+            initial=counters.global_step,
+            desc="train",
+            unit="step",
+            disable=not (is_main and show_progress),
+            dynamic_ncols=True,
+        )
         window = LossWindow(accelerator.device, cfg.gradient_accumulation_steps)
         samples_seen, train_time = 0, 0.0
         model.train()
@@ -326,8 +375,10 @@ def train(spec: TrainSpec, cfg: LoopConfig, *, model_dir: str, checkpoint_dir: s
                 try:
                     batch = next(batches)
                 except StopIteration:
-                    raise RuntimeError(f"the loader of epoch {epoch} ended after {counters.batch_in_epoch} batches; "
-                                       f"the spec promised {spec.batches_per_epoch}") from None
+                    raise RuntimeError(
+                        f"the loader of epoch {epoch} ended after {counters.batch_in_epoch} batches; "
+                        f"the spec promised {spec.batches_per_epoch}"
+                    ) from None
                 if cuda:  # from pinned memory the copy is queued, not waited for
                     batch = _to_device_async(batch, accelerator.device)
                 generator.manual_seed(noise_seed(cfg.seed, rank, epoch * micro_per_epoch + counters.batch_in_epoch))
@@ -411,8 +462,9 @@ def train(spec: TrainSpec, cfg: LoopConfig, *, model_dir: str, checkpoint_dir: s
             Path(model_dir).mkdir(parents=True, exist_ok=True)
             with ema_weights(accelerator.unwrap_model(model), ema) as net:
                 spec.save(net, model_dir)
-            summary["final_loss"] = mean_of_last_steps(live_dir / "plots" / "metrics" / "train" / "loss.tsv",
-                                                       counters.global_step, steps_per_epoch)
+            summary["final_loss"] = mean_of_last_steps(
+                live_dir / "plots" / "metrics" / "train" / "loss.tsv", counters.global_step, steps_per_epoch
+            )
             live.end()
         accelerator.wait_for_everyone()
         accelerator.end_training()

@@ -16,6 +16,7 @@ keeps pushing the weights after the loss itself looks normal again (the face VAE
 The guard's state (recent rows, recoveries, learning-rate scale) is saved with every checkpoint,
 so a run resumed after a kill judges its rows as the uninterrupted run would.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,7 +25,7 @@ import statistics
 from tasks.training.config import GuardConfig
 
 RECENT_ROWS = 20  # the "recent level": the median of this many healthy rows
-MIN_ROWS = 3      # fewer healthy rows: no level yet, only non-finite losses count
+MIN_ROWS = 3  # fewer healthy rows: no level yet, only non-finite losses count
 
 
 class DivergenceError(RuntimeError):
@@ -35,9 +36,9 @@ class DivergenceGuard:
     def __init__(self, config: GuardConfig):
         self.config = config
         self.recent: list[float] = []  # the last healthy rows' losses
-        self.spikes = 0                # spiking rows in a row, up to now
-        self.recoveries = 0            # roll-backs so far in this run
-        self.lr_scale = 1.0            # the product of the recoveries' lr_factor
+        self.spikes = 0  # spiking rows in a row, up to now
+        self.recoveries = 0  # roll-backs so far in this run
+        self.lr_scale = 1.0  # the product of the recoveries' lr_factor
 
     @property
     def level(self) -> float | None:
@@ -70,8 +71,12 @@ class DivergenceGuard:
         self.recoveries, self.lr_scale, self.spikes = recoveries + 1, lr_scale * self.config.lr_factor, 0
 
     def state_dict(self) -> dict:
-        return {"recent": list(self.recent), "spikes": self.spikes, "recoveries": self.recoveries,
-                "lr_scale": self.lr_scale}
+        return {
+            "recent": list(self.recent),
+            "spikes": self.spikes,
+            "recoveries": self.recoveries,
+            "lr_scale": self.lr_scale,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.recent, self.spikes = [float(x) for x in state["recent"]], int(state["spikes"])

@@ -4,6 +4,7 @@ Sizes are in MB of 2**20 bytes, as the seed blog posts count them: 117M fp32 par
 447 MB of weights; AdamW keeps two fp32 moments per trainable parameter (about 894 MB), the
 gradients one more copy of the trainable weights, the EMA one more copy of all weights.
 """
+
 from __future__ import annotations
 
 import torch

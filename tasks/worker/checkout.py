@@ -12,6 +12,7 @@ Layout under the worker's `workdir` (every folder here carries MARKER; nothing e
 The revision is resolved after a fetch that moves the mirror's branches to the remote's, so
 `main` means the remote's main now, never a stale local branch.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -45,8 +46,10 @@ class NotOwned(PermissionError):
 
 def validate_repo_url(repo_url: object) -> str:
     if not isinstance(repo_url, str) or not repo_url.strip():
-        raise InvalidInput("repo_url is empty: set it in the deployment (FACEDIFF_REPO_URL when running "
-                           "`prefect deploy`) or pass --repo-url")
+        raise InvalidInput(
+            "repo_url is empty: set it in the deployment (FACEDIFF_REPO_URL when running "
+            "`prefect deploy`) or pass --repo-url"
+        )
     if repo_url != repo_url.strip() or repo_url.startswith("-") or any(c.isspace() for c in repo_url):
         raise InvalidInput(f"repo_url {repo_url!r} is not a git URL or path")
     return repo_url
@@ -55,8 +58,10 @@ def validate_repo_url(repo_url: object) -> str:
 def validate_revision(revision: object) -> str:
     if not isinstance(revision, str):
         # `prefect deployment run -p revision=1234567` parses an all-digit SHA as a number.
-        raise InvalidInput(f"revision must be a string, got {type(revision).__name__} {revision!r}: quote it, "
-                           "e.g. -p revision='\"1234567\"' or --params '{\"revision\": \"1234567\"}'")
+        raise InvalidInput(
+            f"revision must be a string, got {type(revision).__name__} {revision!r}: quote it, "
+            'e.g. -p revision=\'"1234567"\' or --params \'{"revision": "1234567"}\''
+        )
     if not REVISION.match(revision) or ".." in revision or revision.endswith((".lock", "/", ".")):
         raise InvalidInput(f"revision {revision!r} is not a branch, tag or commit SHA")
     return revision
@@ -81,8 +86,10 @@ def claim_folder(path: Path) -> Path:
     except (FileExistsError, NotADirectoryError):  # a file stands there
         names = {"(a file)"}
     if names and not (MARKER in names and (path / MARKER).is_file()):
-        raise NotOwned(f"{path} exists and was not created by the worker (no {MARKER} in it): "
-                       "choose an empty or new folder for workdir")
+        raise NotOwned(
+            f"{path} exists and was not created by the worker (no {MARKER} in it): "
+            "choose an empty or new folder for workdir"
+        )
     (path / MARKER).write_text("created by the facediff GPU worker; it may delete what is under this folder\n")
     return path
 
@@ -123,19 +130,34 @@ def update_mirror(workdir: Path, repo_url: str) -> Path:
     recorded = run(["git", "-C", str(mirror), "remote", "get-url", "origin"]).strip()
     if recorded != repo_url:  # a hash collision or a hand-edited mirror: never fetch from elsewhere
         raise CommandFailed(["git", "remote", "get-url"], 1, f"{mirror} mirrors {recorded}, not {repo_url}")
-    run(["git", "-C", str(mirror), "fetch", "--quiet", "--prune", "--force", "origin",
-         "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])
+    run(
+        [
+            "git",
+            "-C",
+            str(mirror),
+            "fetch",
+            "--quiet",
+            "--prune",
+            "--force",
+            "origin",
+            "+refs/heads/*:refs/heads/*",
+            "+refs/tags/*:refs/tags/*",
+        ]
+    )
     return mirror
 
 
 def resolve_revision(mirror: Path, revision: str) -> str:
     """The full SHA `revision` names in the freshly fetched mirror, or RevisionNotFound."""
     try:
-        out = run(["git", "-C", str(mirror), "rev-parse", "--verify", "--quiet", "--end-of-options",
-                   f"{revision}^{{commit}}"])
+        out = run(
+            ["git", "-C", str(mirror), "rev-parse", "--verify", "--quiet", "--end-of-options", f"{revision}^{{commit}}"]
+        )
     except CommandFailed:
-        raise RevisionNotFound(f"revision {revision!r} is not in {run(['git', '-C', str(mirror), 'remote', 'get-url', 'origin']).strip()}"
-                               " (pushed? a typo?)") from None
+        raise RevisionNotFound(
+            f"revision {revision!r} is not in {run(['git', '-C', str(mirror), 'remote', 'get-url', 'origin']).strip()}"
+            " (pushed? a typo?)"
+        ) from None
     sha = out.strip().splitlines()[-1]
     if not SHA.match(sha):
         raise RevisionNotFound(f"git resolved {revision!r} to {sha!r}, not a commit SHA")

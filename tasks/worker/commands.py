@@ -4,6 +4,7 @@ Every step of a worker run is a git or dvc subprocess in the run's own checkout,
 runs exactly what a user runs by hand, and DVC (not Prefect) decides what is stale. Each output
 line goes to the Prefect run logger as it comes, so a long `dvc repro` is followed live in the UI.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,8 +58,7 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], cwd: str | Path | None = None, env: dict[str, str] | None = None,
-        tail_lines: int = 40) -> str:
+def run(cmd: list[str], cwd: str | Path | None = None, env: dict[str, str] | None = None, tail_lines: int = 40) -> str:
     """Run `cmd`, logging each output line as it comes; return its whole output (stdout + stderr).
 
     Raises TransientError when the output reads like a network/remote failure, else CommandFailed.
@@ -67,8 +67,15 @@ def run(cmd: list[str], cwd: str | Path | None = None, env: dict[str, str] | Non
     log.info("$ %s%s", " ".join(cmd), f"   (in {cwd})" if cwd else "")
     lines: list[str] = []
     tail: deque[str] = deque(maxlen=tail_lines)
-    with subprocess.Popen(cmd, cwd=cwd, env=env or child_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
+    with subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env or child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    ) as proc:
         for line in proc.stdout:
             line = line.rstrip("\n")
             lines.append(line)
@@ -87,8 +94,11 @@ def retry_if_transient(task, task_run, state) -> bool:
     # Read the exception without raising it: a raise here would add this frame to its traceback.
     exc = state.result(raise_on_failure=False)
     if isinstance(exc, TransientError):
-        get_logger().warning("retrying %s: the network or remote failed (%s)", task.name,
-                             exc.tail.splitlines()[-1] if exc.tail else exc.returncode)
+        get_logger().warning(
+            "retrying %s: the network or remote failed (%s)",
+            task.name,
+            exc.tail.splitlines()[-1] if exc.tail else exc.returncode,
+        )
         return True
     get_logger().info("not retrying %s: %s is not a network failure", task.name, type(exc).__name__)
     return False

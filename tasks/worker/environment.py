@@ -8,6 +8,7 @@ The one allowed difference: a local version label (`torch==2.13.0` is satisfied 
 `2.13.0+cu128`), because the lock pins the CPU build the project is tested with and a GPU worker
 installs the CUDA build of the same release (docs/worker.md).
 """
+
 from __future__ import annotations
 
 import re
@@ -66,5 +67,6 @@ def check_lock(checkout: Path) -> int:
         raise EnvironmentMismatch(
             f"the worker's environment does not match {lock.name} of this revision:\n  {shown}\n"
             "update the worker's venv (`pip install -r requirements.lock`, then the CUDA torch build: "
-            "docs/worker.md) and restart the worker, or run an older revision")
+            "docs/worker.md) and restart the worker, or run an older revision"
+        )
     return len(pins)

@@ -5,14 +5,15 @@ flow run's state, its log lines (the worker streams every git/dvc output line in
 commands.py) and, from DVC's own lines in that log, one progress line per stage. Polling, not a
 websocket: it survives a server restart and needs nothing a firewall might block.
 """
+
 from __future__ import annotations
 
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable
 from uuid import UUID
 
 RECORD_KEY = "facediff-worker-record"  # flows/worker.py publishes the RunRecord under this key
@@ -36,8 +37,10 @@ def api_url() -> str:
 
     url = PREFECT_API_URL.value()
     if not url:
-        raise NoServer("PREFECT_API_URL is not set: point it at the server your GPU worker polls, e.g. "
-                       "`prefect config set PREFECT_API_URL=http://<server>:4200/api`")
+        raise NoServer(
+            "PREFECT_API_URL is not set: point it at the server your GPU worker polls, e.g. "
+            "`prefect config set PREFECT_API_URL=http://<server>:4200/api`"
+        )
     return url
 
 
@@ -50,9 +53,11 @@ def read_deployment(name: str):
         try:
             return client.read_deployment_by_name(name)
         except ObjectNotFound:
-            raise NoServer(f"deployment {name!r} is not on {api_url()}: deploy it with "
-                           "`FACEDIFF_REPO_URL=<git url> FACEDIFF_WORKDIR=<folder> prefect deploy --all` "
-                           "(docs/worker.md)") from None
+            raise NoServer(
+                f"deployment {name!r} is not on {api_url()}: deploy it with "
+                "`FACEDIFF_REPO_URL=<git url> FACEDIFF_WORKDIR=<folder> prefect deploy --all` "
+                "(docs/worker.md)"
+            ) from None
 
 
 def start(deployment: str, parameters: dict):
@@ -72,6 +77,7 @@ def run_address(flow_run) -> str:
 @dataclass
 class StageProgress:
     """One line per stage, from DVC's lines in the worker's log: started, skipped, done (with time)."""
+
     say: Print
     current: str | None = None
     since: datetime | None = None
@@ -104,6 +110,7 @@ class LogCursor:
     so a line may reach the server after a later one: each read goes back `margin` before the
     newest line shown and skips the ids already seen.
     """
+
     flow_run_id: UUID
     margin: timedelta = timedelta(seconds=10)
     newest: datetime | None = None
@@ -114,8 +121,9 @@ class LogCursor:
         from prefect.client.schemas.sorting import LogSort
 
         after = self.newest - self.margin if self.newest else None
-        wanted = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[self.flow_run_id]),
-                           timestamp=LogFilterTimestamp(after_=after))
+        wanted = LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[self.flow_run_id]), timestamp=LogFilterTimestamp(after_=after)
+        )
         fresh, offset = [], 0
         while True:
             logs = client.read_logs(log_filter=wanted, sort=LogSort.TIMESTAMP_ASC, limit=page, offset=offset)
@@ -129,8 +137,14 @@ class LogCursor:
         return sorted(fresh, key=lambda log: log.timestamp)
 
 
-def follow(flow_run_id: UUID, say: Print, show_log: bool = True, poll_s: float = 2.0,
-           drain_s: float = 6.0, timeout_s: float | None = None):
+def follow(
+    flow_run_id: UUID,
+    say: Print,
+    show_log: bool = True,
+    poll_s: float = 2.0,
+    drain_s: float = 6.0,
+    timeout_s: float | None = None,
+):
     """Print the flow run's state changes, log lines and stage progress until it ends (or
     `timeout_s` passes); return the flow run as last read.
 
@@ -170,8 +184,9 @@ def cancel(flow_run_id: UUID) -> str:
     from prefect.states import State
 
     with get_client(sync_client=True) as client:
-        result = client.set_flow_run_state(flow_run_id, State(type=StateType.CANCELLING,
-                                                              message="cancelled from flows.submit (Ctrl-C)"))
+        result = client.set_flow_run_state(
+            flow_run_id, State(type=StateType.CANCELLING, message="cancelled from flows.submit (Ctrl-C)")
+        )
     return str(result.status.value)
 
 
@@ -183,9 +198,12 @@ def read_record(flow_run_id: UUID) -> dict | None:
 
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
-                                           key=ArtifactFilterKey(any_=[RECORD_KEY])),
-            sort=ArtifactSort.CREATED_DESC, limit=1)
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=[RECORD_KEY])
+            ),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
     if not found:
         return None
     data = found[0].data

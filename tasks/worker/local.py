@@ -5,6 +5,7 @@ clean and the commit must be on a branch or tag of that remote; each refusal end
 that fixes it. After a run: an experiment comes home with `dvc exp pull`, a plain run as its results
 branch (switched to) plus `dvc pull`; `dvc metrics diff` compares with the commit that was sent.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -59,17 +60,21 @@ def check_clean(repo: Path) -> None:
     changed = [line[3:] for line in sh(repo, "git", "status", "--porcelain", "--untracked-files=normal").splitlines()]
     if changed:
         shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-        raise Refused(f"uncommitted changes ({shown}): the worker runs commits, not your working tree.\n"
-                      "  commit them:      git add -A && git commit -m 'what this run tries'\n"
-                      "  or set them aside: git stash --include-untracked")
+        raise Refused(
+            f"uncommitted changes ({shown}): the worker runs commits, not your working tree.\n"
+            "  commit them:      git add -A && git commit -m 'what this run tries'\n"
+            "  or set them aside: git stash --include-untracked"
+        )
 
 
 def remote_url(repo: Path, remote: str) -> str:
     try:
         return sh(repo, "git", "remote", "get-url", remote).strip()
     except CommandError:
-        raise Refused(f"no git remote {remote!r} here: add the repository the worker fetches from, "
-                      f"`git remote add {remote} <git url>`, or name it with --remote") from None
+        raise Refused(
+            f"no git remote {remote!r} here: add the repository the worker fetches from, "
+            f"`git remote add {remote} <git url>`, or name it with --remote"
+        ) from None
 
 
 def check_pushed(repo: Path, remote: str, sha: str) -> None:
@@ -81,10 +86,15 @@ def check_pushed(repo: Path, remote: str, sha: str) -> None:
     if sh(repo, "git", "branch", "--remotes", "--contains", sha, "--list", f"{remote}/*").strip():
         return
     branch = current_branch(repo)
-    fix = (f"git push {remote} {branch}" if branch else
-           f"git switch -c <new branch> && git push -u {remote} <new branch>   (HEAD is detached)")
-    raise Refused(f"commit {sha[:12]} is not on {remote} ({remote_url(repo, remote)}), where the worker "
-                  f"fetches it from: push it first:\n  {fix}")
+    fix = (
+        f"git push {remote} {branch}"
+        if branch
+        else f"git switch -c <new branch> && git push -u {remote} <new branch>   (HEAD is detached)"
+    )
+    raise Refused(
+        f"commit {sha[:12]} is not on {remote} ({remote_url(repo, remote)}), where the worker "
+        f"fetches it from: push it first:\n  {fix}"
+    )
 
 
 def check_in_commit(repo: Path, sha: str, path: str) -> None:
@@ -101,8 +111,9 @@ def pull_experiment(repo: Path, remote: str, name: str, with_data: bool = True) 
     is no longer the experiment's base.
     """
     sh(repo, "dvc", "exp", "pull", *(() if with_data else ("--no-cache",)), remote, name)
-    refs = [r for r in sh(repo, "git", "for-each-ref", "--format=%(refname)", "refs/exps").split()
-            if r.endswith(f"/{name}")]
+    refs = [
+        r for r in sh(repo, "git", "for-each-ref", "--format=%(refname)", "refs/exps").split() if r.endswith(f"/{name}")
+    ]
     if not refs:
         raise CommandError(f"dvc exp pull brought no ref for {name}")
     return refs[0]

@@ -6,6 +6,7 @@ the branch (`git push`), so the branch never names data the remote lacks. The us
 `git fetch origin results/...` and `dvc pull`. An experiment run is `dvc exp run -n <name>`, sent
 with `dvc exp push origin <name>` (git ref and data), fetched with `dvc exp pull origin <name>`.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,22 +33,23 @@ GIT_ID = ["-c", "user.name=facediff-worker", "-c", "user.email=worker@facediff.i
 @dataclass
 class RunRecord:
     """What the artifact and the flow's return value say about one worker run."""
+
     repo_url: str
     revision: str
     sha: str
     run_id: str
-    experiment: str | None = None        # the DVC experiment name, for experiment runs
-    results_branch: str | None = None    # the pushed branch, for plain runs
+    experiment: str | None = None  # the DVC experiment name, for experiment runs
+    results_branch: str | None = None  # the pushed branch, for plain runs
     results_sha: str | None = None
     stages_run: list[str] = field(default_factory=list)
-    params_changed: dict = field(default_factory=dict)    # {file: {param: {"old", "new"}}}
-    metrics: dict = field(default_factory=dict)           # {file: {name: value}} of the stages run
-    metrics_diff: dict = field(default_factory=dict)      # dvc metrics diff <sha> --all --json
-    grids: list[str] = field(default_factory=list)        # images in the outputs of the stages run
+    params_changed: dict = field(default_factory=dict)  # {file: {param: {"old", "new"}}}
+    metrics: dict = field(default_factory=dict)  # {file: {name: value}} of the stages run
+    metrics_diff: dict = field(default_factory=dict)  # dvc metrics diff <sha> --all --json
+    grids: list[str] = field(default_factory=list)  # images in the outputs of the stages run
     missing_outputs: list[str] = field(default_factory=list)  # in dvc.lock, but not in the DVC remote
-    scorecard: dict = field(default_factory=dict)         # tasks/reporting/scorecard.py Card.to_dict() of the checkout
+    scorecard: dict = field(default_factory=dict)  # tasks/reporting/scorecard.py Card.to_dict() of the checkout
     pushed_data: bool = False
-    failure: str | None = None                            # one line: why the run failed
+    failure: str | None = None  # one line: why the run failed
 
 
 class ReproFailed(RuntimeError):
@@ -187,8 +189,9 @@ def output_images(repo: Path, stages: list[str]) -> list[str]:
     for rel in declared_paths(repo, stages, ("outs", "plots")):
         path = repo / rel
         files = sorted(path.rglob("*")) if path.is_dir() else [path]
-        images.update(f.relative_to(repo).as_posix() for f in files
-                      if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        images.update(
+            f.relative_to(repo).as_posix() for f in files if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+        )
     return sorted(images)
 
 
@@ -252,33 +255,50 @@ def _scalars(values, prefix: str = ""):
 def markdown(record: RunRecord, max_rows: int = 40) -> str:
     """The Prefect artifact: what ran, on which commit, with which params, and what it measured."""
     out = record.experiment and f"experiment `{record.experiment}`" or f"branch `{record.results_branch}`"
-    lines = [f"# Worker run `{record.run_id}`", "",
-             f"- repository: `{record.repo_url}`", f"- revision: `{record.revision}` = `{record.sha}`"]
+    lines = [
+        f"# Worker run `{record.run_id}`",
+        "",
+        f"- repository: `{record.repo_url}`",
+        f"- revision: `{record.revision}` = `{record.sha}`",
+    ]
     if record.failure:
         lines += [f"- **failed**: {record.failure}"]
     else:
-        lines += [f"- results: {out if (record.experiment or record.results_branch) else 'nothing changed'}"
-                  f"{' (data pushed with dvc)' if record.pushed_data else ' (no DVC remote: data not pushed)'}"]
+        lines += [
+            f"- results: {out if (record.experiment or record.results_branch) else 'nothing changed'}"
+            f"{' (data pushed with dvc)' if record.pushed_data else ' (no DVC remote: data not pushed)'}"
+        ]
     lines += [f"- stages run: {', '.join(f'`{s}`' for s in record.stages_run) or 'none (all up to date)'}", ""]
     if record.missing_outputs:
-        lines += ["## Outputs missing from the DVC remote", "",
-                  "`dvc.lock` names them but the remote does not have them, so the run rebuilt them "
-                  "(was `dvc push` forgotten after the last `dvc repro`?):", ""]
+        lines += [
+            "## Outputs missing from the DVC remote",
+            "",
+            "`dvc.lock` names them but the remote does not have them, so the run rebuilt them "
+            "(was `dvc push` forgotten after the last `dvc repro`?):",
+            "",
+        ]
         lines += [f"- `{p}`" for p in record.missing_outputs] + [""]
     lines += ["## Params changed against the revision", ""]
     rows = [(f, n, d.get("old"), d.get("new")) for f, ps in record.params_changed.items() for n, d in ps.items()]
-    lines += (["| file | param | old | new |", "| --- | --- | --- | --- |"]
-              + [f"| {f} | {n} | {json.dumps(o)} | {json.dumps(v)} |" for f, n, o, v in rows[:max_rows]]
-              if rows else ["none"])
+    lines += (
+        ["| file | param | old | new |", "| --- | --- | --- | --- |"]
+        + [f"| {f} | {n} | {json.dumps(o)} | {json.dumps(v)} |" for f, n, o, v in rows[:max_rows]]
+        if rows
+        else ["none"]
+    )
     lines += ["", "## Metrics of the stages run, and `dvc metrics diff` against the revision", ""]
     rows = []
     for path, values in record.metrics.items():
         for name, value in _scalars(values):
             old, diff = _against_revision(record.metrics_diff.get(path, {}).get(name))
             rows.append(f"| {path} | {name} | {value:.6g} | {old} | {diff} |")
-    lines += (["| file | metric | value | at the revision | diff |", "| --- | --- | --- | --- | --- |"]
-              + rows[:max_rows] + ([f"| ... {len(rows) - max_rows} more | | | | |"] if len(rows) > max_rows else [])
-              if rows else ["none"])
+    lines += (
+        ["| file | metric | value | at the revision | diff |", "| --- | --- | --- | --- | --- |"]
+        + rows[:max_rows]
+        + ([f"| ... {len(rows) - max_rows} more | | | | |"] if len(rows) > max_rows else [])
+        if rows
+        else ["none"]
+    )
     lines += ["", "## Sample grids written by this run", ""]
     lines += [f"- `{g}`" for g in record.grids] or ["none"]
     if record.scorecard:  # one heading level down: a section of this page

@@ -4,6 +4,7 @@ Retries only where a retry can help: the tasks that talk to the git host or the 
 a TransientError (network/remote output), with the reason in the log; a revision that does not
 exist, a failing stage or bad input fails at once.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,14 +47,19 @@ def pull_task(repo: str) -> tuple[bool, list[str]]:
     run(["dvc", "pull", "--allow-missing"], repo)
     missing = results.missing_outputs(Path(repo))
     if missing:
-        get_logger().warning("%d outputs recorded in dvc.lock are not in the DVC remote: the stages that "
-                             "make them will run again (was `dvc push` forgotten?): %s", len(missing), ", ".join(missing))
+        get_logger().warning(
+            "%d outputs recorded in dvc.lock are not in the DVC remote: the stages that "
+            "make them will run again (was `dvc push` forgotten?): %s",
+            len(missing),
+            ", ".join(missing),
+        )
     return True, missing
 
 
 @task(name="reproduce", cache_policy=NO_CACHE)
-def reproduce_task(repo: str, targets: list[str], profile: str | None, set_params: list[str],
-                   experiment: str | None) -> list[str]:
+def reproduce_task(
+    repo: str, targets: list[str], profile: str | None, set_params: list[str], experiment: str | None
+) -> list[str]:
     results.apply_profile(Path(repo), profile)
     stages = results.reproduce(Path(repo), targets, set_params, experiment)
     get_logger().info("stages run: %s", ", ".join(stages) or "none (all up to date)")

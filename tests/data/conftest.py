@@ -1,4 +1,5 @@
 """Fixtures shared by the data tests."""
+
 import pytest
 
 from tests.helpers.cartoon import write_cartoon

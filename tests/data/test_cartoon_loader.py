@@ -1,4 +1,5 @@
 """The cartoon loader's batches: what each sample becomes, with and without DataLoader workers."""
+
 from __future__ import annotations
 
 import io
@@ -36,8 +37,10 @@ def shards(tmp_path_factory):
             png = _png(array, mode)
             samples[f"k{i:02d}"] = (np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), attrs)
             w.write({"__key__": f"k{i:02d}", "png": png, "attrs.json": json.dumps(attrs).encode()})
-    write_manifest(out, {"schema": SCHEMA.to_json(),
-                         "splits": {"train": {"shards": w.shards, "count": 20, "shard_counts": [10, 10]}}})
+    write_manifest(
+        out,
+        {"schema": SCHEMA.to_json(), "splits": {"train": {"shards": w.shards, "count": 20, "shard_counts": [10, 10]}}},
+    )
     return str(out), samples
 
 
@@ -63,8 +66,14 @@ def test_batches_hold_each_sample_as_nchw_floats_and_one_hot(shards, workers):
 
 def test_same_seed_same_batches_with_any_workers(shards):
     shard_dir, _ = shards
-    keys = [[k for b in cartoon_loader(shard_dir, "train", batch_size=5, workers=w, shuffle_buffer=4, seed=7)
-             for k in b["key"]] for w in (0, 0)]
+    keys = [
+        [
+            k
+            for b in cartoon_loader(shard_dir, "train", batch_size=5, workers=w, shuffle_buffer=4, seed=7)
+            for k in b["key"]
+        ]
+        for w in (0, 0)
+    ]
     assert keys[0] == keys[1]
 
 
@@ -84,11 +93,17 @@ def _png_variants() -> dict[str, bytes]:
         return buf.getvalue()
 
     base = Image.fromarray(rgb)
-    return {"rgb": save(base), "rgb level 1": save(base, compress_level=1), "rgb level 9": save(base, compress_level=9),
-            "rgb transparency key": save(base, transparency=tuple(int(v) for v in rgb[0, 0])),
-            "rgb by libpng": _libpng(rgb), "rgba": save(base.convert("RGBA")),
-            "palette": save(base.convert("P")), "grey": save(base.convert("L")),
-            "rgb 16-bit": _rgb16(rgb)}
+    return {
+        "rgb": save(base),
+        "rgb level 1": save(base, compress_level=1),
+        "rgb level 9": save(base, compress_level=9),
+        "rgb transparency key": save(base, transparency=tuple(int(v) for v in rgb[0, 0])),
+        "rgb by libpng": _libpng(rgb),
+        "rgba": save(base.convert("RGBA")),
+        "palette": save(base.convert("P")),
+        "grey": save(base.convert("L")),
+        "rgb 16-bit": _rgb16(rgb),
+    }
 
 
 def _libpng(rgb: np.ndarray) -> bytes:
@@ -122,9 +137,9 @@ def test_decode_of_a_damaged_png_fails_as_before():
     from tasks.cartoon.loader import decode_image
 
     png = _png_variants()["rgb"]
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 (Pillow's error for a cut PNG varies by version)
         _pil_rgb(png[:60])
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017
         decode_image(png[:60])
 
 
@@ -140,8 +155,9 @@ def test_float_conversion_matches_torch_for_every_value():
     assert got.dtype == torch.float32 and got.is_contiguous() and torch.equal(got, expected)
 
 
-@pytest.mark.parametrize("workers,drop_last,shuffle", [(0, True, True), (2, True, True), (2, False, True),
-                                                       (2, False, False)])
+@pytest.mark.parametrize(
+    "workers,drop_last,shuffle", [(0, True, True), (2, True, True), (2, False, True), (2, False, False)]
+)
 def test_batches_are_what_dataloader_batching_made(shards, workers, drop_last, shuffle):
     """Batching inside the pipeline (numpy stacks, DataLoader(batch_size=None)) against plain
     DataLoader batching, rebuilt here: per-sample tensors batched by the DataLoader with default_collate."""
@@ -149,8 +165,8 @@ def test_batches_are_what_dataloader_batching_made(shards, workers, drop_last, s
     from torch.utils.data import DataLoader
 
     from tasks.cartoon.loader import _FinishBatch
-    from tasks.shards.loader import _SeededShuffle
     from tasks.shards.dataset import shard_paths
+    from tasks.shards.loader import _SeededShuffle
 
     shard_dir, _ = shards
     kw = dict(batch_size=3, workers=workers, shuffle_buffer=4, seed=5, epoch=2, drop_last=drop_last, shuffle=shuffle)
@@ -159,14 +175,20 @@ def test_batches_are_what_dataloader_batching_made(shards, workers, drop_last, s
     urls = shard_paths(shard_dir, "train")
     if shuffle:
         import random
+
         random.Random("5-2-0").shuffle(urls)
-    dataset = wds.WebDataset(urls, shardshuffle=False, nodesplitter=lambda u: u, workersplitter=wds.split_by_worker,
-                             empty_check=False)
+    dataset = wds.WebDataset(
+        urls, shardshuffle=False, nodesplitter=lambda u: u, workersplitter=wds.split_by_worker, empty_check=False
+    )
     if shuffle:
         dataset = dataset.compose(_SeededShuffle(4, 5, 2, 0))
-    dataset = dataset.map(lambda s: {"image": torch.from_numpy(_pil_rgb(s["png"])),
-                                     "attrs": torch.tensor(json.loads(s["attrs.json"]), dtype=torch.int64),
-                                     "key": s["__key__"]})
+    dataset = dataset.map(
+        lambda s: {
+            "image": torch.from_numpy(_pil_rgb(s["png"])),
+            "attrs": torch.tensor(json.loads(s["attrs.json"]), dtype=torch.int64),
+            "key": s["__key__"],
+        }
+    )
     finish = _FinishBatch(SCHEMA)
     expected = [finish(b) for b in DataLoader(dataset, batch_size=3, num_workers=workers, drop_last=drop_last)]
     assert len(got) == len(expected) == len(cartoon_loader(shard_dir, "train", **kw))

@@ -9,11 +9,10 @@ from PIL import Image
 
 from tasks.cartoon.images import composite_crop_resize
 from tasks.cartoon.loader import cartoon_loader
-from tasks.shards.loader import count_batches
 from tasks.cartoon.preprocess import TooManyRejections, preprocess_cartoons
 from tasks.shards.dataset import read_manifest
+from tasks.shards.loader import count_batches
 from tests.helpers.configs import section
-
 
 
 def preprocess(raw, out, **kw):
@@ -128,16 +127,19 @@ def corrupt(raw, key, how):
         png.unlink()
 
 
-@pytest.mark.parametrize("how, reason", [
-    ("truncated png", "corrupt or truncated image"),
-    ("garbage png", "corrupt or truncated image"),
-    ("missing csv", "missing attribute csv"),
-    ("malformed csv", "malformed attribute csv"),
-    ("unknown attribute", "unknown attribute 'hat'"),
-    ("index out of range", "hair index 5 out of range"),
-    ("wrong size", "wrong image size 400x400"),
-    ("orphan csv", "attribute csv without an image"),
-])
+@pytest.mark.parametrize(
+    "how, reason",
+    [
+        ("truncated png", "corrupt or truncated image"),
+        ("garbage png", "corrupt or truncated image"),
+        ("missing csv", "missing attribute csv"),
+        ("malformed csv", "malformed attribute csv"),
+        ("unknown attribute", "unknown attribute 'hat'"),
+        ("index out of range", "hair index 5 out of range"),
+        ("wrong size", "wrong image size 400x400"),
+        ("orphan csv", "attribute csv without an image"),
+    ],
+)
 def test_bad_input_is_rejected_with_its_reason(cartoon_dir, tmp_path, how, reason):
     corrupt(cartoon_dir, "cs3", how)
     manifest = run(cartoon_dir, tmp_path / "shards")

@@ -1,5 +1,6 @@
 """The procedural Cartoon Set imitation: layout, determinism, framing, and that every attribute is
 visible (each variant draws something different, colours stay apart after preprocessing)."""
+
 from __future__ import annotations
 
 import itertools
@@ -8,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tasks.cartoon.schema import AttributeSchema, parse_attribute_csv
 from tasks.synthetic.cartoons import (
     CARTOONSET_ATTRIBUTES,
-    FACE_COLORS,
     EYE_COLORS,
+    FACE_COLORS,
     GLASSES_COLORS,
     HAIR_COLORS,
     HAIR_STYLES,
@@ -19,13 +21,26 @@ from tasks.synthetic.cartoons import (
     render_to_files,
     sample_attributes,
 )
-from tasks.cartoon.schema import AttributeSchema, parse_attribute_csv
 
 EXPECTED = [
-    ("eye_angle", 3), ("eye_lashes", 2), ("eye_lid", 2), ("chin_length", 3), ("eyebrow_weight", 2),
-    ("eyebrow_shape", 14), ("eyebrow_thickness", 4), ("face_shape", 7), ("facial_hair", 15),
-    ("hair", 111), ("eye_color", 5), ("face_color", 11), ("hair_color", 10), ("glasses", 12),
-    ("glasses_color", 7), ("eye_slant", 3), ("eyebrow_width", 3), ("eye_eyebrow_distance", 3),
+    ("eye_angle", 3),
+    ("eye_lashes", 2),
+    ("eye_lid", 2),
+    ("chin_length", 3),
+    ("eyebrow_weight", 2),
+    ("eyebrow_shape", 14),
+    ("eyebrow_thickness", 4),
+    ("face_shape", 7),
+    ("facial_hair", 15),
+    ("hair", 111),
+    ("eye_color", 5),
+    ("face_color", 11),
+    ("hair_color", 10),
+    ("glasses", 12),
+    ("glasses_color", 7),
+    ("eye_slant", 3),
+    ("eyebrow_width", 3),
+    ("eye_eyebrow_distance", 3),
 ]
 
 # A base avatar: short smooth hair, no facial hair, no glasses, mid values elsewhere.
@@ -63,9 +78,15 @@ def test_sample_attributes_covers_every_variant():
             assert seen == set(range(count)), name
 
 
-@pytest.mark.parametrize("palette,minimum", [
-    (FACE_COLORS, 60), (HAIR_COLORS, 60), (EYE_COLORS, 60), (GLASSES_COLORS, 60),
-])
+@pytest.mark.parametrize(
+    "palette,minimum",
+    [
+        (FACE_COLORS, 60),
+        (HAIR_COLORS, 60),
+        (EYE_COLORS, 60),
+        (GLASSES_COLORS, 60),
+    ],
+)
 def test_palettes_far_apart(palette, minimum):
     a = np.asarray(palette, dtype=np.float64)
     for i, j in itertools.combinations(range(len(a)), 2):
@@ -154,13 +175,16 @@ def test_colours_stay_apart_at_64px(name, minimum):
         assert d >= minimum, f"{name} {i} vs {j}: mean colours {means[i].round()} {means[j].round()} ({d:.1f})"
 
 
-@pytest.mark.parametrize("change,match", [
-    ({"hair": 111}, "hair"),
-    ({"hair": -1}, "hair"),
-    ({"glasses": 12}, "glasses"),
-    ({"eye_color": 2.0}, "eye_color"),
-    ({"nose": 1}, "nose"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"hair": 111}, "hair"),
+        ({"hair": -1}, "hair"),
+        ({"glasses": 12}, "glasses"),
+        ({"eye_color": 2.0}, "eye_color"),
+        ({"nose": 1}, "nose"),
+    ],
+)
 def test_invalid_attributes_rejected(change, match):
     with pytest.raises(ValueError, match=match):
         render_avatar(dict(BASE, **change))
@@ -193,8 +217,9 @@ def test_speed_is_reported(tmp_path, capsys):
         render_to_files(tmp_path, i, seed=0)
     t2 = time.perf_counter()
     with capsys.disabled():
-        print(f"\ncartoon_render: {(t1 - t0) * 100:.1f} ms/avatar render, "
-              f"{(t2 - t1) * 100:.1f} ms/avatar render+PNG+CSV")
+        print(
+            f"\ncartoon_render: {(t1 - t0) * 100:.1f} ms/avatar render, {(t2 - t1) * 100:.1f} ms/avatar render+PNG+CSV"
+        )
 
 
 def test_png_files_hold_the_rendered_pixels(tmp_path):
@@ -212,7 +237,7 @@ def test_rgba_canvas_shortcut_gives_the_rgba_drawings_pixels():
     converts to RGBa, reduces and converts back) gave: every ink is opaque."""
     from PIL import ImageDraw
 
-    from tasks.synthetic.cartoons import _SS, _BOX, _Painter, _draw, _render_box
+    from tasks.synthetic.cartoons import _BOX, _SS, _draw, _Painter, _render_box
 
     rng = np.random.default_rng(5)
     for _ in range(8):

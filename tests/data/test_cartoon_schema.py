@@ -20,14 +20,17 @@ def test_tolerates_crlf_and_blank_lines():
     assert parse_attribute_csv('"hair", 1, 4\r\n\r\n"glasses", 3, 12\r\n') == [("hair", 1, 4), ("glasses", 3, 12)]
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("", "no attribute lines"),
-    ('"hair", 1\n', "expected 3 fields"),
-    ('"hair", x, 4\n', "must be integers"),
-    ('"hair", 1, 0\n', "0 variants"),
-    ('"hair", 1, 4\n"hair", 2, 4\n', "listed twice"),
-    (', 1, 4\n', "empty attribute name"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("", "no attribute lines"),
+        ('"hair", 1\n', "expected 3 fields"),
+        ('"hair", x, 4\n', "must be integers"),
+        ('"hair", 1, 0\n', "0 variants"),
+        ('"hair", 1, 4\n"hair", 2, 4\n', "listed twice"),
+        (", 1, 4\n", "empty attribute name"),
+    ],
+)
 def test_malformed_csv_is_an_error_with_a_reason(text, reason):
     with pytest.raises(AttributeFileError, match=reason):
         parse_attribute_csv(text)

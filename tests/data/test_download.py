@@ -14,6 +14,7 @@ SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 class RangeHandler(http.server.BaseHTTPRequestHandler):
     """Serves PAYLOAD with Range support; can fail the first requests or cut a response short."""
+
     fail_first = 0
     cut_at = None
     requests: list = []
@@ -31,7 +32,7 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if cls.cut_at is not None:
-            self.wfile.write(body[:cls.cut_at])
+            self.wfile.write(body[: cls.cut_at])
             cls.cut_at = None
             self.close_connection = True
             return
@@ -88,14 +89,18 @@ def test_existing_good_file_is_reused_and_bad_one_replaced(server, tmp_path):
 def test_file_urls_and_size_checks(tmp_path):
     src = tmp_path / "src.bin"
     src.write_bytes(PAYLOAD)
-    download_file(src.as_uri(), tmp_path / "out.bin", size=len(PAYLOAD), md5=hashlib.md5(PAYLOAD).hexdigest(), progress=False)
+    download_file(
+        src.as_uri(), tmp_path / "out.bin", size=len(PAYLOAD), md5=hashlib.md5(PAYLOAD).hexdigest(), progress=False
+    )
     with pytest.raises(DownloadError, match="size 1048576 bytes, expected 5"):
         download_file(src.as_uri(), tmp_path / "out2.bin", size=5, progress=False)
 
 
 def test_unreachable_host_fails_clearly_after_retries(tmp_path):
     with pytest.raises(DownloadError, match="could not download .* after 2 attempts.*no network here"):
-        download_file("http://127.0.0.1:9/x.tgz", tmp_path / "x.tgz", retries=1, backoff=0.01, timeout=2, progress=False)
+        download_file(
+            "http://127.0.0.1:9/x.tgz", tmp_path / "x.tgz", retries=1, backoff=0.01, timeout=2, progress=False
+        )
 
 
 def make_tar(path, members):
@@ -117,11 +122,14 @@ def test_safe_extract_extracts_regular_files(tmp_path):
     assert (tmp_path / "out/cartoonset10k/cs1.png").read_bytes() == b"x"
 
 
-@pytest.mark.parametrize("member, why", [
-    (file_member("../evil.png"), "escapes"),
-    (file_member("/tmp/evil.png"), "escapes"),
-    (file_member("a/../../evil.png"), "escapes"),
-])
+@pytest.mark.parametrize(
+    "member, why",
+    [
+        (file_member("../evil.png"), "escapes"),
+        (file_member("/tmp/evil.png"), "escapes"),
+        (file_member("a/../../evil.png"), "escapes"),
+    ],
+)
 def test_safe_extract_refuses_escaping_paths(tmp_path, member, why):
     make_tar(tmp_path / "bad.tgz", [file_member("good.png"), member])
     with pytest.raises(UnsafeArchiveError, match=why):

@@ -10,6 +10,7 @@
 tasks.download.fetch runs as is, also through tasks.cartoon.fetch (Cartoon Set) and
 tasks.faces.fetch (FFHQ).
 """
+
 import hashlib
 import http.server
 import io
@@ -28,8 +29,14 @@ import pytest
 import tasks.download.fetch as dl
 from tasks.cartoon.config import FetchCartoonsConfig
 from tasks.cartoon.fetch import fetch_cartoons
-from tasks.download.fetch import (DownloadError, DriveQuotaError, PageError, SignInPageError,
-                                   download_file, storage_api_url)
+from tasks.download.fetch import (
+    DownloadError,
+    DriveQuotaError,
+    PageError,
+    SignInPageError,
+    download_file,
+    storage_api_url,
+)
 from tasks.faces.fetch import fetch_ffhq
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
@@ -39,6 +46,7 @@ OBJECT_URL = "https://storage.googleapis.com" + OBJECT + "?alt=media"
 
 
 # --- the loopback server -------------------------------------------------------------------
+
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -59,6 +67,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 class Server(http.server.ThreadingHTTPServer):
     """Routes by path (tests set them); logs (path with query, Range header) of every request."""
+
     daemon_threads = True
 
     def __init__(self):
@@ -96,6 +105,7 @@ def obj(data: bytes, *, cut_at=None, reset_at=None, length=True, headers=()):
     `reset_at`: send that many, then reset the connection. `length=False`: no Content-Length, the
     body ends where the connection closes.
     """
+
     def route(h):
         asked = h.headers.get("Range")
         start = int(re.fullmatch(r"bytes=(\d+)-", asked)[1]) if asked else 0
@@ -118,6 +128,7 @@ def obj(data: bytes, *, cut_at=None, reset_at=None, length=True, headers=()):
         if reset_at is not None:
             return reset(h, body[:reset_at])
         h.wfile.write(body[:cut_at])
+
     return route
 
 
@@ -154,6 +165,7 @@ def ranges(srv) -> list:
 
 
 # --- Cloud Storage -------------------------------------------------------------------------
+
 
 def test_gcs_object_200_with_content_length(server, tmp_path):
     server.routes[OBJECT] = obj(PAYLOAD)
@@ -195,8 +207,10 @@ def test_gcs_browser_address_sign_in_page_is_a_one_line_error_naming_the_url_for
 
     server.routes["/cartoonset_public_files/cartoonset10k.tgz"] = browser
     server.routes["/ServiceLogin"] = lambda h: page(
-        h, "<!DOCTYPE html><html><head><title>Sign in - Google Accounts</title></head>"
-           "<body><form action='/signin/v2/identifier'><input name='identifier'></form></body></html>")
+        h,
+        "<!DOCTYPE html><html><head><title>Sign in - Google Accounts</title></head>"
+        "<body><form action='/signin/v2/identifier'><input name='identifier'></form></body></html>",
+    )
     with pytest.raises(SignInPageError) as err:
         download_file(server.url("/cartoonset_public_files/cartoonset10k.tgz"), tmp_path / "a.tgz", progress=False)
     message = str(err.value)
@@ -207,8 +221,10 @@ def test_gcs_browser_address_sign_in_page_is_a_one_line_error_naming_the_url_for
 
 
 def test_storage_api_url_of_the_browser_address():
-    assert storage_api_url("https://storage.cloud.google.com/cartoonset_public_files/cartoonset10k.tgz") == \
-        "https://storage.googleapis.com/storage/v1/b/cartoonset_public_files/o/cartoonset10k.tgz?alt=media"
+    assert (
+        storage_api_url("https://storage.cloud.google.com/cartoonset_public_files/cartoonset10k.tgz")
+        == "https://storage.googleapis.com/storage/v1/b/cartoonset_public_files/o/cartoonset10k.tgz?alt=media"
+    )
     assert storage_api_url("https://storage.cloud.google.com/b/dir/x.tgz").endswith("/b/b/o/dir%2Fx.tgz?alt=media")
     assert storage_api_url(OBJECT_URL) is None and storage_api_url("https://example.org/a/b.tgz") is None
 
@@ -231,28 +247,32 @@ def test_gcs_404_fails_at_once_without_retries(server, tmp_path):
 
 # --- Google Drive --------------------------------------------------------------------------
 
+
 def virus_scan_page(download_url: str, file_id: str, uuid: str) -> str:
     """Drive's interstitial for a file too large to scan: one line, a GET form with hidden fields."""
-    return ("<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>"
-            "<div class=\"uc-main\"><div id=\"uc-text\"><p class=\"uc-warning-caption\">Google Drive can't scan "
-            "this file for viruses.</p><p class=\"uc-warning-subcaption\"><span class=\"uc-name-size\">"
-            f"<a href=\"/open?id={file_id}\">ffhq-dataset-v2.json</a> (255M)</span> is too large for Google to "
-            "scan for viruses. Would you still like to download this file?</p>"
-            f"<form id=\"download-form\" action=\"{download_url}\" method=\"get\">"
-            "<input type=\"submit\" id=\"uc-download-link\" value=\"Download anyway\"/>"
-            f"<input type=\"hidden\" name=\"id\" value=\"{file_id}\">"
-            "<input type=\"hidden\" name=\"export\" value=\"download\">"
-            "<input type=\"hidden\" name=\"confirm\" value=\"t\">"
-            f"<input type=\"hidden\" name=\"uuid\" value=\"{uuid}\"></form></div></div></body></html>\n")
+    return (
+        "<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>"
+        '<div class="uc-main"><div id="uc-text"><p class="uc-warning-caption">Google Drive can\'t scan '
+        'this file for viruses.</p><p class="uc-warning-subcaption"><span class="uc-name-size">'
+        f'<a href="/open?id={file_id}">ffhq-dataset-v2.json</a> (255M)</span> is too large for Google to '
+        "scan for viruses. Would you still like to download this file?</p>"
+        f'<form id="download-form" action="{download_url}" method="get">'
+        '<input type="submit" id="uc-download-link" value="Download anyway"/>'
+        f'<input type="hidden" name="id" value="{file_id}">'
+        '<input type="hidden" name="export" value="download">'
+        '<input type="hidden" name="confirm" value="t">'
+        f'<input type="hidden" name="uuid" value="{uuid}"></form></div></div></body></html>\n'
+    )
 
 
 QUOTA_PAGE = (
-    "<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head><body><div class=\"uc-main\">"
-    "<div id=\"uc-text\"><p class=\"uc-error-caption\">Sorry, you can&#39;t view or download this file at this "
-    "time.</p><p class=\"uc-error-subcaption\">Too many users have viewed or downloaded this file recently. Please "
+    '<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head><body><div class="uc-main">'
+    '<div id="uc-text"><p class="uc-error-caption">Sorry, you can&#39;t view or download this file at this '
+    'time.</p><p class="uc-error-subcaption">Too many users have viewed or downloaded this file recently. Please '
     "try accessing the file again later. If the file you are trying to access is particularly large or is shared "
     "with many people, it may take up to 24 hours to be able to view or download the file. If you still can't "
-    "access a file after 24 hours, contact your domain administrator.</p></div></div></body></html>\n")
+    "access a file after 24 hours, contact your domain administrator.</p></div></div></body></html>\n"
+)
 
 
 def drive(srv, files: dict, *, large=(), quota=(), quota_status=200, cuts=None):
@@ -281,10 +301,11 @@ def drive(srv, files: dict, *, large=(), quota=(), quota_status=200, cuts=None):
             h.send_header("Content-Length", str(len(body)))
             h.end_headers()
             return h.wfile.write(body)
-        if fid in large and (q.get("uuid") != f"uuid-{fid}"
-                             or f"download_warning_{fid}=t" not in (h.headers.get("Cookie") or "")):
+        if fid in large and (
+            q.get("uuid") != f"uuid-{fid}" or f"download_warning_{fid}=t" not in (h.headers.get("Cookie") or "")
+        ):
             return h.send_error(403)  # a confirm without the page's form fields and cookie
-        disposition = ("Content-Disposition", f"attachment; filename=\"{fid}\"")
+        disposition = ("Content-Disposition", f'attachment; filename="{fid}"')
         obj(files[fid], cut_at=cuts.pop(fid, None), headers=[disposition])(h)
 
     srv.routes["/uc"], srv.routes["/download"] = uc, download
@@ -294,8 +315,11 @@ def test_drive_virus_scan_page_is_confirmed_and_the_file_arrives(server, tmp_pat
     drive(server, {"big": PAYLOAD}, large={"big"})
     path = download_file(server.url("/uc?id=big&export=download"), tmp_path / "f.json", sha256=SHA, progress=False)
     assert path.read_bytes() == PAYLOAD
-    assert [p for p, _ in server.log] == ["/uc?id=big&export=download", "/download?id=big&export=download",
-                                          "/download?id=big&export=download&confirm=t&uuid=uuid-big"]
+    assert [p for p, _ in server.log] == [
+        "/uc?id=big&export=download",
+        "/download?id=big&export=download",
+        "/download?id=big&export=download&confirm=t&uuid=uuid-big",
+    ]
 
 
 def test_drive_cut_transfer_resumes_through_the_confirm_page(server, tmp_path):
@@ -327,16 +351,35 @@ def ffhq_metadata(srv, n: int) -> tuple[bytes, dict]:
     for i in range(n):
         data = bytes([i + 1]) * (1000 + i)
         photos[f"img{i}"] = data
-        meta[str(i)] = {"category": "training", "metadata": {}, "image": None, "thumbnail": None, "in_the_wild": {
-            "file_url": srv.url(f"/uc?id=img{i}"), "file_path": f"in-the-wild-images/00000/{i:05d}.png",
-            "file_size": len(data), "file_md5": hashlib.md5(data).hexdigest(), "pixel_size": [1, 1]}}
+        meta[str(i)] = {
+            "category": "training",
+            "metadata": {},
+            "image": None,
+            "thumbnail": None,
+            "in_the_wild": {
+                "file_url": srv.url(f"/uc?id=img{i}"),
+                "file_path": f"in-the-wild-images/00000/{i:05d}.png",
+                "file_size": len(data),
+                "file_md5": hashlib.md5(data).hexdigest(),
+                "pixel_size": [1, 1],
+            },
+        }
     return json.dumps(meta).encode(), photos
 
 
 def ffhq_kwargs(srv, tmp_path, meta: bytes) -> dict:
-    return dict(images="in_the_wild", num_images=None, metadata_url=srv.url("/uc?id=meta&export=download"),
-                metadata_md5=hashlib.md5(meta).hexdigest(), metadata_size=len(meta), num_threads=2, retries=1,
-                download_dir=tmp_path / "downloads", progress=False, log=lambda s: None)
+    return dict(
+        images="in_the_wild",
+        num_images=None,
+        metadata_url=srv.url("/uc?id=meta&export=download"),
+        metadata_md5=hashlib.md5(meta).hexdigest(),
+        metadata_size=len(meta),
+        num_threads=2,
+        retries=1,
+        download_dir=tmp_path / "downloads",
+        progress=False,
+        log=lambda s: None,
+    )
 
 
 def test_ffhq_from_drive_metadata_behind_the_virus_scan_page(server, tmp_path):
@@ -352,7 +395,10 @@ def test_ffhq_from_drive_metadata_behind_the_virus_scan_page(server, tmp_path):
 def test_ffhq_drive_quota_says_what_to_do(server, tmp_path):
     meta, photos = ffhq_metadata(server, 2)
     drive(server, {"meta": meta, **photos}, large={"meta"}, quota={"meta"})
-    with pytest.raises(DriveQuotaError, match=r"quota exceeded.*fetch_faces\.ffhq\.base_url.*source: folder, photos in fetch_faces\.folder"):
+    with pytest.raises(
+        DriveQuotaError,
+        match=r"quota exceeded.*fetch_faces\.ffhq\.base_url.*source: folder, photos in fetch_faces\.folder",
+    ):
         fetch_ffhq(tmp_path / "raw", **ffhq_kwargs(server, tmp_path, meta))
 
     drive(server, {"meta": meta, **photos}, large={"meta"}, quota={"img1"})  # the metadata passes, one photo not
@@ -363,12 +409,16 @@ def test_ffhq_drive_quota_says_what_to_do(server, tmp_path):
 
 # --- bodies that are short or wrong --------------------------------------------------------
 
+
 def test_short_body_is_never_a_final_file_and_a_rerun_resumes(server, tmp_path):
     server.routes[OBJECT] = in_turn(obj(PAYLOAD, cut_at=300_000), obj(PAYLOAD))
     url = server.url(OBJECT + "?alt=media")
-    with pytest.raises(DownloadError, match=r"could not download .* after 1 attempts: connection closed at "
-                                            r"300000 of 1048576 bytes; the 300000 bytes received are kept in "
-                                            r".*a\.tgz\.partial, and a re-run resumes"):
+    with pytest.raises(
+        DownloadError,
+        match=r"could not download .* after 1 attempts: connection closed at "
+        r"300000 of 1048576 bytes; the 300000 bytes received are kept in "
+        r".*a\.tgz\.partial, and a re-run resumes",
+    ):
         download_file(url, tmp_path / "a.tgz", sha256=SHA, retries=0, progress=False)
     assert not (tmp_path / "a.tgz").exists() and (tmp_path / "a.tgz.partial").read_bytes() == PAYLOAD[:300_000]
 
@@ -381,8 +431,11 @@ def test_checksum_mismatch_is_never_a_final_file_and_a_rerun_resumes(server, tmp
     # No Content-Length and a connection that ends early: only the checksum can tell.
     server.routes[OBJECT] = in_turn(obj(PAYLOAD, length=False, cut_at=500_000), obj(PAYLOAD))
     url = server.url(OBJECT + "?alt=media")
-    with pytest.raises(DownloadError, match=r"a\.tgz\.partial: sha256 \w+, expected \w+; not used: the 500000 bytes "
-                                            r"received are kept in .*a\.tgz\.partial, where a re-run resumes"):
+    with pytest.raises(
+        DownloadError,
+        match=r"a\.tgz\.partial: sha256 \w+, expected \w+; not used: the 500000 bytes "
+        r"received are kept in .*a\.tgz\.partial, where a re-run resumes",
+    ):
         download_file(url, tmp_path / "a.tgz", sha256=SHA, progress=False)
     assert not (tmp_path / "a.tgz").exists() and (tmp_path / "a.tgz.partial").stat().st_size == 500_000
 
@@ -409,6 +462,7 @@ def test_whole_and_right_kept_bytes_are_used_without_a_request(server, tmp_path)
 
 # --- Cartoon Set through fetch_cartoons --------------------------------------------------------
 
+
 def cartoon_archive(n: int, tag: bytes = b"") -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
@@ -421,8 +475,15 @@ def cartoon_archive(n: int, tag: bytes = b"") -> bytes:
 
 
 def cartoon_config(url: str) -> FetchCartoonsConfig:
-    return FetchCartoonsConfig(source="cartoonset10k", folder="unused", num_images=0, seed=0, workers=1,
-                               urls={"cartoonset10k": url}, sha256={"cartoonset10k": None})
+    return FetchCartoonsConfig(
+        source="cartoonset10k",
+        folder="unused",
+        num_images=0,
+        seed=0,
+        workers=1,
+        urls={"cartoonset10k": url},
+        sha256={"cartoonset10k": None},
+    )
 
 
 def test_cartoonset_without_a_published_checksum_is_pinned_by_its_first_download(server, tmp_path):
@@ -448,6 +509,8 @@ def test_cartoonset_without_a_published_checksum_is_pinned_by_its_first_download
 
     archive.unlink()
     server.routes[OBJECT] = obj(cartoon_archive(3, tag=b"v2"))  # the publisher's file changed
-    with pytest.raises(DownloadError, match=r"(size|sha256) .*expected .*checked against .*cartoonset10k\.tgz\.json.*delete"):
+    with pytest.raises(
+        DownloadError, match=r"(size|sha256) .*expected .*checked against .*cartoonset10k\.tgz\.json.*delete"
+    ):
         fetch_cartoons(str(tmp_path / "raw"), config, str(downloads))
     assert not archive.exists() and (downloads / "cartoonset10k.tgz.partial").exists()

@@ -1,11 +1,11 @@
 """align_face: identical to NVlabs' reference, and eyes/mouth land where the algorithm puts them."""
+
 import numpy as np
 import PIL.Image
 import pytest
 
 from benchmarks.bench_align import reference_align
-from tasks.faces.align import align_face, ffhq_quad
-from tasks.faces.align import aligned_position
+from tasks.faces.align import align_face, aligned_position, ffhq_quad
 from tasks.synthetic.faces import base_identity, draw_photo, face_shape
 
 N = 256  # output size the targets are stated at
@@ -24,8 +24,7 @@ def known_face(size, centre, theta_deg, e=60.0, m=70.0):
     lm = pts @ rot.T + centre
     arr = np.full((size, size, 3), 128.0)
     ys, xs = np.mgrid[0:size, 0:size]
-    marks = ((lm[36:42].mean(0), (255, 0, 0)), (lm[42:48].mean(0), (0, 255, 0)),
-             ((lm[48] + lm[54]) / 2, (0, 0, 255)))
+    marks = ((lm[36:42].mean(0), (255, 0, 0)), (lm[42:48].mean(0), (0, 255, 0)), ((lm[48] + lm[54]) / 2, (0, 0, 255)))
     for (cx, cy), colour in marks:  # antialiased disks, symmetric about their exact centres
         cover = np.clip(5.0 + 0.5 - np.hypot(xs - cx, ys - cy), 0, 1)[..., None]
         arr = arr * (1 - cover) + np.array(colour) * cover
@@ -38,17 +37,20 @@ def centroid(a: np.ndarray, channel: int, near: np.ndarray, radius: int = 14) ->
     a = a.astype(np.float64)
     other = a[..., 0] if channel != 0 else a[..., 1]
     w = np.clip(a[..., channel] - other - 20, 0, None)
-    ys, xs = np.mgrid[0:a.shape[0], 0:a.shape[1]]
+    ys, xs = np.mgrid[0 : a.shape[0], 0 : a.shape[1]]
     w[np.hypot(xs - near[0], ys - near[1]) > radius] = 0
     return np.array([(w * xs).sum() / w.sum(), (w * ys).sum() / w.sum()])
 
 
-@pytest.mark.parametrize("size,centre,theta,border", [
-    (400, (200, 170), 0, False),      # centred, level
-    (560, (330, 240), 25, False),     # off-centre, rotated
-    (560, (250, 300), -30, False),    # rotated the other way
-    (400, (95, 290), 15, True),       # near the left and bottom edges: the padding path
-])
+@pytest.mark.parametrize(
+    "size,centre,theta,border",
+    [
+        (400, (200, 170), 0, False),  # centred, level
+        (560, (330, 240), 25, False),  # off-centre, rotated
+        (560, (250, 300), -30, False),  # rotated the other way
+        (400, (95, 290), 15, True),  # near the left and bottom edges: the padding path
+    ],
+)
 def test_eyes_and_mouth_land_where_the_algorithm_puts_them(size, centre, theta, border):
     img, lm, e, m = known_face(size, np.array(centre, float), theta)
     quad = ffhq_quad(lm).quad
@@ -58,9 +60,11 @@ def test_eyes_and_mouth_land_where_the_algorithm_puts_them(size, centre, theta, 
     # The algorithm, in closed form for this geometry (rotation-invariant): the crop half-side s,
     # centre 0.1 of the way from the eyes to the mouth, eyes level.
     s = max(2 * e, 1.8 * m)
-    expect = {0: [0.5 - e / (4 * s), 0.5 - 0.1 * m / (2 * s)],
-              1: [0.5 + e / (4 * s), 0.5 - 0.1 * m / (2 * s)],
-              2: [0.5, 0.5 + 0.9 * m / (2 * s)]}
+    expect = {
+        0: [0.5 - e / (4 * s), 0.5 - 0.1 * m / (2 * s)],
+        1: [0.5 + e / (4 * s), 0.5 - 0.1 * m / (2 * s)],
+        2: [0.5, 0.5 + 0.9 * m / (2 * s)],
+    }
     for ch, (u, v) in expect.items():
         want = np.array([u, v]) * N - 0.5
         got = centroid(out, ch, want)

@@ -1,10 +1,10 @@
 """dlib landmarks on real photos shipped by packages -> aligned faces with level eyes."""
+
 import numpy as np
 import PIL.Image
 import pytest
 
-from tasks.faces.align import align_face
-from tasks.faces.align import aligned_position
+from tasks.faces.align import align_face, aligned_position
 from tasks.faces.landmarks import DlibLandmarks, NoFace, pick_face
 
 

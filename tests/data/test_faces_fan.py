@@ -10,6 +10,7 @@ everywhere, so the wall's boxes are dropped after the real detector has run on i
 built (without face-alignment's mirrored second pass, and its numba post-processing runs as
 plain Python): nearly all of the time goes there, 50 GFLOP per face.
 """
+
 import io
 import json
 import logging
@@ -22,17 +23,27 @@ import PIL.Image
 import pytest
 import torch
 
-from tasks.shards.dataset import read_manifest
 from tasks.faces import landmarks
 from tasks.faces.aligning import align_faces
 from tasks.faces.config import AlignFacesConfig
 from tasks.faces.fetch import fetch_folder
 from tasks.faces.landmarks import FA_WEIGHTS, FanLandmarks, face_size
+from tasks.shards.dataset import read_manifest
 
 FAN_FILE, S3FD_FILE = "2DFAN4-11f355bf06.pth.tar", "s3fd-619a316812.pth"
 FIRING_LEVEL = "conv7_2"  # S3FD's coarsest prediction level
-ALIGN = dict(landmarks="face_alignment", output_size=64, transform_size=128, enable_padding=True,
-             min_face_size=10, shard_size=8, workers=1, device="cpu", batch_size=4, dlib_upsample=1)
+ALIGN = dict(
+    landmarks="face_alignment",
+    output_size=64,
+    transform_size=128,
+    enable_padding=True,
+    min_face_size=10,
+    shard_size=8,
+    workers=1,
+    device="cpu",
+    batch_size=4,
+    dlib_upsample=1,
+)
 
 
 def random_detector():
@@ -94,7 +105,11 @@ def spy(monkeypatch) -> dict[str, list]:
     from face_alignment.detection.sfd.sfd_detector import SFDDetector
 
     log: dict[str, list] = {"detector": [], "fan": [], "batch": []}
-    detect, fan_points, batch = SFDDetector.detect_from_batch, FaceAlignment.get_landmarks_from_image, FanLandmarks.batch
+    detect, fan_points, batch = (
+        SFDDetector.detect_from_batch,
+        FaceAlignment.get_landmarks_from_image,
+        FanLandmarks.batch,
+    )
 
     def detect_from_batch(self, images):  # B x 3 x H x W
         found = [[] if plain(im.permute(1, 2, 0).numpy()) else b for im, b in zip(images, detect(self, images))]
@@ -158,8 +173,13 @@ def test_align_faces_with_face_alignment_offline(tmp_path, monkeypatch):
     no_flip(monkeypatch)
     no_numba_compile(monkeypatch)
 
-    m = align_faces(str(tmp_path / "raw"), str(tmp_path / "aligned"), AlignFacesConfig(**ALIGN), record={},
-                    log=logging.getLogger("test"))
+    m = align_faces(
+        str(tmp_path / "raw"),
+        str(tmp_path / "aligned"),
+        AlignFacesConfig(**ALIGN),
+        record={},
+        log=logging.getLogger("test"),
+    )
 
     # One detector pass per size (the pair and the wall together, scaled down); boxes back in the
     # photo's pixels for FAN; FAN never runs on the wall.
@@ -206,7 +226,7 @@ def test_no_weights_and_no_network_names_the_files(tmp_path, monkeypatch):
     def no_network(url, *args, **kwargs):
         raise urllib.error.URLError("no route to host")
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)             # S3FD's loader
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)  # S3FD's loader
     monkeypatch.setattr(face_alignment.utils, "download_url_to_file", no_network)  # FAN's loader
     with pytest.raises(FileNotFoundError, match="could not fetch its weights") as exc:
         FanLandmarks("cpu")

@@ -1,5 +1,6 @@
 """Face stages through their task functions (.fn: no Prefect server): FFHQ mirror, folder
 rejections, resumption after a kill, the subject report, face_alignment's missing weights."""
+
 import hashlib
 import io
 import json
@@ -9,19 +10,27 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from tasks.download.fetch import DownloadError
-from tasks.synthetic import faces as synthetic
-from tasks.faces.fetch import fetch_ffhq, fetch_folder, fetch_synthetic
-from tasks.faces.work import METADATA, items_from_raw
-from tasks.faces.config import AlignFacesConfig, PrepareSubjectConfig
 from flows.align_faces import align_faces_task
 from flows.prepare_subject import fetch_subject_task, subject_report_task
-from tasks.faces.work import AlignConfig, align_to_shards
+from tasks.download.fetch import DownloadError
+from tasks.faces.config import AlignFacesConfig, PrepareSubjectConfig
+from tasks.faces.fetch import fetch_ffhq, fetch_folder, fetch_synthetic
+from tasks.faces.work import METADATA, AlignConfig, align_to_shards, items_from_raw
 from tasks.shards.dataset import read_manifest
+from tasks.synthetic import faces as synthetic
 from tests.helpers.configs import stage_config
 
-ALIGN = dict(output_size=64, transform_size=256, enable_padding=True, min_face_size=20, shard_size=4,
-             workers=1, device="cpu", batch_size=4, dlib_upsample=1)
+ALIGN = dict(
+    output_size=64,
+    transform_size=256,
+    enable_padding=True,
+    min_face_size=20,
+    shard_size=4,
+    workers=1,
+    device="cpu",
+    batch_size=4,
+    dlib_upsample=1,
+)
 
 
 def shard_keys(folder):
@@ -55,20 +64,34 @@ def test_ffhq_metadata_path_end_to_end_with_a_bad_file(tmp_path):
     good_bytes = bad.read_bytes()
     bad.write_bytes(good_bytes[:-8] + b"corrupt!")  # same size, wrong md5
     raw = tmp_path / "raw"
-    kw = dict(images="in_the_wild", num_images=None, base_url=mirror.as_uri(), metadata_md5=md5,
-              metadata_size=None, num_threads=2, retries=0, progress=False, log=lambda s: None,
-              download_dir=tmp_path / "downloads")
+    kw = dict(
+        images="in_the_wild",
+        num_images=None,
+        base_url=mirror.as_uri(),
+        metadata_md5=md5,
+        metadata_size=None,
+        num_threads=2,
+        retries=0,
+        progress=False,
+        log=lambda s: None,
+        download_dir=tmp_path / "downloads",
+    )
     with pytest.raises(DownloadError, match=r"(?s)1 of 3 .*00001\.png.*md5"):
         fetch_ffhq(raw, **kw)
     assert not (raw / "in-the-wild-images/00000/00001.png").exists()  # never used
-    assert (raw / "in-the-wild-images/00000/00000.png").exists()        # kept for the rerun
+    assert (raw / "in-the-wild-images/00000/00000.png").exists()  # kept for the rerun
     assert not (raw / "manifest.json").exists()
 
     bad.write_bytes(good_bytes)  # the mirror is fixed: the rerun fetches only what is missing
     m = fetch_ffhq(raw, **kw)
-    assert m["counts"]["images"] == 3 and sorted(json.loads((raw / METADATA).read_text())) == ["00000", "00001", "00002"]
-    manifest = align_faces_task.fn(str(raw), str(tmp_path / "aligned"), AlignFacesConfig(landmarks="metadata", **ALIGN),
-                                   record={})
+    assert m["counts"]["images"] == 3 and sorted(json.loads((raw / METADATA).read_text())) == [
+        "00000",
+        "00001",
+        "00002",
+    ]
+    manifest = align_faces_task.fn(
+        str(raw), str(tmp_path / "aligned"), AlignFacesConfig(landmarks="metadata", **ALIGN), record={}
+    )
     assert manifest["counts"]["written"] == 3 and manifest["rejected"] == []
     assert shard_keys(tmp_path / "aligned") == ["00000", "00001", "00002"]
 
@@ -83,12 +106,12 @@ def test_rejections_no_face_tiny_face_non_image_truncated(tmp_path):
     big = PIL.Image.new("RGB", (1024, 1024), (30, 30, 30))  # another photo (a resized copy would be a duplicate)
     big.paste(astronaut.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT), (300, 200))
     big.save(src / "big_astronaut.jpg", quality=90)
-    PIL.Image.new("RGB", (200, 150), (90, 120, 60)).save(src / "wall.png")              # no face
-    astronaut.crop((0, 0, 400, 400)).resize((235, 235)).save(src / "small.png")         # tiny face (~54 px)
-    (src / "notes.jpg").write_text("not a photo")                                       # non-image
+    PIL.Image.new("RGB", (200, 150), (90, 120, 60)).save(src / "wall.png")  # no face
+    astronaut.crop((0, 0, 400, 400)).resize((235, 235)).save(src / "small.png")  # tiny face (~54 px)
+    (src / "notes.jpg").write_text("not a photo")  # non-image
     buf = io.BytesIO()
     PIL.Image.fromarray(data.astronaut()).save(buf, format="JPEG")
-    (src / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])            # truncated
+    (src / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # truncated
     raw = tmp_path / "raw"
     fetch_folder(src, raw, near_duplicate_bits=6, val_fraction=0.0, log=lambda s: None)
     align = {**ALIGN, "min_face_size": 80, "output_size": 128, "transform_size": 512}
@@ -144,7 +167,9 @@ def test_subject_folder_drops_duplicates_and_a_path_as_source_is_refused(tmp_pat
     m = read_manifest(tmp_path / "raw")
     assert m["rejected"] == [{"key": "b", "file": "b.png", "reason": "duplicate of a (identical pixels)"}]
     assert m["counts"]["images"] == 2
-    with pytest.raises(ConfigError, match="fetch_faces.source must be one of synthetic, ffhq, folder.*fetch_faces.folder"):
+    with pytest.raises(
+        ConfigError, match="fetch_faces.source must be one of synthetic, ffhq, folder.*fetch_faces.folder"
+    ):
         stage_config(FetchFacesConfig, "fetch_faces", source=str(src))
 
 
@@ -162,8 +187,9 @@ def test_exif_orientation_is_applied(tmp_path):
 
 def test_resume_after_a_kill_ends_where_an_uninterrupted_run_does(tmp_path):
     raw = tmp_path / "raw"
-    fetch_synthetic(raw, num_images=10, num_identities=3, seed=1, image_size=160, val_fraction=0.0,
-                    workers=1, progress=False)
+    fetch_synthetic(
+        raw, num_images=10, num_identities=3, seed=1, image_size=160, val_fraction=0.0, workers=1, progress=False
+    )
     items, _ = items_from_raw(raw, "metadata")
     cfg = AlignConfig("metadata", 64, 256, True, 10, 1)
     whole = align_to_shards(items, tmp_path / "whole", cfg, shard_size=4, workers=1, params={}, progress=False)
@@ -176,18 +202,27 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_does(tmp_path):
     (part / "train-000002.tar").rename(part / "train-000002.tar.tmp")
     (part / ".progress").mkdir()
     for name in ("train-000000.tar", "train-000001.tar"):
-        (part / ".progress" / f"{name}.json").write_text(json.dumps(
-            {"fingerprint": None, "split": "train", "count": 0, "used": [], "rejected": []}))
+        (part / ".progress" / f"{name}.json").write_text(
+            json.dumps({"fingerprint": None, "split": "train", "count": 0, "used": [], "rejected": []})
+        )
     # Progress records need the real fingerprints: recreate them the way a run writes them.
-    from tasks.tracking.identity import code_identity
     from tasks.faces.work import plan_shards, shard_fingerprint
+    from tasks.tracking.identity import code_identity
 
     base = json.dumps({"cfg": cfg.__dict__, "code": code_identity(), "shard_size": 4}, sort_keys=True)
     for split, idx, its in plan_shards(items, 4)[:2]:
         name = f"{split}-{idx:06d}.tar"
-        (part / ".progress" / f"{name}.json").write_text(json.dumps(
-            {"fingerprint": shard_fingerprint(base, its), "split": split, "count": len(its),
-             "used": [{"key": i.key, "file": i.info["file"]} for i in its], "rejected": []}))
+        (part / ".progress" / f"{name}.json").write_text(
+            json.dumps(
+                {
+                    "fingerprint": shard_fingerprint(base, its),
+                    "split": split,
+                    "count": len(its),
+                    "used": [{"key": i.key, "file": i.info["file"]} for i in its],
+                    "rejected": [],
+                }
+            )
+        )
     log = []
     resumed = align_to_shards(items, part, cfg, shard_size=4, workers=1, params={}, progress=False, log=log.append)
     assert "2 already finished, 1 to do" in log[0]
@@ -197,13 +232,23 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_does(tmp_path):
     assert resumed["fingerprint"] == whole["fingerprint"]
     # Other params: nothing is reused.
     log.clear()
-    align_to_shards(items, part, AlignConfig("metadata", 32, 256, True, 10, 1), shard_size=4, workers=1,
-                    params={}, progress=False, log=log.append)
+    align_to_shards(
+        items,
+        part,
+        AlignConfig("metadata", 32, 256, True, 10, 1),
+        shard_size=4,
+        workers=1,
+        params={},
+        progress=False,
+        log=log.append,
+    )
     assert "0 already finished, 3 to do" in log[0]
 
 
 def test_synthetic_is_deterministic_and_the_subject_is_held_out(tmp_path):
-    a = fetch_synthetic(tmp_path / "a", num_images=4, num_identities=2, seed=5, image_size=96, workers=1, progress=False)
+    a = fetch_synthetic(
+        tmp_path / "a", num_images=4, num_identities=2, seed=5, image_size=96, workers=1, progress=False
+    )
     fetch_synthetic(tmp_path / "b", num_images=4, num_identities=2, seed=5, image_size=96, workers=1, progress=False)
     assert (tmp_path / "a" / METADATA).read_bytes() == (tmp_path / "b" / METADATA).read_bytes()
     assert a["identities"] == ["base-000", "base-001"]
@@ -214,12 +259,20 @@ def test_synthetic_is_deterministic_and_the_subject_is_held_out(tmp_path):
 
 def test_subject_report_warns_below_min_photos(tmp_path):
     syn = {"num_photos": 2, "seed": 0, "image_size": 160, "face_scale": [20, 30], "max_rotation": 20}
-    fetch_subject_task.fn(str(tmp_path / "raw"), stage_config(PrepareSubjectConfig, "prepare_subject",
-                                                             source="synthetic", synthetic=syn, workers=1), {})
+    fetch_subject_task.fn(
+        str(tmp_path / "raw"),
+        stage_config(PrepareSubjectConfig, "prepare_subject", source="synthetic", synthetic=syn, workers=1),
+        {},
+    )
     meta = json.loads((tmp_path / "raw" / METADATA).read_text())
     assert {e["metadata"]["identity"] for e in meta.values()} == {"subject"}
-    align_faces_task.fn(str(tmp_path / "raw"), str(tmp_path / "out"), AlignFacesConfig(landmarks="metadata", **ALIGN),
-                        record={}, list_used=True)
+    align_faces_task.fn(
+        str(tmp_path / "raw"),
+        str(tmp_path / "out"),
+        AlignFacesConfig(landmarks="metadata", **ALIGN),
+        record={},
+        list_used=True,
+    )
     report = subject_report_task.fn(str(tmp_path / "out"), min_photos=3)
     assert len(report["used"]) == 2 and report["rejected"] == []
     assert "fewer than 3" in report["warning"]

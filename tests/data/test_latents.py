@@ -1,4 +1,5 @@
 """Latent track: VAE identity and sources, latent shard encoding (round-trip, manifest, resume), loader."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,11 @@ import pytest
 import torch
 
 import tasks.latent.encode as enc
+from tasks.latent.config import EncodeLatentsConfig, TrainVaeConfig
 from tasks.latent.encode import iter_latents
 from tasks.latent.images import load_split, to_model_input
 from tasks.latent.loader import latent_loader
-from tasks.latent.config import EncodeLatentsConfig, TrainVaeConfig
+from tasks.latent.train_vae import prepare_vae
 from tasks.latent.vae import (
     VAESourceError,
     load_pretrained,
@@ -20,7 +22,6 @@ from tasks.latent.vae import (
     posterior_moments,
     vae_identity,
 )
-from tasks.latent.train_vae import prepare_vae
 from tasks.shards.dataset import PROGRESS, read_manifest
 from tests.helpers.configs import stage_config
 from tests.helpers.latents import TINY_VAE, encode_latents, make_aligned, save_tiny_vae
@@ -28,6 +29,7 @@ from tests.helpers.latents import TINY_VAE, encode_latents, make_aligned, save_t
 
 def vae_config(**overrides) -> TrainVaeConfig:
     return stage_config(TrainVaeConfig, "train_vae", **{"device": "cpu", **overrides})
+
 
 torch.set_num_threads(1)
 
@@ -56,8 +58,16 @@ def _count_encoder_calls(monkeypatch) -> list:
 
 def test_latent_shards_round_trip_mean_and_std_as_float16(aligned, vae_dir, tmp_path):
     out = tmp_path / "latents"
-    manifest = encode_latents(str(aligned), str(vae_dir), str(out), resolution=32, flip=True, batch_size=4,
-                              progress=False, params={"resolution": 32})
+    manifest = encode_latents(
+        str(aligned),
+        str(vae_dir),
+        str(out),
+        resolution=32,
+        flip=True,
+        batch_size=4,
+        progress=False,
+        params={"resolution": 32},
+    )
     vae = load_vae(vae_dir)
     keys, images = load_split(aligned, "train", 32)
     with torch.no_grad():
@@ -117,8 +127,15 @@ def test_kill_and_resume_encodes_only_the_missing_shards(aligned, vae_dir, tmp_p
     out = tmp_path / "latents"
     calls.clear()
     with pytest.raises(Killed):
-        encode_latents(str(aligned), str(vae_dir), str(out), resolution=32, batch_size=4, progress=False,
-                       shard_callback=kill_after_two)
+        encode_latents(
+            str(aligned),
+            str(vae_dir),
+            str(out),
+            resolution=32,
+            batch_size=4,
+            progress=False,
+            shard_callback=kill_after_two,
+        )
     assert not (out / "manifest.json").exists()  # an unfinished stage has no manifest
     (out / "train-000099.tar.tmp").write_bytes(b"half a shard")  # what a kill mid-write leaves
 
@@ -145,8 +162,10 @@ def test_vae_identity_is_the_cache_key(aligned, vae_dir, tmp_path, monkeypatch):
     same = save_tiny_vae(tmp_path / "same", seed=0)
     other = save_tiny_vae(tmp_path / "other", seed=1)
     rescaled = save_tiny_vae(tmp_path / "rescaled", seed=0, scaling_factor=0.7)
-    ids = {n: vae_identity(load_vae(p)) for n, p in
-           {"a": vae_dir, "a_again": vae_dir, "same": same, "other": other, "rescaled": rescaled}.items()}
+    ids = {
+        n: vae_identity(load_vae(p))
+        for n, p in {"a": vae_dir, "a_again": vae_dir, "same": same, "other": other, "rescaled": rescaled}.items()
+    }
     assert ids["a"] == ids["a_again"] == ids["same"]
     assert ids["other"] != ids["a"] and ids["rescaled"] != ids["a"]
 
@@ -173,11 +192,23 @@ def test_trained_tiny_vae_beats_the_psnr_floor(tmp_path):
     flat (mean colour) image. An untrained VAE is far below both, so the floor fails whenever
     training does not really work."""
     aligned = make_aligned(tmp_path / "aligned", n=96, size=16, shard_size=16)
-    training = {"max_train_steps": 400, "learning_rate": 3e-3, "lr_warmup_steps": 5, "log_every_steps": 100,
-                "checkpointing_steps": 200}
-    metrics = prepare_vae(str(aligned), str(tmp_path / "vae"), str(tmp_path / "m.json"), str(tmp_path / "live"),
-                          vae_config(resolution=16, model=TINY_VAE, training=training, eval_batch_size=32),
-                          checkpoint_dir=str(tmp_path / "ckpt"), progress=False, log=lambda *_: None)
+    training = {
+        "max_train_steps": 400,
+        "learning_rate": 3e-3,
+        "lr_warmup_steps": 5,
+        "log_every_steps": 100,
+        "checkpointing_steps": 200,
+    }
+    metrics = prepare_vae(
+        str(aligned),
+        str(tmp_path / "vae"),
+        str(tmp_path / "m.json"),
+        str(tmp_path / "live"),
+        vae_config(resolution=16, model=TINY_VAE, training=training, eval_batch_size=32),
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        progress=False,
+        log=lambda *_: None,
+    )
     assert metrics["downsample_factor"] == 2
     assert metrics["psnr_val_db"] > metrics["psnr_val_bilinear_db"] + 1.5, metrics
     assert metrics["psnr_val_db"] > metrics["psnr_val_flat_db"] + 6.0, metrics
@@ -193,8 +224,15 @@ def test_trained_tiny_vae_beats_the_psnr_floor(tmp_path):
 
 def test_pretrained_config_scaling_factor_is_kept(aligned, vae_dir, tmp_path):
     live = tmp_path / "live"
-    metrics = prepare_vae(str(aligned), str(tmp_path / "vae"), str(tmp_path / "m.json"), str(live),
-                          vae_config(source=str(vae_dir), resolution=32), progress=False, log=lambda *_: None)
+    metrics = prepare_vae(
+        str(aligned),
+        str(tmp_path / "vae"),
+        str(tmp_path / "m.json"),
+        str(live),
+        vae_config(source=str(vae_dir), resolution=32),
+        progress=False,
+        log=lambda *_: None,
+    )
     assert metrics["scaling_factor"] == 0.5 and metrics["scaling_factor_source"] == "config"
     assert metrics["scaling_factor_measured"] > 0
     assert vae_identity(load_vae(tmp_path / "vae")) == vae_identity(load_vae(vae_dir))
@@ -205,9 +243,15 @@ def test_pretrained_config_scaling_factor_is_kept(aligned, vae_dir, tmp_path):
 
 
 def test_a_psnr_on_too_few_validation_faces_is_flagged_unreliable(aligned, vae_dir, tmp_path, caplog):
-    run = lambda n: prepare_vae(str(aligned), str(tmp_path / "vae"), str(tmp_path / "m.json"), None,  # noqa: E731
-                                vae_config(source=str(vae_dir), resolution=32, min_val_images=n), progress=False,
-                                log=lambda *_: None)
+    run = lambda n: prepare_vae(  # noqa: E731
+        str(aligned),
+        str(tmp_path / "vae"),
+        str(tmp_path / "m.json"),
+        None,
+        vae_config(source=str(vae_dir), resolution=32, min_val_images=n),
+        progress=False,
+        log=lambda *_: None,
+    )
     few = run(1000)
     assert few["reliable"] is False and few["target_met"] is False
     assert json.loads((tmp_path / "m.json").read_text())["reliable"] is False
@@ -259,12 +303,21 @@ def test_stage_tasks_run_without_a_prefect_server(aligned, vae_dir, tmp_path):
     from flows.encode_latents import encode_latents_task
     from flows.train_vae import train_vae_task
 
-    m = train_vae_task.fn(str(aligned), str(tmp_path / "vae"), str(tmp_path / "vae.json"), None, None,
-                          vae_config(source=str(vae_dir), resolution=32))
+    m = train_vae_task.fn(
+        str(aligned),
+        str(tmp_path / "vae"),
+        str(tmp_path / "vae.json"),
+        None,
+        None,
+        vae_config(source=str(vae_dir), resolution=32),
+    )
     assert m["vae_identity"] == vae_identity(load_vae(vae_dir))
-    out = encode_latents_task.fn(str(aligned), str(tmp_path / "vae"), str(tmp_path / "latents"),
-                                 stage_config(EncodeLatentsConfig, "encode_latents", batch_size=8, flip=False,
-                                              device="cpu"))
+    out = encode_latents_task.fn(
+        str(aligned),
+        str(tmp_path / "vae"),
+        str(tmp_path / "latents"),
+        stage_config(EncodeLatentsConfig, "encode_latents", batch_size=8, flip=False, device="cpu"),
+    )
     assert out["vae_identity"] == m["vae_identity"] and out["latent_shape"] == [4, 16, 16]  # resolution from the VAE
     assert out["counts"]["images"] == 24
 
@@ -273,12 +326,25 @@ def test_a_vq_model_source_encodes_deterministic_latents(aligned, tmp_path):
     from diffusers import VQModel
 
     torch.manual_seed(0)
-    VQModel(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=3, num_vq_embeddings=16, norm_num_groups=4,
-            sample_size=32, scaling_factor=1.0).save_pretrained(tmp_path / "pipe" / "vqvae")
-    metrics = prepare_vae(str(aligned), str(tmp_path / "vae"), str(tmp_path / "m.json"), None,
-                          vae_config(source=str(tmp_path / "pipe"), resolution=32), progress=False,
-                          log=lambda *_: None)  # a pipeline folder: its vqvae/ is found
+    VQModel(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=3,
+        num_vq_embeddings=16,
+        norm_num_groups=4,
+        sample_size=32,
+        scaling_factor=1.0,
+    ).save_pretrained(tmp_path / "pipe" / "vqvae")
+    metrics = prepare_vae(
+        str(aligned),
+        str(tmp_path / "vae"),
+        str(tmp_path / "m.json"),
+        None,
+        vae_config(source=str(tmp_path / "pipe"), resolution=32),
+        progress=False,
+        log=lambda *_: None,
+    )  # a pipeline folder: its vqvae/ is found
     assert metrics["scaling_factor"] == 1.0 and metrics["scaling_factor_source"] == "config"
     m = encode_latents(str(aligned), str(tmp_path / "vae"), str(tmp_path / "latents"), batch_size=8, progress=False)
     assert m["vae"]["class"] == "VQModel" and m["latent_shape"] == [3, 16, 16]

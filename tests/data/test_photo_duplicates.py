@@ -1,6 +1,7 @@
 """The near-duplicate photo check of a photo folder (tasks/faces/fetch.py: difference hashes at most
 `near_duplicate_bits` apart are duplicates), at its threshold exactly: photos whose 64-bit difference
 hashes differ in exactly that many bits are duplicates, one more bit apart they are not."""
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -55,6 +56,7 @@ def test_a_folder_drops_the_photo_at_the_threshold_and_keeps_the_one_past_it(tmp
     at_threshold.save(src / "b.png")
     past_it.save(src / "c.png")
     m = fetch_folder(src, tmp_path / "raw", near_duplicate_bits=MAX_BITS, val_fraction=0.0, log=lambda *_: None)
-    assert m["rejected"] == [{"key": "b", "file": "b.png",
-                              "reason": f"duplicate of a (near: difference hashes {MAX_BITS} of 64 bits apart)"}]
+    assert m["rejected"] == [
+        {"key": "b", "file": "b.png", "reason": f"duplicate of a (near: difference hashes {MAX_BITS} of 64 bits apart)"}
+    ]
     assert m["counts"]["images"] == 2 and m["counts"]["duplicates"] == 1

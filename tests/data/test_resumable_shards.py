@@ -1,7 +1,10 @@
 """The resumable-shard protocol (tasks.shards.dataset.ResumableShards): what a run interrupted
 midway leaves, and what a resumed run may reuse of it. The fingerprint must be checked on resume,
 not only when a run has completed: a resumed encode with another VAE or resolution reuses nothing."""
+
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -23,13 +26,17 @@ def kill(name: str) -> None:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("inputs")
-    return {"aligned": make_aligned(root / "aligned"), "vae": save_tiny_vae(root / "vae", seed=0),
-            "other_vae": save_tiny_vae(root / "other_vae", seed=1)}
+    return {
+        "aligned": make_aligned(root / "aligned"),
+        "vae": save_tiny_vae(root / "vae", seed=0),
+        "other_vae": save_tiny_vae(root / "other_vae", seed=1),
+    }
 
 
 def _encode(inputs, out, vae="vae", resolution=32, **kw) -> dict:
-    return encode_latents(str(inputs["aligned"]), str(inputs[vae]), str(out), resolution=resolution, batch_size=4,
-                          progress=False, **kw)
+    return encode_latents(
+        str(inputs["aligned"]), str(inputs[vae]), str(out), resolution=resolution, batch_size=4, progress=False, **kw
+    )
 
 
 def _interrupted(inputs, out) -> str:
@@ -43,8 +50,11 @@ def _interrupted(inputs, out) -> str:
     return first
 
 
-@pytest.mark.parametrize("resume_with", [{}, {"vae": "other_vae"}, {"resolution": 16}],
-                         ids=["same inputs", "another VAE", "another resolution"])
+@pytest.mark.parametrize(
+    "resume_with",
+    [{}, {"vae": "other_vae"}, {"resolution": 16}],
+    ids=["same inputs", "another VAE", "another resolution"],
+)
 def test_an_interrupted_encode_resumes_only_with_the_same_inputs(inputs, tmp_path, resume_with):
     reference = _encode(inputs, tmp_path / "reference", **resume_with)  # uninterrupted, with the resumed inputs
     every = reference["all_shards"]
@@ -73,8 +83,11 @@ def test_a_shard_is_finished_by_its_tar_and_its_record_under_its_fingerprint(tmp
     fps = {shard_name("train", i): f"fp{i}" for i in range(3)}
     run = ResumableShards(tmp_path, fps)
     assert run.resume() == {} and run.completed() is None
-    assert run.write("train", 0, [_sample(0), _sample(1)], {"split": "train"}) == \
-        {"split": "train", "count": 2, "fingerprint": "fp0"}
+    assert run.write("train", 0, [_sample(0), _sample(1)], {"split": "train"}) == {
+        "split": "train",
+        "count": 2,
+        "fingerprint": "fp0",
+    }
     assert run.write("train", 2, [])["count"] == 0  # an empty shard: a record, no tar
 
     def dies_midway():
@@ -90,8 +103,9 @@ def test_a_shard_is_finished_by_its_tar_and_its_record_under_its_fingerprint(tmp
     again = ResumableShards(tmp_path, fps)
     assert set(again.resume()) == {"train-000000.tar", "train-000002.tar"}
     again.write("train", 1, [_sample(2)])
-    manifest = again.finalise({"all_shards": ["train-000000.tar", "train-000001.tar"],
-                               "fingerprint": again.fingerprint})
+    manifest = again.finalise(
+        {"all_shards": ["train-000000.tar", "train-000001.tar"], "fingerprint": again.fingerprint}
+    )
     assert not (tmp_path / PROGRESS).exists() and read_manifest(tmp_path) == manifest
     assert ResumableShards(tmp_path, dict(fps)).completed() == manifest
     with pytest.raises(ValueError):
@@ -102,7 +116,7 @@ def test_a_shard_is_finished_by_its_tar_and_its_record_under_its_fingerprint(tmp
     (tmp_path / "manifest.json").unlink()  # an interrupted run of the changed inputs: only records are left
     for name in fps:
         (tmp_path / PROGRESS).mkdir(exist_ok=True)
-        (tmp_path / PROGRESS / f"{name}.json").write_text('{"count": 1, "fingerprint": "%s"}' % fps[name])
+        (tmp_path / PROGRESS / f"{name}.json").write_text(json.dumps({"count": 1, "fingerprint": fps[name]}))
     assert set(changed.resume()) == {"train-000001.tar"}  # train-000002 has no tar: not finished either
     assert sorted(p.name for p in tmp_path.iterdir()) == [PROGRESS, "train-000001.tar"]
     assert [p.name for p in (tmp_path / PROGRESS).iterdir()] == ["train-000001.tar.json"]

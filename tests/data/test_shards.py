@@ -1,4 +1,5 @@
 """Shard bytes: the tarfile-only writer against webdataset's, and the loader's direct tar reading."""
+
 from __future__ import annotations
 
 import gzip
@@ -12,8 +13,8 @@ import webdataset as wds
 from webdataset.cache import StreamingOpen
 from webdataset.tariterators import tar_file_expander
 
-from tasks.shards.loader import ShardDataError, _tar_files
 from tasks.shards.dataset import AtomicShardWriter, TarShardWriter, plain_tar_members
+from tasks.shards.loader import ShardDataError, _tar_files
 
 
 def _samples(n: int = 12, long_key: bool = False) -> list[dict]:
@@ -22,10 +23,17 @@ def _samples(n: int = 12, long_key: bool = False) -> list[dict]:
     out = []
     for i in range(n):
         key = ("k" * 120 if long_key and i == 3 else "k") + f"{i:03d}"
-        out.append({"__key__": key, "png": rng.bytes(int(rng.integers(1, 3000))),
-                    "attrs.json": json.dumps([i, 2]).encode(), "json": {"key": key, "lm": [[1.5, 2.25]], "u": "é"},
-                    "mean.npy": rng.standard_normal((4, 8, 8)).astype(np.float16),
-                    "std.npy": np.zeros((4, 8, 8), np.float32), "txt": "hello ü"})
+        out.append(
+            {
+                "__key__": key,
+                "png": rng.bytes(int(rng.integers(1, 3000))),
+                "attrs.json": json.dumps([i, 2]).encode(),
+                "json": {"key": key, "lm": [[1.5, 2.25]], "u": "é"},
+                "mean.npy": rng.standard_normal((4, 8, 8)).astype(np.float16),
+                "std.npy": np.zeros((4, 8, 8), np.float32),
+                "txt": "hello ü",
+            }
+        )
     return out
 
 
@@ -52,9 +60,12 @@ def test_writer_is_deterministic_with_fixed_metadata(tmp_path):
     assert _write(tmp_path / "a.tar", samples) == _write(tmp_path / "b.tar", samples)
     with tarfile.open(tmp_path / "a.tar") as tar:
         members = tar.getmembers()
-    assert [m.name for m in members[:6]] == [f"k000.{e}" for e in ("attrs.json", "json", "mean.npy", "png", "std.npy", "txt")]
-    assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode, m.isreg()) for m in members} == \
-        {(0, 0, 0, "bigdata", "bigdata", 0o444, True)}
+    assert [m.name for m in members[:6]] == [
+        f"k000.{e}" for e in ("attrs.json", "json", "mean.npy", "png", "std.npy", "txt")
+    ]
+    assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode, m.isreg()) for m in members} == {
+        (0, 0, 0, "bigdata", "bigdata", 0o444, True)
+    }
 
 
 def test_webdataset_reads_the_shards_back(tmp_path):
@@ -109,7 +120,7 @@ def test_anything_but_plain_members_is_left_to_tarfile(tmp_path):
         info = tarfile.TarInfo("dir")
         info.type = tarfile.DIRTYPE
         tar.addfile(info)
-    for data in (long_name, bytes(bad_checksum), gzip.compress(plain), buf.getvalue(), plain[:1024 + 100]):
+    for data in (long_name, bytes(bad_checksum), gzip.compress(plain), buf.getvalue(), plain[: 1024 + 100]):
         assert plain_tar_members(data) is None
 
 

@@ -1,15 +1,32 @@
 """evaluate_cartoon's headline: which attributes count, accuracy against the judge's ceiling, best scale."""
+
 import json
 import math
 
 import pytest
 
-from tasks.cartoon.evaluate import (HEADLINE, EvaluateCartoonConfig, best_scale, headline, judge_ceiling,
-                                    reliable_attributes, summarise)
+from tasks.cartoon.evaluate import (
+    HEADLINE,
+    EvaluateCartoonConfig,
+    best_scale,
+    headline,
+    judge_ceiling,
+    reliable_attributes,
+    summarise,
+)
 from tasks.config.typed import ConfigError
 
-PARAMS = {"guidance_scales": [0, 2], "num_samples": 4, "num_inference_steps": 2, "scheduler": "dpm", "seed": 0,
-          "batch_size": 4, "grid_images": 4, "min_ceiling": 0.6, "min_ceiling_over_chance": 2.0}
+PARAMS = {
+    "guidance_scales": [0, 2],
+    "num_samples": 4,
+    "num_inference_steps": 2,
+    "scheduler": "dpm",
+    "seed": 0,
+    "batch_size": 4,
+    "grid_images": 4,
+    "min_ceiling": 0.6,
+    "min_ceiling_over_chance": 2.0,
+}
 
 # variants: chance 1/2, 1/3, 1/10, 1/10
 COUNTS = {"two": 2, "three": 3, "colour": 10, "blurry": 10}
@@ -26,7 +43,7 @@ def test_reliable_needs_both_the_ceiling_and_a_margin_over_chance():
 
 def test_headline_is_mean_accuracy_over_ceiling_of_reliable_attributes():
     acc = {"two": 0.5, "three": 0.1, "colour": 0.4, "blurry": 0.0}
-    assert headline(acc, CEILING, ["colour"]) == pytest.approx(0.5)           # 0.4 / 0.8
+    assert headline(acc, CEILING, ["colour"]) == pytest.approx(0.5)  # 0.4 / 0.8
     assert headline(acc, CEILING, ["two", "colour"]) == pytest.approx((0.5 / 0.9 + 0.5) / 2)
     assert math.isnan(headline(acc, CEILING, []))
 
@@ -41,8 +58,10 @@ def test_best_scale_takes_the_highest_headline_and_the_smaller_scale_on_ties():
 def test_summarise_picks_best_guidance_on_reliable_attributes_not_the_raw_mean():
     # At scale 0 the unreliable attributes look good (judge noise) and lift the raw mean; at scale 2 the
     # one attribute the judge can read is right. The headline must choose 2; the raw mean would choose 0.
-    acc = {0.0: {"two": 1.0, "three": 1.0, "colour": 0.1, "blurry": 1.0},
-           2.0: {"two": 0.5, "three": 0.3, "colour": 0.72, "blurry": 0.1}}
+    acc = {
+        0.0: {"two": 1.0, "three": 1.0, "colour": 0.1, "blurry": 1.0},
+        2.0: {"two": 0.5, "three": 0.3, "colour": 0.72, "blurry": 0.1},
+    }
     cfg = EvaluateCartoonConfig.from_params(PARAMS, "evaluate_cartoon")
     metrics, detail = summarise(acc, CEILING, COUNTS, cfg)
     assert metrics["best_guidance"] == 2.0
@@ -52,8 +71,13 @@ def test_summarise_picks_best_guidance_on_reliable_attributes_not_the_raw_mean()
     assert metrics["accuracy_mean_all"] == pytest.approx((0.5 + 0.3 + 0.72 + 0.1) / 4)
     assert all(not isinstance(v, (dict, list)) for v in metrics.values())  # flat: one dvc exp show column each
     colour = detail["attributes"]["colour"]
-    assert colour == {"variants": 10, "chance": pytest.approx(0.1), "ceiling": 0.8, "reliable": True,
-                      "accuracy": {"guidance_0": 0.1, "guidance_2": 0.72}}
+    assert colour == {
+        "variants": 10,
+        "chance": pytest.approx(0.1),
+        "ceiling": 0.8,
+        "reliable": True,
+        "accuracy": {"guidance_0": 0.1, "guidance_2": 0.72},
+    }
     assert detail["attributes"]["two"]["reliable"] is False and detail["reliable"] == ["colour"]
     assert detail["accuracy_mean_all"]["guidance_0"] == pytest.approx(0.775)
 

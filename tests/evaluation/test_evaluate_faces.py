@@ -1,5 +1,6 @@
 """evaluate_faces end to end on tiny models: real faces from package photos, a random base model,
 a subject model with an identifier; metrics, grids, determinism and the subject switch."""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
+from flows.evaluate_faces import evaluate_faces_task
 from tasks.config.typed import ConfigError
 from tasks.evaluation.faces import EvaluateFacesConfig, evaluate_subject_model, subject_targets, targets
-from flows.evaluate_faces import evaluate_faces_task
-from tests.helpers.faces import EVALUATE_FACES_PARAMS as PARAMS, package_photos as _photos, save_face_models
+from tests.helpers.faces import EVALUATE_FACES_PARAMS as PARAMS
+from tests.helpers.faces import package_photos as _photos
+from tests.helpers.faces import save_face_models
 from tests.helpers.faces import write_faces as _write_faces
 
 torch.set_num_threads(1)
@@ -30,8 +33,15 @@ def setup(tmp_path_factory):
 def _run(setup, out: str, subject_model: str, **over):
     cfg = EvaluateFacesConfig.from_params({**PARAMS, **over}, "evaluate_faces")
     root = setup["root"]
-    head = evaluate_faces_task.fn(setup["aligned"], setup["ldm"], setup["subject"], subject_model,
-                                  str(root / out / "metrics.json"), str(root / out / "eval"), cfg)
+    head = evaluate_faces_task.fn(
+        setup["aligned"],
+        setup["ldm"],
+        setup["subject"],
+        subject_model,
+        str(root / out / "metrics.json"),
+        str(root / out / "eval"),
+        cfg,
+    )
     return head, root / out
 
 
@@ -89,7 +99,9 @@ def test_config_errors():
         EvaluateFacesConfig.from_params({**PARAMS, "subject": "maybe"}, "evaluate_faces")
     with pytest.raises(ValueError, match="subject_guidance_scale"):
         EvaluateFacesConfig.from_params({**PARAMS, "subject_guidance_scale": 0.5}, "evaluate_faces")
-    with pytest.raises(ConfigError, match=r"^evaluate_faces.scheduler must be one of ddpm, ddim, dpm, dpm_sde, got 'dpm-sde'$"):
+    with pytest.raises(
+        ConfigError, match=r"^evaluate_faces.scheduler must be one of ddpm, ddim, dpm, dpm_sde, got 'dpm-sde'$"
+    ):
         EvaluateFacesConfig.from_params({**PARAMS, "scheduler": "dpm-sde"}, "evaluate_faces")
 
 
@@ -103,8 +115,10 @@ def test_subject_targets_rule():
     # class samples drift into the subject
     assert not subject_targets({**ok, "id_top1_class": 0.09})["subject_prior_ok"]
     # a figure missing (no faces found) is a miss, not a pass
-    assert subject_targets({**ok, "id_top1": None, "id_top1_class": None}) == \
-        {"subject_identity_ok": False, "subject_prior_ok": False}
+    assert subject_targets({**ok, "id_top1": None, "id_top1_class": None}) == {
+        "subject_identity_ok": False,
+        "subject_prior_ok": False,
+    }
 
 
 def test_targets_rule():
@@ -123,10 +137,24 @@ def test_compare_samplers_prints_the_stage_figures_per_sampler(setup, tmp_path, 
 
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps({"evaluate_faces": PARAMS}))  # JSON is YAML
-    rows = main(["ddim:2", "dpm_sde:3:trailing", "--base-dir", setup["ldm"], "--aligned-dir", setup["aligned"],
-                 "--params", str(params), "--num-samples", "3"])
-    assert [(r["scheduler"], r["steps"], r["spacing"]) for r in rows] == [("ddim", 2, "leading"),
-                                                                           ("dpm_sde", 3, "trailing")]
+    rows = main(
+        [
+            "ddim:2",
+            "dpm_sde:3:trailing",
+            "--base-dir",
+            setup["ldm"],
+            "--aligned-dir",
+            setup["aligned"],
+            "--params",
+            str(params),
+            "--num-samples",
+            "3",
+        ]
+    )
+    assert [(r["scheduler"], r["steps"], r["spacing"]) for r in rows] == [
+        ("ddim", 2, "leading"),
+        ("dpm_sde", 3, "trailing"),
+    ]
     # the untrained tiny model draws no faces: rates 0, distances undefined
     assert all(r["face_detect_rate"] == 0.0 and r["fd_dlib"] is None for r in rows)
     out = capsys.readouterr().out

@@ -17,6 +17,7 @@ Sets (indices into `_photos()`, tests.helpers.faces.package_photos: 0-5 astronau
 - subject samples = astronaut 1, 3, 5 (the subject, mirrored: not copies of the photos);
 - untrained samples: the real untrained model's (no faces).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,9 @@ import torch
 from tasks.evaluation import faces as faces_module
 from tasks.evaluation.evaluate import evaluate_faces
 from tasks.evaluation.faces import EvaluateFacesConfig
-from tests.helpers.faces import EVALUATE_FACES_PARAMS as PARAMS, package_photos as _photos, save_face_models
+from tests.helpers.faces import EVALUATE_FACES_PARAMS as PARAMS
+from tests.helpers.faces import package_photos as _photos
+from tests.helpers.faces import save_face_models
 from tests.helpers.faces import write_faces as _write_faces
 
 torch.set_num_threads(1)
@@ -46,8 +49,11 @@ def found(tmp_path_factory):
 
 def test_evaluate_faces_with_faces_found_gives_real_figures(found, monkeypatch):
     photos, root = found["photos"], found["root"]
-    sets = {"base": [photos[7], photos[9], photos[11]], "subject": [photos[1], photos[3], photos[5]],
-            "class": [photos[7], photos[9], photos[11]]}
+    sets = {
+        "base": [photos[7], photos[9], photos[11]],
+        "subject": [photos[1], photos[3], photos[5]],
+        "class": [photos[7], photos[9], photos[11]],
+    }
     real_sample_images, real_untrained = faces_module.sample_images, faces_module.untrained_pipeline
     untrained, calls = [], []
 
@@ -69,8 +75,15 @@ def test_evaluate_faces_with_faces_found_gives_real_figures(found, monkeypatch):
     cfg = EvaluateFacesConfig.from_params({**PARAMS, "num_samples": 3, "subject": "required"}, "evaluate_faces")
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # a missed target warns: none may be missed here
-        head = evaluate_faces(found["aligned"], str(root / "ldm"), found["subject"], str(root / "db"),
-                              str(root / "out" / "metrics.json"), str(root / "out" / "eval"), cfg)
+        head = evaluate_faces(
+            found["aligned"],
+            str(root / "ldm"),
+            found["subject"],
+            str(root / "db"),
+            str(root / "out" / "metrics.json"),
+            str(root / "out" / "eval"),
+            cfg,
+        )
     assert sorted(calls) == ["base", "class", "subject", "untrained"]
     assert json.loads((root / "out" / "metrics.json").read_text()) == head
 

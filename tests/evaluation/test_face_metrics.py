@@ -1,5 +1,6 @@
 """Face metrics (tasks/evaluation/metrics.py) against hand-computed values, and the dlib features on
 real photos that packages ship."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,6 +17,7 @@ def _rng(seed=0):
 
 # --- Fréchet distance ------------------------------------------------------------------------------
 
+
 def test_fd_identical_sets_is_zero():
     x = _rng().normal(size=(40, 8))
     assert M.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
@@ -31,7 +33,7 @@ def test_fd_of_scaled_1d_gaussians():
     # 1-D: FD = (mu1 - mu2)^2 + (s1 - s2)^2; a set scaled by 2 has twice the std
     x = _rng(1).normal(size=(200, 1))
     s = x.std(ddof=1)
-    assert M.frechet_distance(x, 2 * x) == pytest.approx((x.mean() - 2 * x.mean()) ** 2 + s ** 2, rel=1e-6)
+    assert M.frechet_distance(x, 2 * x) == pytest.approx((x.mean() - 2 * x.mean()) ** 2 + s**2, rel=1e-6)
 
 
 def test_fd_needs_two_rows_and_equal_dims():
@@ -42,6 +44,7 @@ def test_fd_needs_two_rows_and_equal_dims():
 
 
 # --- KID ------------------------------------------------------------------------------------------
+
 
 def test_mmd_unbiased_on_hand_computed_case():
     # d = 1, kernel (xy + 1)^3. x = {0, 1}: k(0,1) = 1. y = {1, 2}: k(1,2) = 27.
@@ -59,8 +62,7 @@ def test_kid_identical_sets_near_zero_and_unbiased():
     assert size == 30 and abs(mean) < 0.01 * shifted
     # two independent draws of one distribution: unbiased -> the average over many pairs of sets is
     # ~0 and takes negative values too (a biased estimator would stay positive)
-    values = [M.mmd2_unbiased(_rng(10 + i).normal(size=(20, 4)), _rng(100 + i).normal(size=(20, 4)))
-              for i in range(60)]
+    values = [M.mmd2_unbiased(_rng(10 + i).normal(size=(20, 4)), _rng(100 + i).normal(size=(20, 4))) for i in range(60)]
     assert min(values) < 0 < max(values)
     assert abs(np.mean(values)) < 3 * np.std(values) / np.sqrt(len(values))
 
@@ -76,6 +78,7 @@ def test_kid_separates_shifted_distribution_and_caps_subset():
 
 # --- precision / recall -----------------------------------------------------------------------------
 
+
 def _cluster(center, n, seed, scale=0.1):
     return np.asarray(center, dtype=float) + scale * _rng(seed).normal(size=(n, len(center)))
 
@@ -86,7 +89,7 @@ def test_precision_recall_on_constructed_clusters():
     fake = np.concatenate([real[:20] + 1e-3, _cluster([0, 50], 10, 3)])
     precision, recall = M.precision_recall(real, fake, k=3)
     assert precision == pytest.approx(20 / 30)  # the 10 far fakes are in no real ball
-    assert recall == pytest.approx(20 / 40)     # the second real cluster is in no fake ball
+    assert recall == pytest.approx(20 / 40)  # the second real cluster is in no fake ball
 
 
 def test_precision_recall_same_set_is_one():
@@ -101,6 +104,7 @@ def test_knn_radius_hand_computed():
 
 
 # --- identity, diversity, memorisation ------------------------------------------------------------
+
 
 def test_id_top1_on_constructed_descriptors():
     subject = np.array([[0.0, 0.0], [0.2, 0.0]])
@@ -122,7 +126,7 @@ def test_id_top1_ceiling_is_the_photos_leave_one_out_share():
 def test_distances_hand_computed():
     x = np.array([[0.0, 0.0], [3.0, 4.0]])
     assert M.mean_pairwise_distance(x) == pytest.approx(5.0)
-    assert M.centroid_distance(x, x) == pytest.approx(2.5)           # centroid (1.5, 2)
+    assert M.centroid_distance(x, x) == pytest.approx(2.5)  # centroid (1.5, 2)
     assert M.nearest_distance(np.array([[0.0, 1.0]]), x) == pytest.approx(1.0)
     assert M.leave_one_out_nearest(np.array([[0.0], [1.0], [3.0]])) == pytest.approx((1 + 1 + 2) / 3)
 
@@ -138,12 +142,14 @@ def test_too_few_samples_is_reported():
 
 # --- dlib features on real photos -----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def extractor():
     from tasks.evaluation.features import DlibFaceExtractor, FeatureConfig
 
-    return DlibFaceExtractor(FeatureConfig(upscale_to=256, upsample=1, chip_size=150, chip_padding=0.25,
-                                           num_jitters=0, workers=1))
+    return DlibFaceExtractor(
+        FeatureConfig(upscale_to=256, upsample=1, chip_size=150, chip_padding=0.25, num_jitters=0, workers=1)
+    )
 
 
 def _photos():

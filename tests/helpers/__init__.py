@@ -8,4 +8,5 @@
 - faces.py: photos packages ship, face folders, the models evaluate_faces samples
 - dreambooth.py: DreamBooth's tiny base, latents, params and training run
 - worker_project.py: a tiny DVC project with a bare git origin, for the worker
+- scorecard_metrics.py: metrics files for the scorecard
 """

@@ -1,5 +1,6 @@
 """Cartoon data for tests: Cartoon Set-format folders (png + csv), and shard images whose attributes
 are plain colours; the tiny cartoon model's params."""
+
 from __future__ import annotations
 
 import io
@@ -18,8 +19,8 @@ def write_cartoon(folder: Path, key: str, indices, attributes=SMALL_ATTRIBUTES, 
     rng = np.random.default_rng(seed)
     rgba = np.zeros((size, size, 4), np.uint8)
     c = size // 2
-    rgba[c - 100:c + 100, c - 100:c + 100, :3] = rng.integers(0, 256, 3, dtype=np.uint8)
-    rgba[c - 100:c + 100, c - 100:c + 100, 3] = 255
+    rgba[c - 100 : c + 100, c - 100 : c + 100, :3] = rng.integers(0, 256, 3, dtype=np.uint8)
+    rgba[c - 100 : c + 100, c - 100 : c + 100, 3] = 255
     Image.fromarray(rgba, "RGBA").save(folder / f"{key}.png")
     rows = [(name, int(i), count) for (name, count), i in zip(attributes, indices)]
     (folder / f"{key}.csv").write_text(format_attribute_csv(rows))
@@ -44,5 +45,10 @@ def colour_cartoon_png(attrs: list[int], rng: np.random.Generator) -> bytes:
 
 
 # train_cartoon's `model` section at its smallest (both conditioning modes).
-TINY_CARTOON_MODEL = {"block_out_channels": [8, 16], "norm_num_groups": 4, "cross_attention_dim": 8,
-                      "attention_head_dim": 4, "tau_hidden_dim": 16}
+TINY_CARTOON_MODEL = {
+    "block_out_channels": [8, 16],
+    "norm_num_groups": 4,
+    "cross_attention_dim": 8,
+    "attention_head_dim": 4,
+    "tau_hidden_dim": 16,
+}

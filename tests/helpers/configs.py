@@ -1,5 +1,6 @@
 """Stage configs for tests: params.yaml's section with a test's overrides merged in (nested
 sections merge key by key), read into the stage's typed config exactly as its flow does."""
+
 from __future__ import annotations
 
 import copy

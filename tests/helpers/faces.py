@@ -1,5 +1,6 @@
 """Faces for the evaluation tests: photos that packages ship (dlib finds their faces), folders of them
 in align_faces' format, and the tiny base and subject models evaluate_faces samples from."""
+
 from __future__ import annotations
 
 import io
@@ -14,10 +15,25 @@ from tests.helpers.models import tiny_unet
 
 # evaluate_faces' params at their smallest (tiny sample counts, 1 worker).
 EVALUATE_FACES_PARAMS = {
-    "real_splits": ["val"], "num_samples": 4, "batch_size": 2, "scheduler": "ddim", "num_inference_steps": 2,
-    "seed": 0, "subject": "auto", "subject_guidance_scale": 2.0, "grid_images": 4, "k_nearest": 1, "min_detect_ratio": 0.7,
-    "features": {"upscale_to": 256, "upsample": 1, "chip_size": 150, "chip_padding": 0.25, "num_jitters": 0,
-                 "workers": 1},
+    "real_splits": ["val"],
+    "num_samples": 4,
+    "batch_size": 2,
+    "scheduler": "ddim",
+    "num_inference_steps": 2,
+    "seed": 0,
+    "subject": "auto",
+    "subject_guidance_scale": 2.0,
+    "grid_images": 4,
+    "k_nearest": 1,
+    "min_detect_ratio": 0.7,
+    "features": {
+        "upscale_to": 256,
+        "upsample": 1,
+        "chip_size": 150,
+        "chip_padding": 0.25,
+        "num_jitters": 0,
+        "workers": 1,
+    },
     "kid": {"num_subsets": 3, "subset_size": 4, "seed": 0},
 }
 
@@ -48,8 +64,9 @@ def write_faces(out_dir, splits: dict[str, list[np.ndarray]]):
                 Image.fromarray(im).save(buf, format="PNG")
                 w.write({"__key__": f"{split}{i:04d}", "png": buf.getvalue(), "json": {}})
         manifest[split] = {"count": len(images), "shards": w.shards}
-    write_manifest(out_dir, {"kind": "faces_aligned", "counts": {s: v["count"] for s, v in manifest.items()},
-                             "splits": manifest})
+    write_manifest(
+        out_dir, {"kind": "faces_aligned", "counts": {s: v["count"] for s, v in manifest.items()}, "splits": manifest}
+    )
     return str(out_dir)
 
 

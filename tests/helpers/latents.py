@@ -2,6 +2,7 @@
 
 No tests here; the module is named so that it belongs to the latent tests' files.
 """
+
 from __future__ import annotations
 
 import io
@@ -30,8 +31,9 @@ def draw_face(rng: np.random.Generator, size: int) -> Image.Image:
     return im
 
 
-def make_aligned(out_dir: Path, n: int = 24, size: int = 32, shard_size: int = 6, val_fraction: float = 0.25,
-                 seed: int = 0) -> Path:
+def make_aligned(
+    out_dir: Path, n: int = 24, size: int = 32, shard_size: int = 6, val_fraction: float = 0.25, seed: int = 0
+) -> Path:
     """Aligned-face-like shards in align_faces' format: `png` (uint8) + `json`, manifest with splits."""
     rng = np.random.default_rng(seed)
     by_split: dict[str, list] = {"train": [], "val": []}
@@ -45,12 +47,19 @@ def make_aligned(out_dir: Path, n: int = 24, size: int = 32, shard_size: int = 6
         shards = []
         for idx, start in enumerate(range(0, len(items), shard_size)):
             with AtomicShardWriter(out_dir, split, max_count=shard_size, start_index=idx) as w:
-                for key, png in items[start:start + shard_size]:
+                for key, png in items[start : start + shard_size]:
                     w.write({"__key__": key, "png": png, "json": {"key": key}})
             shards.extend(w.shards)
         splits[split] = {"count": len(items), "shards": shards}
-    write_manifest(out_dir, {"kind": "faces_aligned", "counts": {s: v["count"] for s, v in splits.items()},
-                             "splits": splits, "fingerprint": f"test-{seed}-{n}-{size}"})
+    write_manifest(
+        out_dir,
+        {
+            "kind": "faces_aligned",
+            "counts": {s: v["count"] for s, v in splits.items()},
+            "splits": splits,
+            "fingerprint": f"test-{seed}-{n}-{size}",
+        },
+    )
     return out_dir
 
 

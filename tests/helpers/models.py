@@ -4,6 +4,7 @@ the tiny autoencoder and the tiny pipelines several test files share.
 Nothing here seeds torch unless asked (`seed=`): callers that seeded before building keep doing so,
 so each test draws exactly the weights it drew before these helpers existed.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,14 +17,27 @@ ATTENTION_BLOCKS = (("DownBlock2D", "AttnDownBlock2D"), ("AttnUpBlock2D", "UpBlo
 CROSS_ATTENTION_BLOCKS = (("CrossAttnDownBlock2D", "DownBlock2D"), ("UpBlock2D", "CrossAttnUpBlock2D"))
 
 # train_ldm's `model` section for a tiny UNet (the stage builds it from params, not through tiny_unet).
-TINY_LDM_MODEL = {"block_out_channels": [16, 32], "layers_per_block": 1,
-                  "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-                  "attention_head_dim": 8, "norm_num_groups": 8}
+TINY_LDM_MODEL = {
+    "block_out_channels": [16, 32],
+    "layers_per_block": 1,
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+}
 
 
-def tiny_unet(*, channels: int = 3, sample_size: int = 8, widths: tuple[int, int] = (8, 16), groups: int = 4,
-              attention: bool = False, cross_attention_dim: int | None = None, seed: int | None = None,
-              **extra) -> UNet2DModel | UNet2DConditionModel:
+def tiny_unet(
+    *,
+    channels: int = 3,
+    sample_size: int = 8,
+    widths: tuple[int, int] = (8, 16),
+    groups: int = 4,
+    attention: bool = False,
+    cross_attention_dim: int | None = None,
+    seed: int | None = None,
+    **extra,
+) -> UNet2DModel | UNet2DConditionModel:
     """A 2-level UNet, one layer per block.
 
     - `channels`: in and out channels (3 for pixels, 4 for latents); `widths`: block_out_channels;
@@ -36,12 +50,23 @@ def tiny_unet(*, channels: int = 3, sample_size: int = 8, widths: tuple[int, int
     """
     if seed is not None:
         torch.manual_seed(seed)
-    common = dict(sample_size=sample_size, in_channels=channels, out_channels=channels, block_out_channels=widths,
-                  layers_per_block=1, norm_num_groups=groups)
+    common = dict(
+        sample_size=sample_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=widths,
+        layers_per_block=1,
+        norm_num_groups=groups,
+    )
     if cross_attention_dim is not None:
         down, up = CROSS_ATTENTION_BLOCKS
-        return UNet2DConditionModel(down_block_types=down, up_block_types=up, cross_attention_dim=cross_attention_dim,
-                                    **{"attention_head_dim": 4, **extra}, **common)
+        return UNet2DConditionModel(
+            down_block_types=down,
+            up_block_types=up,
+            cross_attention_dim=cross_attention_dim,
+            **{"attention_head_dim": 4, **extra},
+            **common,
+        )
     if attention:
         down, up = ATTENTION_BLOCKS
         extra = {"attention_head_dim": 8, **extra}
@@ -60,8 +85,15 @@ def tiny_patch_vae(seed: int = 0):
     from pipelines import PatchAutoencoderKL
 
     torch.manual_seed(seed)
-    return PatchAutoencoderKL(patch_size=2, latent_channels=4, hidden_channels=8, encoder_blocks=1,
-                              decoder_blocks=1, sample_size=16, scaling_factor=0.5)
+    return PatchAutoencoderKL(
+        patch_size=2,
+        latent_channels=4,
+        hidden_channels=8,
+        encoder_blocks=1,
+        decoder_blocks=1,
+        sample_size=16,
+        scaling_factor=0.5,
+    )
 
 
 # --- cartoon pipelines ----------------------------------------------------------------------------
@@ -100,6 +132,7 @@ def save_tiny_cartoon(out: Path, attributes) -> None:
 
 
 # --- latent pipelines -----------------------------------------------------------------------------
+
 
 def tiny_latent_pipeline(tmp_path: Path):
     """A LatentDiffusionPipeline: the tiny f=2 VAE of tests.helpers.latents (saved under tmp_path/vae)

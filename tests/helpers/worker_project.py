@@ -2,6 +2,7 @@
 DVC remote. Its one stage (`python make.py`) writes cached outputs (one of them an image), a metrics
 file and a PNG grid kept in git; `make.n < 0` makes it fail, `make.sleep` makes it slow (for
 cancellation)."""
+
 from __future__ import annotations
 
 import atexit
@@ -57,14 +58,20 @@ def git(cwd: Path, *args: str) -> str:
 
 
 def dvc(cwd: Path, *args: str) -> str:
-    proc = subprocess.run([str(BIN / "dvc"), *args], cwd=cwd, capture_output=True, text=True,
-                          env={**results_env(), "PATH": f"{BIN}:/usr/bin:/bin"})
+    proc = subprocess.run(
+        [str(BIN / "dvc"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**results_env(), "PATH": f"{BIN}:/usr/bin:/bin"},
+    )
     assert proc.returncode == 0, f"dvc {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
 
 def results_env() -> dict:
     import os
+
     return {k: v for k, v in os.environ.items() if not k.startswith("PREFECT__")}
 
 

@@ -1,4 +1,5 @@
 """The attribute-conditional cartoon model: pipeline, conditioning modes, stage tasks on tiny data."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,8 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pipelines import CartoonDiffusionPipeline, denoise, make_scheduler  # noqa: E402
-from tests.helpers.models import (CARTOON_COUNTS, CARTOON_MODES, CARTOON_NAMES,  # noqa: E402
-                                  tiny_cartoon_pipeline as tiny_pipeline)
+from tests.helpers.models import CARTOON_COUNTS, CARTOON_MODES, CARTOON_NAMES  # noqa: E402
+from tests.helpers.models import tiny_cartoon_pipeline as tiny_pipeline
 
 NAMES, COUNTS, MODES = CARTOON_NAMES, CARTOON_COUNTS, CARTOON_MODES
 WIDTH = sum(COUNTS)
@@ -41,8 +42,14 @@ def test_attribute_forms_agree_and_schedulers_swap():
     pipe = tiny_pipeline("class_embedding")
     onehot = np.zeros((1, WIDTH), np.float32)
     onehot[0, [1, 3 + 0, 5 + 2]] = 1
-    forms = [[1, 0, 2], torch.tensor([[1, 0, 2]]), onehot, torch.from_numpy(onehot[0]),
-             {"hair_color": 1, "face_color": 0, "glasses": 2}, [{"glasses": 2, "hair_color": 1, "face_color": 0}]]
+    forms = [
+        [1, 0, 2],
+        torch.tensor([[1, 0, 2]]),
+        onehot,
+        torch.from_numpy(onehot[0]),
+        {"hair_color": 1, "face_color": 0, "glasses": 2},
+        [{"glasses": 2, "hair_color": 1, "face_color": 0}],
+    ]
     for form in forms:
         assert torch.equal(pipe.encode_attributes(form), torch.from_numpy(onehot)), form
     for name in ("ddim", "dpm"):
@@ -69,8 +76,13 @@ def test_guidance_one_is_the_conditional_prediction(mode):
         assert torch.equal(pipe.predict(x, t, cond, 0.0), null)
         assert torch.allclose(pipe.predict(x, t, cond, 3.0), null + 3 * (conditional - null), atol=1e-5)
     # Whole sampling loop at guidance 1 == a loop over the conditional model alone.
-    got = pipe([[0, 1, 3]], guidance_scale=1.0, num_inference_steps=3, generator=torch.Generator().manual_seed(1),
-               output_type="pt").images
+    got = pipe(
+        [[0, 1, 3]],
+        guidance_scale=1.0,
+        num_inference_steps=3,
+        generator=torch.Generator().manual_seed(1),
+        output_type="pt",
+    ).images
     gen = torch.Generator().manual_seed(1)
     sample = torch.randn((1, 3, 8, 8), generator=gen)
     pipe.scheduler.set_timesteps(3)
@@ -109,12 +121,16 @@ def test_a_partial_dict_draws_the_other_attributes_with_the_generator():
         return pipe.encode_attributes([d] * 64, torch.Generator().manual_seed(seed))
 
     a, b, c = onehot({"hair_color": 2}, 0), onehot({"hair_color": 2}, 0), onehot({"hair_color": 2}, 1)
-    assert torch.equal(a, b) and not torch.equal(a, c)             # reproducible for a seed
+    assert torch.equal(a, b) and not torch.equal(a, c)  # reproducible for a seed
     assert (a[:, :3].argmax(1) == 2).all() and (a.sum(1) == 3).all()  # the named one fixed, one variant each
-    drawn = a[:, 3:5].argmax(1), a[:, 5:9].argmax(1)               # face_color (2), glasses (4): all variants
+    drawn = a[:, 3:5].argmax(1), a[:, 5:9].argmax(1)  # face_color (2), glasses (4): all variants
     assert set(drawn[0].tolist()) == {0, 1} and set(drawn[1].tolist()) == {0, 1, 2, 3}
     # A complete dict draws nothing: the same images as the index list, for the same seed.
-    full = pipe({"hair_color": 1, "face_color": 0, "glasses": 3}, num_inference_steps=2,
-                generator=torch.Generator().manual_seed(4), output_type="np").images
+    full = pipe(
+        {"hair_color": 1, "face_color": 0, "glasses": 3},
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(4),
+        output_type="np",
+    ).images
     same = pipe([[1, 0, 3]], num_inference_steps=2, generator=torch.Generator().manual_seed(4), output_type="np").images
     assert np.array_equal(full, same)

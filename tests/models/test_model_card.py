@@ -6,6 +6,7 @@ carries its code).
 
 Tiny models saved by the project's own save paths; data folders are manifests in the stages' formats
 (the card reads nothing else from them). train_vae runs for real (2 steps): its call site is tested."""
+
 from __future__ import annotations
 
 import io
@@ -28,18 +29,20 @@ from PIL import Image
 from pipelines import LatentDiffusionPipeline, save_portable
 from pipelines.dreambooth import SubjectDiffusionPipeline, module_identity, with_identifier
 from tasks.reporting import model_card
-from tasks.tracking.identity import stage_code
 from tasks.reporting.model_card import RESULTS, last_grid, read_front_matter, write_model_card
-from tasks.shards.dataset import AtomicShardWriter, split_of, write_manifest
 from tasks.reporting.timings import write_metrics
+from tasks.shards.dataset import AtomicShardWriter, split_of, write_manifest
+from tasks.tracking.identity import stage_code
 from tests.helpers.configs import section
-from tests.helpers.models import save_tiny_cartoon, tiny_latent_unet, tiny_patch_vae as tiny_vae
+from tests.helpers.models import save_tiny_cartoon, tiny_latent_unet
+from tests.helpers.models import tiny_patch_vae as tiny_vae
 
 REPO = Path(__file__).resolve().parents[2]
 torch.set_num_threads(1)
 
 
 # ------------------------------------------------------------------------------------------ data folders
+
 
 def aligned_faces(out: Path, source: str | None, n: int = 16, size: int = 16) -> Path:
     """align_faces' format: png + json (the raw record's fields, `source` among them), manifest with splits."""
@@ -57,8 +60,10 @@ def aligned_faces(out: Path, source: str | None, n: int = 16, size: int = 16) ->
             for s in samples:
                 w.write(s)
         splits[split] = {"count": len(samples), "shards": w.shards}
-    write_manifest(out, {"kind": "faces_aligned", "splits": splits,
-                         "all_shards": [s for sp in splits.values() for s in sp["shards"]]})
+    write_manifest(
+        out,
+        {"kind": "faces_aligned", "splits": splits, "all_shards": [s for sp in splits.values() for s in sp["shards"]]},
+    )
     return out
 
 
@@ -89,6 +94,7 @@ def a_grid(live: Path) -> Path:
 
 # ------------------------------------------------------------------------------------------ tiny models
 
+
 def save_cartoon(out: Path) -> None:
     save_tiny_cartoon(out, [("hair_color", 10), ("face_color", 11)])
 
@@ -107,11 +113,18 @@ def world(tmp_path_factory) -> Path:
     subject = latents_of(root / "data/subject_latents", aligned_faces(root / "data/subject", "synthetic", n=4))
     models = root / "models"
 
-    ldm = LatentDiffusionPipeline(unet=tiny_latent_unet(), vae=tiny_vae(), scheduler=DDPMScheduler(num_train_timesteps=50))
+    ldm = LatentDiffusionPipeline(
+        unet=tiny_latent_unet(), vae=tiny_vae(), scheduler=DDPMScheduler(num_train_timesteps=50)
+    )
     save_portable(ldm, models / "ldm")  # as train_ldm saves it
-    card_for(models / "ldm", "train_ldm", {"latent_shape": [4, 8, 8], "scaling_factor": 0.5, "steps": 3,
-                                           "final_loss": 0.123456789012345}, root,
-             data_dirs=[faces], sample_grid=last_grid(a_grid(root / "live_ldm")))
+    card_for(
+        models / "ldm",
+        "train_ldm",
+        {"latent_shape": [4, 8, 8], "scaling_factor": 0.5, "steps": 3, "final_loss": 0.123456789012345},
+        root,
+        data_dirs=[faces],
+        sample_grid=last_grid(a_grid(root / "live_ldm")),
+    )
 
     klass = root / "data/class_latents"
     klass.mkdir()
@@ -119,19 +132,38 @@ def world(tmp_path_factory) -> Path:
     unet = with_identifier(tiny_latent_unet())
     with torch.no_grad():
         unet.class_embedding.weight.normal_(0, 1, generator=torch.Generator().manual_seed(1))
-    save_portable(SubjectDiffusionPipeline(unet=unet, vae=tiny_vae(), scheduler=DDPMScheduler(num_train_timesteps=50)),
-                  models / "dreambooth")  # as train_dreambooth saves a full fine-tune
-    card_for(models / "dreambooth", "train_dreambooth", {"method": "full", "identifier": True, "steps": 2,
-                                                         "final_prior_loss": None}, root,
-             data_dirs=[subject, klass], base_model=models / "ldm")
+    save_portable(
+        SubjectDiffusionPipeline(unet=unet, vae=tiny_vae(), scheduler=DDPMScheduler(num_train_timesteps=50)),
+        models / "dreambooth",
+    )  # as train_dreambooth saves a full fine-tune
+    card_for(
+        models / "dreambooth",
+        "train_dreambooth",
+        {"method": "full", "identifier": True, "steps": 2, "final_prior_loss": None},
+        root,
+        data_dirs=[subject, klass],
+        base_model=models / "ldm",
+    )
 
     save_cartoon(models / "cartoon")  # as train_cartoon saves it
-    card_for(models / "cartoon", "train_cartoon", {"conditioning": "class_embedding", "resolution": 8, "steps": 2},
-             root, data_dirs=[cartoon_shards(root / "data/cartoons/shards", "cartoonset10k")])
+    card_for(
+        models / "cartoon",
+        "train_cartoon",
+        {"conditioning": "class_embedding", "resolution": 8, "steps": 2},
+        root,
+        data_dirs=[cartoon_shards(root / "data/cartoons/shards", "cartoonset10k")],
+    )
 
     save_lora(models / "lora", models / "ldm")
-    card_for(models / "lora", "train_dreambooth", {"method": "lora", "steps": 2}, root,
-             params=section("train_dreambooth", method="lora"), data_dirs=[subject, klass], base_model=models / "ldm")
+    card_for(
+        models / "lora",
+        "train_dreambooth",
+        {"method": "lora", "steps": 2},
+        root,
+        params=section("train_dreambooth", method="lora"),
+        data_dirs=[subject, klass],
+        base_model=models / "ldm",
+    )
 
     train_vae(root / "data/aligned", models / "vae", root / "metrics/train_vae.json")  # the stage writes its card
     return root
@@ -143,14 +175,31 @@ def train_vae(aligned: Path, out: Path, metrics_path: Path) -> None:
     from tasks.latent.config import TrainVaeConfig
     from tests.helpers.configs import stage_config
 
-    config = stage_config(TrainVaeConfig, "train_vae", device="cpu", resolution=16, eval_batch_size=8,
-                          model={"patch_size": 2, "latent_channels": 4, "hidden_channels": 8, "encoder_blocks": 1,
-                                 "decoder_blocks": 1},
-                          loss={**section("train_vae")["loss"], "batch_size": 4},
-                          training={**section("train_vae")["training"], "max_train_steps": 2, "lr_warmup_steps": 1,
-                                    "log_every_steps": 1, "checkpointing_steps": 100, "samples_every_epochs": 100})
-    train_vae_task.fn(str(aligned), str(out), str(metrics_path), str(out.parent / "live_vae"),
-                      str(out.parent / "checkpoints_vae"), config)
+    config = stage_config(
+        TrainVaeConfig,
+        "train_vae",
+        device="cpu",
+        resolution=16,
+        eval_batch_size=8,
+        model={"patch_size": 2, "latent_channels": 4, "hidden_channels": 8, "encoder_blocks": 1, "decoder_blocks": 1},
+        loss={**section("train_vae")["loss"], "batch_size": 4},
+        training={
+            **section("train_vae")["training"],
+            "max_train_steps": 2,
+            "lr_warmup_steps": 1,
+            "log_every_steps": 1,
+            "checkpointing_steps": 100,
+            "samples_every_epochs": 100,
+        },
+    )
+    train_vae_task.fn(
+        str(aligned),
+        str(out),
+        str(metrics_path),
+        str(out.parent / "live_vae"),
+        str(out.parent / "checkpoints_vae"),
+        config,
+    )
 
 
 def save_lora(out: Path, base_dir: Path) -> None:
@@ -165,6 +214,7 @@ def save_lora(out: Path, base_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ reading a card
+
 
 def card_results(text: str) -> dict[str, tuple[str, str, str]]:
     """The Results table: figure key -> (value, target, met)."""
@@ -200,15 +250,18 @@ def test_a_card_is_true_to_the_stage_outputs(world, name):
     assert params[stage] == (section(stage, method="lora") if name == "lora" else section(stage))
     # The newest commit of the stage's code (not HEAD: the card must depend on the stage's deps alone).
     files = [p.relative_to(REPO).as_posix() for p in stage_code([f"flows.{stage}"])]
-    last = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%H", "--", *files],
-                          capture_output=True, text=True)
+    last = subprocess.run(
+        ["git", "-C", str(REPO), "log", "-1", "--format=%H", "--", *files], capture_output=True, text=True
+    )
     if last.returncode == 0 and last.stdout.strip():
         assert f"git commit `{last.stdout.strip()}`" in text
 
 
 def test_licenses_and_base_models_follow_the_data(world):
-    meta = {n: read_front_matter((world / "models" / n / "README.md").read_text())
-            for n in ("ldm", "dreambooth", "cartoon", "lora")}
+    meta = {
+        n: read_front_matter((world / "models" / n / "README.md").read_text())
+        for n in ("ldm", "dreambooth", "cartoon", "lora")
+    }
     assert (meta["ldm"]["license"], meta["ldm"]["license_name"]) == ("other", "facediff-synthetic")
     assert meta["cartoon"]["license"] == "cc-by-4.0" and "license_name" not in meta["cartoon"]
     # The fine-tune: synthetic subject photos, class samples of a base trained on synthetic faces.
@@ -251,16 +304,23 @@ def test_the_evaluations_figures_are_shown_only_for_the_folder_it_measured(world
     model = tmp_path / "models" / "dreambooth"
     shutil.copytree(world / "models/dreambooth", model)
     monkeypatch.chdir(tmp_path)  # stages run at the repository root; metrics/ is relative to it
-    measured = {"id_top1": 0.8125, "id_top1_class": 0.25, "id_top1_ceiling": 0.875, "id_top1_base": 0.0625,
-                "subject_identity_ok": True, "subject_prior_ok": False,
-                "subject_folder_identity": folder_identity(model)}
+    measured = {
+        "id_top1": 0.8125,
+        "id_top1_class": 0.25,
+        "id_top1_ceiling": 0.875,
+        "id_top1_base": 0.0625,
+        "subject_identity_ok": True,
+        "subject_prior_ok": False,
+        "subject_folder_identity": folder_identity(model),
+    }
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics/evaluate_faces.json").write_text(json.dumps(measured))
     data = [world / "data/subject_latents", world / "data/class_latents"]
     text = card_for(model, "train_dreambooth", {"steps": 2}, tmp_path / "t", data_dirs=data).read_text()
     assert card_results(text) == {
         "id_top1": ("0.8125", ">= 0.8 x the photos' own id_top1 (0.88) and >= the base model's (0.06) + 0.4", "met"),
-        "id_top1_class": ("0.25", "within 0.05 of the base model's (0.06)", "**missed**")}
+        "id_top1_class": ("0.25", "within 0.05 of the base model's (0.06)", "**missed**"),
+    }
     assert "written by `evaluate_faces` for this folder" in text
 
     (tmp_path / "metrics/evaluate_faces.json").write_text(json.dumps({**measured, "subject_folder_identity": "other"}))
@@ -270,6 +330,7 @@ def test_the_evaluations_figures_are_shown_only_for_the_folder_it_measured(world
 
 
 # ------------------------------------------------------------------------------------------ train_vae, for real
+
 
 def test_train_vae_writes_a_true_card_with_its_target(world):
     text = (world / "models/vae/README.md").read_text()
@@ -308,8 +369,15 @@ def _run_snippets(snippets: dict[str, str], where: Path, project: bool) -> None:
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(elsewhere / "hf"), OMP_NUM_THREADS="1")
     flags = ["-I"] if project else ["-I", "-S"]
     code = RUNNER.format(alone=not project, site=sysconfig.get_paths()["purelib"])
-    proc = subprocess.run([sys.executable, *flags, "-c", code], input=json.dumps(snippets), cwd=elsewhere, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, *flags, "-c", code],
+        input=json.dumps(snippets),
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 

@@ -5,6 +5,7 @@
 - Both portable folders users get from training (cartoon with its Tau module, DreamBooth full
   fine-tune with its identifier) load and sample in an interpreter that cannot import the project.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,9 @@ import pytest
 import torch
 
 from pipelines import denoise, save_portable
-from tests.helpers.models import CARTOON_MODES as MODES, tiny_cartoon_pipeline as tiny_pipeline, tiny_latent_pipeline
+from tests.helpers.models import CARTOON_MODES as MODES
+from tests.helpers.models import tiny_cartoon_pipeline as tiny_pipeline
+from tests.helpers.models import tiny_latent_pipeline
 
 torch.set_num_threads(1)
 
@@ -55,8 +58,9 @@ def test_cartoon_call_applies_guidance_scale(mode):
     pipe = _perturbed(mode)
 
     def call(w):
-        return pipe(ATTRS, guidance_scale=w, num_inference_steps=3, generator=torch.Generator().manual_seed(1),
-                    output_type="pt").images
+        return pipe(
+            ATTRS, guidance_scale=w, num_inference_steps=3, generator=torch.Generator().manual_seed(1), output_type="pt"
+        ).images
 
     one, three, zero = call(1.0), call(3.0), call(0.0)
     assert (one - three).abs().max() > 1e-3 and (one - zero).abs().max() > 1e-3
@@ -132,8 +136,14 @@ def portable(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(root / "hf"), OMP_NUM_THREADS="1")
     code = CHILD.format(site=sysconfig.get_paths()["purelib"])
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code, json.dumps(args)], cwd=elsewhere, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code, json.dumps(args)],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     out = {}

@@ -1,5 +1,6 @@
 """Model folders that load without this project (pipelines/portable.py), and loading through the
 project's classes without anything patched into diffusers."""
+
 from __future__ import annotations
 
 import ast
@@ -18,7 +19,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from pipelines import CartoonDiffusionPipeline, LatentDiffusionPipeline, save_portable
-from tests.helpers.models import tiny_cartoon_pipeline as tiny_pipeline, tiny_latent_pipeline as _pipeline
+from tests.helpers.models import tiny_cartoon_pipeline as tiny_pipeline
+from tests.helpers.models import tiny_latent_pipeline as _pipeline
 
 # Run in a fresh interpreter that cannot see the project: -I (no PYTHONPATH, no cwd on sys.path),
 # -S (no .pth files: the project's editable install is one) and only the venv's site-packages.
@@ -38,8 +40,9 @@ print(type(pipe).__name__, type(pipe).__module__)
 
 def _images(pipe) -> np.ndarray:
     pipe.set_progress_bar_config(disable=True)
-    return pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
-                output_type="np").images
+    return pipe(
+        batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
 
 
 def test_a_portable_folder_loads_with_diffusers_alone(tmp_path):
@@ -48,9 +51,12 @@ def test_a_portable_folder_loads_with_diffusers_alone(tmp_path):
     index = json.loads((tmp_path / "model" / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline", "LatentDiffusionPipeline"] and code.name == "pipeline.py"
     # The saved code imports nothing of the project's.
-    imported = {n.module if isinstance(n, ast.ImportFrom) else a.name
-                for n in ast.walk(ast.parse(code.read_text())) if isinstance(n, (ast.Import, ast.ImportFrom))
-                for a in n.names}
+    imported = {
+        n.module if isinstance(n, ast.ImportFrom) else a.name
+        for n in ast.walk(ast.parse(code.read_text()))
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+        for a in n.names
+    }
     assert not any(m.split(".")[0] in ("pipelines", "tasks", "flows") for m in imported), imported
     expected = _images(pipe)
 
@@ -58,8 +64,14 @@ def test_a_portable_folder_loads_with_diffusers_alone(tmp_path):
     shutil.copytree(tmp_path / "model", elsewhere / "model")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))  # dynamic modules go to a fresh cache
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", CHILD.format(site=sysconfig.get_paths()["purelib"])],
-                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", CHILD.format(site=sysconfig.get_paths()["purelib"])],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split()[0] == "LatentDiffusionPipeline" and "pipelines" not in proc.stdout
     # Same weights, code and seed; another process may sum in another order (threads): ~1e-6 apart.
@@ -92,8 +104,11 @@ def test_a_project_component_travels_with_its_code(tmp_path):
     assert index["tau"] == ["cartoon", "AttributeProjection"]
     code = (tmp_path / "cartoon" / "tau" / "cartoon.py").read_text()
     assert "class AttributeProjection" in code and not any(
-        m.split(".")[0] == "pipelines" for n in ast.walk(ast.parse(code)) if isinstance(n, ast.ImportFrom)
-        for m in [n.module or ""])
+        m.split(".")[0] == "pipelines"
+        for n in ast.walk(ast.parse(code))
+        if isinstance(n, ast.ImportFrom)
+        for m in [n.module or ""]
+    )
     loaded = DiffusionPipeline.from_pretrained(tmp_path / "cartoon", trust_remote_code=True)
     assert type(loaded.tau).__name__ == "AttributeProjection" and type(loaded.tau).__module__ != "pipelines.cartoon"
     for a, b in zip(loaded.tau.state_dict().values(), pipe.tau.state_dict().values()):

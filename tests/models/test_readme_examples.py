@@ -1,4 +1,5 @@
 """The README's Python examples, exactly as written, on tiny models saved where they look."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,8 @@ import pytest
 
 from pipelines import save_portable
 from tasks.synthetic.cartoons import CARTOONSET_ATTRIBUTES
-from tests.helpers.models import save_tiny_cartoon, tiny_latent_pipeline as _pipeline
+from tests.helpers.models import save_tiny_cartoon
+from tests.helpers.models import tiny_latent_pipeline as _pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 BLOCKS = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
@@ -50,6 +52,13 @@ for i, block in enumerate(blocks):
 def test_readme_examples_run_as_written(workdir):
     # One fresh interpreter (nothing imported or patched beforehand) runs every block in a scope of its own.
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_HOME": str(workdir / "hf")}
-    proc = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(BLOCKS), cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER],
+        input=json.dumps(BLOCKS),
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]

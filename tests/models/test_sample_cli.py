@@ -3,6 +3,7 @@ own options, clear one-line errors, and the same pixels as the pipeline call wit
 
 Tiny randomly initialised models, saved as the training stages save them, in a `models/` folder of
 a work directory, so the README's commands run there exactly as written."""
+
 from __future__ import annotations
 
 import re
@@ -19,7 +20,8 @@ from PIL import Image
 from pipelines import CartoonDiffusionPipeline, LatentDiffusionPipeline, make_scheduler, save_portable
 from pipelines.dreambooth import SubjectDiffusionPipeline, load_subject_pipeline, module_identity, with_identifier
 from pipelines.sample import grid, main
-from tests.helpers.models import save_tiny_cartoon, tiny_latent_unet, tiny_patch_vae as tiny_vae
+from tests.helpers.models import save_tiny_cartoon, tiny_latent_unet
+from tests.helpers.models import tiny_patch_vae as tiny_vae
 
 REPO = Path(__file__).resolve().parents[2]
 torch.set_num_threads(1)  # tiny models: threads only contend on a shared machine
@@ -29,6 +31,7 @@ ATTRIBUTES = (("hair_color", 10), ("face_color", 11), ("glasses", 12))
 
 # ------------------------------------------------------------------------------ tiny models, saved
 
+
 def save_cartoon(out: Path) -> None:
     """As train_cartoon saves it (save_pretrained)."""
     save_tiny_cartoon(out, ATTRIBUTES)
@@ -36,8 +39,12 @@ def save_cartoon(out: Path) -> None:
 
 def save_ldm(out: Path) -> None:
     """As train_ldm saves it (save_portable)."""
-    save_portable(LatentDiffusionPipeline(unet=tiny_latent_unet(), vae=tiny_vae(),
-                                          scheduler=DDPMScheduler(num_train_timesteps=50)), out)
+    save_portable(
+        LatentDiffusionPipeline(
+            unet=tiny_latent_unet(), vae=tiny_vae(), scheduler=DDPMScheduler(num_train_timesteps=50)
+        ),
+        out,
+    )
 
 
 def save_dreambooth(out: Path) -> None:
@@ -46,8 +53,9 @@ def save_dreambooth(out: Path) -> None:
     unet = with_identifier(tiny_latent_unet())
     with torch.no_grad():
         unet.class_embedding.weight.normal_(0, 1, generator=torch.Generator().manual_seed(1))
-    save_portable(SubjectDiffusionPipeline(unet=unet, vae=tiny_vae(), scheduler=DDPMScheduler(num_train_timesteps=50)),
-                  out)
+    save_portable(
+        SubjectDiffusionPipeline(unet=unet, vae=tiny_vae(), scheduler=DDPMScheduler(num_train_timesteps=50)), out
+    )
 
 
 def save_lora(out: Path, base_dir: Path) -> None:
@@ -74,8 +82,14 @@ def work(tmp_path_factory) -> Path:
     save_cartoon(models / "cartoon")
     save_ldm(models / "ldm")
     save_dreambooth(models / "dreambooth")
-    save_portable(SubjectDiffusionPipeline(unet=tiny_latent_unet(), vae=tiny_vae(),  # no identifier
-                                           scheduler=DDPMScheduler(num_train_timesteps=50)), models / "dreambooth_plain")
+    save_portable(
+        SubjectDiffusionPipeline(
+            unet=tiny_latent_unet(),
+            vae=tiny_vae(),  # no identifier
+            scheduler=DDPMScheduler(num_train_timesteps=50),
+        ),
+        models / "dreambooth_plain",
+    )
     tiny_vae().save_pretrained(models / "vae")  # as train_vae saves it
     return root
 
@@ -91,17 +105,39 @@ def _grid_pixels(path: Path) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ the same pixels
 
+
 def test_cartoon_grid_is_the_pipeline_call(work, monkeypatch, capsys):
-    argv = ["models/cartoon", "--num-images", "5", "--seed", "3", "--attr", "hair_color=3", "--attr", "glasses=11",
-            "--guidance-scale", "2.5", "--steps", "3", "--scheduler", "ddim", "--out", "out/cartoon.png"]
+    argv = [
+        "models/cartoon",
+        "--num-images",
+        "5",
+        "--seed",
+        "3",
+        "--attr",
+        "hair_color=3",
+        "--attr",
+        "glasses=11",
+        "--guidance-scale",
+        "2.5",
+        "--steps",
+        "3",
+        "--scheduler",
+        "ddim",
+        "--out",
+        "out/cartoon.png",
+    ]
     assert _run(work, argv, monkeypatch) == 0
     err = capsys.readouterr().err
     assert "3/3" in err  # the pipeline's progress bar, one call of 3 steps
     pipe = CartoonDiffusionPipeline.from_pretrained(str(work / "models/cartoon"))
     pipe.scheduler = make_scheduler("ddim", pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    images = pipe([{"hair_color": 3, "glasses": 11}] * 5, guidance_scale=2.5, num_inference_steps=3,
-                  generator=torch.Generator().manual_seed(3)).images
+    images = pipe(
+        [{"hair_color": 3, "glasses": 11}] * 5,
+        guidance_scale=2.5,
+        num_inference_steps=3,
+        generator=torch.Generator().manual_seed(3),
+    ).images
     got = _grid_pixels(work / "out/cartoon.png")
     assert got.shape == (2 * 8, 3 * 8, 3)  # 5 images: 3 columns, 2 rows, the sixth cell blank
     assert np.array_equal(got, np.asarray(grid(images)))
@@ -119,13 +155,18 @@ def test_ldm_grid_is_the_pipeline_call_and_seeds_differ(work, monkeypatch):
     assert not np.array_equal(_grid_pixels(work / "ldm0.png"), _grid_pixels(work / "ldm1.png"))
 
 
-@pytest.mark.parametrize("options, call", [
-    (["--guidance-scale", "2"], {"guidance_scale": 2.0}),
-    (["--class"], {"subject": False}),
-])
+@pytest.mark.parametrize(
+    "options, call",
+    [
+        (["--guidance-scale", "2"], {"guidance_scale": 2.0}),
+        (["--class"], {"subject": False}),
+    ],
+)
 def test_dreambooth_grid_is_the_pipeline_call(work, monkeypatch, options, call):
     out = f"db{len(options)}.png"
-    assert _run(work, ["models/dreambooth", "--num-images", "3", "--steps", "2", "--out", out, *options], monkeypatch) == 0
+    assert (
+        _run(work, ["models/dreambooth", "--num-images", "3", "--steps", "2", "--out", out, *options], monkeypatch) == 0
+    )
     pipe = load_subject_pipeline(work / "models/dreambooth")
     pipe.set_progress_bar_config(disable=True)
     images = pipe(batch_size=3, num_inference_steps=2, generator=torch.Generator().manual_seed(0), **call).images
@@ -144,19 +185,29 @@ def test_a_lora_adapter_samples_on_its_base(work, monkeypatch, tmp_path):
 
 # ------------------------------------------------------------------------------ one-line errors
 
-@pytest.mark.parametrize("argv, message", [
-    (["models/ldm", "--attr", "hair_color=3"], "--attr: not an option for a ldm model (models/ldm); its options: none"),
-    (["models/ldm", "--class"], "--subject/--class: not an option for a ldm model"),
-    (["models/cartoon", "--class"], "its options: --attr, --guidance-scale"),
-    (["models/cartoon", "--attr", "hair_colour=3"], "unknown attribute 'hair_colour'; known: hair_color, face_color"),
-    (["models/cartoon", "--attr", "hair_color=10"], "hair_color takes a variant index 0..9"),
-    (["models/cartoon", "--attr", "hair_color"], "expected NAME=INDEX"),
-    (["models/dreambooth", "--class", "--guidance-scale", "2"], "does not apply to --class"),
-    (["models/dreambooth_plain", "--class"], "--class: models/dreambooth_plain was trained without an identifier"),
-    (["models/vae"], "is an autoencoder (PatchAutoencoderKL): it reconstructs images, it does not sample"),
-    (["models/nothing"], "models/nothing: no such folder"),
-    (["models/ldm", "--steps", "0"], "--steps must be >= 1"),
-])
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["models/ldm", "--attr", "hair_color=3"],
+            "--attr: not an option for a ldm model (models/ldm); its options: none",
+        ),
+        (["models/ldm", "--class"], "--subject/--class: not an option for a ldm model"),
+        (["models/cartoon", "--class"], "its options: --attr, --guidance-scale"),
+        (
+            ["models/cartoon", "--attr", "hair_colour=3"],
+            "unknown attribute 'hair_colour'; known: hair_color, face_color",
+        ),
+        (["models/cartoon", "--attr", "hair_color=10"], "hair_color takes a variant index 0..9"),
+        (["models/cartoon", "--attr", "hair_color"], "expected NAME=INDEX"),
+        (["models/dreambooth", "--class", "--guidance-scale", "2"], "does not apply to --class"),
+        (["models/dreambooth_plain", "--class"], "--class: models/dreambooth_plain was trained without an identifier"),
+        (["models/vae"], "is an autoencoder (PatchAutoencoderKL): it reconstructs images, it does not sample"),
+        (["models/nothing"], "models/nothing: no such folder"),
+        (["models/ldm", "--steps", "0"], "--steps must be >= 1"),
+    ],
+)
 def test_an_option_the_model_does_not_have_is_a_one_line_error(work, monkeypatch, capsys, argv, message):
     assert _run(work, [*argv, "--num-images", "2", "--out", "never.png"], monkeypatch) == 2
     err = capsys.readouterr().err.strip()
@@ -167,11 +218,16 @@ def test_an_option_the_model_does_not_have_is_a_one_line_error(work, monkeypatch
 
 # ------------------------------------------------------------------------------ the README, as written
 
+
 def readme_commands() -> list[str]:
     """The `python -m pipelines.sample ...` lines of the README's bash blocks."""
     blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
-    return [line.split("#")[0].strip() for block in blocks for line in block.splitlines()
-            if line.startswith("python -m pipelines.sample ")]
+    return [
+        line.split("#")[0].strip()
+        for block in blocks
+        for line in block.splitlines()
+        if line.startswith("python -m pipelines.sample ")
+    ]
 
 
 def test_the_readme_commands_run_as_written(work, monkeypatch):
@@ -190,8 +246,12 @@ def test_the_readme_commands_run_as_written(work, monkeypatch):
     cartoon = shlex.split(kinds["models/cartoon"])
     pipe = CartoonDiffusionPipeline.from_pretrained(str(work / "models/cartoon"))
     pipe.set_progress_bar_config(disable=True)
-    images = pipe([{"hair_color": 3, "face_color": 0}] * 16, guidance_scale=2.0, num_inference_steps=20,
-                  generator=torch.Generator().manual_seed(0)).images
+    images = pipe(
+        [{"hair_color": 3, "face_color": 0}] * 16,
+        guidance_scale=2.0,
+        num_inference_steps=20,
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert np.array_equal(_grid_pixels(work / cartoon[cartoon.index("--out") + 1]), np.asarray(grid(images)))
 
 
@@ -203,8 +263,9 @@ def test_python_dash_m_runs_it_and_pipelines_stays_alone(work, monkeypatch):
     from tasks.tracking.identity import stage_code
 
     monkeypatch.chdir(work)
-    monkeypatch.setattr(sys, "argv", ["pipelines.sample", "models/ldm", "--num-images", "2", "--steps", "1",
-                                      "--out", "module.png"])
+    monkeypatch.setattr(
+        sys, "argv", ["pipelines.sample", "models/ldm", "--num-images", "2", "--steps", "1", "--out", "module.png"]
+    )
     with pytest.raises(SystemExit) as exited:
         runpy.run_module("pipelines.sample", run_name="__main__")
     assert exited.value.code == 0 and (work / "module.png").is_file()

@@ -6,6 +6,7 @@ shards of 8 and 1, two workers) exited with code 1 and torch stopped the run ("D
 exited unexpectedly"). It broke train_ldm on 10 faces and any profile with loader workers whose
 shards do not split evenly. The stage runs its loader inside a flow, so the test does too.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -45,6 +46,11 @@ SCRIPT = textwrap.dedent("""
 def test_a_loader_worker_that_ends_first_does_not_stop_a_flow(tmp_path):
     env = {**_env(), "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     # One Prefect server, as `make repro` runs stages (flows/local_server.py).
-    proc = subprocess.run([sys.executable, "-m", "flows.local_server", sys.executable, "-c", SCRIPT,
-                           str(tmp_path / "shards")], cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.local_server", sys.executable, "-c", SCRIPT, str(tmp_path / "shards")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0 and "read 16" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]

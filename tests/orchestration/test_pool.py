@@ -1,4 +1,5 @@
 """Start-up cost of the per-item worker pool and of task logging (tasks/processes/pool.py, log.py)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -36,8 +37,10 @@ def test_pool_workers_skip_the_main_module_other_processes_do_not(tmp_path):
 
 
 def test_logger_outside_a_run_does_not_import_prefect():
-    code = ("import sys; from tasks.reporting.log import get_logger; get_logger().info('x'); "
-            "print('prefect' in sys.modules)")
+    code = (
+        "import sys; from tasks.reporting.log import get_logger; get_logger().info('x'); "
+        "print('prefect' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

@@ -1,5 +1,6 @@
 """tasks/reporting/progress.py: a tqdm bar on a terminal; elsewhere a few log lines, rate-limited, and
 one at the end, through the project logger."""
+
 from __future__ import annotations
 
 import logging
@@ -34,7 +35,7 @@ def test_off_a_terminal_lines_are_rate_limited_and_a_final_line_appears(off_term
     out = Lines()
     with progress(total=1000, desc="train", unit="step", logger=out, clock=out.clock) as bar:
         assert isinstance(bar, LogProgress)
-        for step in range(1000):  # 100 s of steps of 0.1 s: a line at 30, 60 and 90 s, not 1000
+        for _ in range(1000):  # 100 s of steps of 0.1 s: a line at 30, 60 and 90 s, not 1000
             out.now += 0.1
             bar.update(1)
             bar.set_postfix(loss=0.0612345, epoch=3)
@@ -112,8 +113,17 @@ def test_a_terminal_gets_tqdm_and_the_mode_can_be_forced(monkeypatch):
 
 def test_byte_counts_are_scaled(off_terminal):
     out = Lines()
-    bar = progress(total=3 << 20, initial=1 << 20, unit="B", unit_scale=True, unit_divisor=1024, desc="ffhq.json",
-                   every=0, logger=out, clock=out.clock)
+    bar = progress(
+        total=3 << 20,
+        initial=1 << 20,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc="ffhq.json",
+        every=0,
+        logger=out,
+        clock=out.clock,
+    )
     out.now = 2.0
     bar.update(1 << 20)
     assert out.lines == ["ffhq.json: 2M/3M B (67%), 512k B/s, 2 s elapsed, about 2 s left"]

@@ -1,4 +1,5 @@
 """A stage killed with SIGKILL leaves no Prefect server behind (flows/local_server.stage_server)."""
+
 from __future__ import annotations
 
 import os
@@ -54,11 +55,19 @@ def test_a_failing_stage_says_why_in_one_line_without_tracebacks(tmp_path):
     repo = copy_repo(tmp_path / "repo", {"fetch_cartoons": {"source": "folder", "folder": "no/such/folder"}})
     env = {k: v for k, v in _env().items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
-    proc = subprocess.run([sys.executable, "-m", "flows.fetch_cartoons", "--out-dir", "out"], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.fetch_cartoons", "--out-dir", "out"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr + proc.stdout
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("stage fetch_cartoons failed: FileNotFoundError: fetch_cartoons.folder 'no/such/folder'"), last
+    assert last.startswith("stage fetch_cartoons failed: FileNotFoundError: fetch_cartoons.folder 'no/such/folder'"), (
+        last
+    )
     saved = repo / ".dvc/tmp/fetch_cartoons.traceback.txt"
     assert f"(traceback in {saved.relative_to(repo)})" in last and "Traceback" in saved.read_text()

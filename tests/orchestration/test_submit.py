@@ -2,10 +2,11 @@
 stage progress and failure lines read from the worker's log, the log cursor. The whole round trip
 (server, worker, bare origin, DVC remote) is in test_worker_e2e.py.
 """
+
 from __future__ import annotations
 
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from uuid import uuid4
 
@@ -16,19 +17,26 @@ from tasks.worker import follow, local
 from tasks.worker.results import ReproFailed, one_line, repro_failure
 from tests.helpers.worker_project import GIT, git
 
-T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 
 # --- the flow run's parameters -----------------------------------------------------------------------
+
 
 def test_only_what_was_asked_is_sent_and_set_params_make_an_experiment():
     sha = "0123456" + "0" * 33  # all digits: a string here, never a number
     assert parameters(parse_args([]), sha) == {"revision": sha}  # the deployment's defaults hold
     assert parameters(parse_args(["evaluate_cartoon", "--profile", "configs/cartoon_seed.yaml"]), sha) == {
-        "revision": sha, "targets": ["evaluate_cartoon"], "profile": "configs/cartoon_seed.yaml"}
+        "revision": sha,
+        "targets": ["evaluate_cartoon"],
+        "profile": "configs/cartoon_seed.yaml",
+    }
     assert parameters(parse_args(["-S", "train_cartoon.lr=2e-4", "-S", "a.b=1", "train_cartoon"]), sha) == {
-        "revision": sha, "targets": ["train_cartoon"], "set_params": ["train_cartoon.lr=2e-4", "a.b=1"],
-        "experiment": True}
+        "revision": sha,
+        "targets": ["train_cartoon"],
+        "set_params": ["train_cartoon.lr=2e-4", "a.b=1"],
+        "experiment": True,
+    }
     assert parameters(parse_args(["--experiment"]), sha)["experiment"] is True
 
 
@@ -40,6 +48,7 @@ def test_an_override_that_is_not_key_value_is_refused(bad, capsys):
 
 
 # --- refusals, each with its fix ----------------------------------------------------------------------
+
 
 @pytest.fixture
 def user(tmp_path):
@@ -105,6 +114,7 @@ def test_a_profile_must_be_in_the_commit(user):
 
 # --- bringing the results home -------------------------------------------------------------------------
 
+
 def test_the_runs_scorecard_is_printed_when_its_results_come_home(tmp_path, monkeypatch, capsys):
     from flows.submit import bring_home
     from tasks.reporting import scorecard
@@ -126,37 +136,56 @@ def test_the_runs_scorecard_is_printed_when_its_results_come_home(tmp_path, monk
 
 # --- reading the worker's log and state ---------------------------------------------------------------
 
+
 def test_one_progress_line_per_stage_from_dvcs_lines():
     said = []
     progress = follow.StageProgress(said.append)
-    for i, message in enumerate(["  Stage 'fetch' didn't change, skipping", "  Running stage 'prep':",
-                                 "  > python -m flows.prep", "  Running stage 'train':", "stages run: prep, train"]):
+    for i, message in enumerate(
+        [
+            "  Stage 'fetch' didn't change, skipping",
+            "  Running stage 'prep':",
+            "  > python -m flows.prep",
+            "  Running stage 'train':",
+            "stages run: prep, train",
+        ]
+    ):
         progress.feed(message, T0 + timedelta(seconds=10 * i))
-    assert said == ["==> stage fetch: up to date, not run", "==> stage prep: running (stage 1 of this run)",
-                    "==> stage prep: done after 20 s", "==> stage train: running (stage 2 of this run)",
-                    "==> stage train: done after 10 s"]
+    assert said == [
+        "==> stage fetch: up to date, not run",
+        "==> stage prep: running (stage 1 of this run)",
+        "==> stage prep: done after 20 s",
+        "==> stage train: running (stage 2 of this run)",
+        "==> stage train: done after 10 s",
+    ]
     progress.feed("  Running stage 'eval':", T0)
     progress.feed("  ERROR: failed to reproduce 'eval': failed to run", T0 + timedelta(seconds=3))
     assert said[-1] == "==> stage eval: failed after 3 s"
 
 
 def test_the_failing_stage_and_its_reason_in_one_line():
-    traceback = ("Running stage 'make':\n> python make.py\nworking\nTraceback (most recent call last):\n"
-                 '  File "make.py", line 3, in <module>\nValueError: n must be positive\n'
-                 "ERROR: failed to reproduce 'make': failed to run: python make.py, exited with 1")
+    traceback = (
+        "Running stage 'make':\n> python make.py\nworking\nTraceback (most recent call last):\n"
+        '  File "make.py", line 3, in <module>\nValueError: n must be positive\n'
+        "ERROR: failed to reproduce 'make': failed to run: python make.py, exited with 1"
+    )
     failed = repro_failure(traceback)
     assert str(failed) == "stage make failed: ValueError: n must be positive" and failed.stage == "make"
-    own = ("Running stage 'train':\n12:00 INFO step 3\nstage train failed: ValueError: bad batch (traceback in "
-           ".dvc/tmp/train.traceback.txt)\nERROR: failed to reproduce 'train': failed to run: python -m flows.train")
+    own = (
+        "Running stage 'train':\n12:00 INFO step 3\nstage train failed: ValueError: bad batch (traceback in "
+        ".dvc/tmp/train.traceback.txt)\nERROR: failed to reproduce 'train': failed to run: python -m flows.train"
+    )
     assert str(repro_failure(own)).startswith("stage train failed: ValueError: bad batch")  # the stage's own line
-    assert str(repro_failure("Reproducing experiment 'x'\nERROR: Key 'sleep' is not in struct")) == \
-        "Key 'sleep' is not in struct"  # DVC refused before any stage ran
+    assert (
+        str(repro_failure("Reproducing experiment 'x'\nERROR: Key 'sleep' is not in struct"))
+        == "Key 'sleep' is not in struct"
+    )  # DVC refused before any stage ran
     assert one_line(ReproFailed("stage x failed: y")) == "stage x failed: y"
 
 
 def test_the_reason_shown_is_the_workers_else_the_states_first_line():
-    state = SimpleNamespace(name="Failed", message="Flow run encountered an exception: RevisionNotFound: "
-                                                   "revision 'nope' is not in x\nmore")
+    state = SimpleNamespace(
+        name="Failed", message="Flow run encountered an exception: RevisionNotFound: revision 'nope' is not in x\nmore"
+    )
     run = SimpleNamespace(state=state)
     assert follow.failure_reason(run, None) == "RevisionNotFound: revision 'nope' is not in x"
     assert follow.failure_reason(run, {"failure": "stage make failed: boom"}) == "stage make failed: boom"
@@ -171,7 +200,7 @@ def test_the_log_cursor_shows_each_line_once_even_when_lines_arrive_late():
 
         def read_logs(self, log_filter, sort, limit, offset):
             after = log_filter.timestamp.after_
-            return [log for log in self.known if after is None or log.timestamp >= after][offset:offset + limit]
+            return [log for log in self.known if after is None or log.timestamp >= after][offset : offset + limit]
 
     client, cursor = Client(), follow.LogCursor(uuid4())
     assert [log.message for log in cursor.new_lines(client, page=2)] == ["line 0", "line 1", "line 2", "line 4"]

@@ -5,6 +5,7 @@ kept in git), so every git/dvc step of the worker runs for real in seconds. `mak
 stage fail, `make.sleep` makes it slow (for cancellation). The end-to-end run through a Prefect deployment is in
 test_worker_e2e.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,6 +26,7 @@ def worker_checkout(workdir: Path, origin: Path, revision: str, run_id: str) -> 
 
 
 # --- validation and markers ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("url", ["", "   ", " x", "-uhoh", "a b", None])
 def test_bad_repo_urls_are_rejected(url):
@@ -91,6 +93,7 @@ def test_runs_claiming_one_new_folder_at_once_all_succeed(tmp_path):
 
 # --- revisions, mirrors, isolation ----------------------------------------------------------------
 
+
 def test_main_is_resolved_again_after_a_new_commit_is_pushed(tmp_path):
     origin, _ = make_origin(tmp_path)
     _, first = checkout.fetch_revision(tmp_path / "w", str(origin), "main")
@@ -147,19 +150,23 @@ def test_concurrent_runs_get_their_own_checkouts(tmp_path):
 
 # --- environment -----------------------------------------------------------------------------------
 
+
 def test_the_lock_check_names_every_mismatch_and_accepts_a_cuda_build(tmp_path):
     lock = tmp_path / "requirements.lock"
     lock.write_text("# comment\ntorch==2.13.0\nPyYAML==6.0\nmissing-pkg==1.0\n--index-url x\n")
     pins = environment.read_lock(lock)
     assert pins == {"torch": "2.13.0", "pyyaml": "6.0", "missing-pkg": "1.0"}
     installed = {"torch": "2.13.0+cu128", "pyyaml": "6.0.2"}.get
-    assert environment.mismatches(pins, installed) == ["missing-pkg: locked 1.0, not installed",
-                                                       "pyyaml: locked 6.0, installed 6.0.2"]
+    assert environment.mismatches(pins, installed) == [
+        "missing-pkg: locked 1.0, not installed",
+        "pyyaml: locked 6.0, installed 6.0.2",
+    ]
     with pytest.raises(environment.EnvironmentMismatch, match="missing-pkg"):
         environment.check_lock(tmp_path)
 
 
 # --- results -----------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_a_plain_run_returns_its_results_on_a_branch_the_user_can_pull(tmp_path):
@@ -190,8 +197,9 @@ def test_an_experiment_run_is_pushed_and_pulled_with_dvc_exp(tmp_path):
     origin, _ = make_origin(tmp_path)
     repo, sha = worker_checkout(tmp_path / "w", origin, "main", "run-exp")
     assert results.reproduce(repo, ["make"], ["make.n=7"], "exp-seven") == ["make"]
-    record = results.describe(repo, results.RunRecord(str(origin), "main", sha, "run-exp", experiment="exp-seven",
-                                                      stages_run=["make"]))
+    record = results.describe(
+        repo, results.RunRecord(str(origin), "main", sha, "run-exp", experiment="exp-seven", stages_run=["make"])
+    )
     assert record.params_changed["params.yaml"]["make.n"]["new"] == 7
     assert record.metrics_diff["metrics/make.json"]["size"]["new"] == 7  # nothing committed at the base
     results.push_experiment(repo, "exp-seven")
@@ -216,18 +224,35 @@ def test_set_params_need_an_experiment(tmp_path):
 
 def test_the_artifact_describes_this_run():
     record = results.RunRecord(
-        "git@x:p.git", "main", "a" * 40, "run-1", experiment="exp-1", stages_run=["make"],
+        "git@x:p.git",
+        "main",
+        "a" * 40,
+        "run-1",
+        experiment="exp-1",
+        stages_run=["make"],
         params_changed={"params.yaml": {"make.n": {"old": 3, "new": 7}}},
         metrics={"metrics/make.json": {"size": 7, "nested": {"half": 3.5}, "same": 1.0}},
-        metrics_diff={"metrics/make.json": {"size": {"old": 3, "new": 7, "diff": 4},
-                                            "same": {"old": 1.0, "new": 1.0, "diff": 0}}},
-        grids=["eval/grids/grid.png"], missing_outputs=["data/out.txt"], pushed_data=True)
+        metrics_diff={
+            "metrics/make.json": {"size": {"old": 3, "new": 7, "diff": 4}, "same": {"old": 1.0, "new": 1.0, "diff": 0}}
+        },
+        grids=["eval/grids/grid.png"],
+        missing_outputs=["data/out.txt"],
+        pushed_data=True,
+    )
     md = results.markdown(record)
-    for expected in ["`" + "a" * 40 + "`", "experiment `exp-1`", "`make`", "| params.yaml | make.n | 3 | 7 |",
-                     "| metrics/make.json | size | 7 | 3 | +4 |", "| metrics/make.json | same | 1 | 1 | 0 |",
-                     "| metrics/make.json | nested.half | 3.5 | absent | new |",  # unchanged and missing differ
-                     "- `eval/grids/grid.png`", "data pushed", "## Outputs missing from the DVC remote",
-                     "- `data/out.txt`"]:
+    for expected in [
+        "`" + "a" * 40 + "`",
+        "experiment `exp-1`",
+        "`make`",
+        "| params.yaml | make.n | 3 | 7 |",
+        "| metrics/make.json | size | 7 | 3 | +4 |",
+        "| metrics/make.json | same | 1 | 1 | 0 |",
+        "| metrics/make.json | nested.half | 3.5 | absent | new |",  # unchanged and missing differ
+        "- `eval/grids/grid.png`",
+        "data pushed",
+        "## Outputs missing from the DVC remote",
+        "- `data/out.txt`",
+    ]:
         assert expected in md, expected
     record.failure = "stage make failed: ValueError: make.n must be >= 0, got -1"
     assert f"- **failed**: {record.failure}" in results.markdown(record)
@@ -242,10 +267,16 @@ def test_the_run_carries_its_scorecard_into_the_artifacts(tmp_path, monkeypatch)
     assert "## Scorecard" in results.markdown(record)
     assert "**1 of 8 targets missed: train_vae psnr_gain_over_bilinear_db +1.00 < +3 dB**" in results.markdown(record)
     made = {}
-    monkeypatch.setattr(worker, "create_markdown_artifact",
-                        lambda markdown, key, description: made.__setitem__(key, (markdown, description)))
-    monkeypatch.setattr(worker, "Artifact", lambda **kw: type("A", (), {"create": lambda self: made.__setitem__(
-        kw["key"], kw["data"])})())
+    monkeypatch.setattr(
+        worker,
+        "create_markdown_artifact",
+        lambda markdown, key, description: made.__setitem__(key, (markdown, description)),
+    )
+    monkeypatch.setattr(
+        worker,
+        "Artifact",
+        lambda **kw: type("A", (), {"create": lambda self: made.__setitem__(kw["key"], kw["data"])})(),
+    )
     worker.publish(record)
     markdown, description = made["facediff-scorecard"]
     assert markdown.startswith("# Scorecard") and description.startswith("aaaaaaaaaaaa: 1 of 8 targets missed")
@@ -291,4 +322,7 @@ def test_the_deployment_parameter_revision_is_a_string():
 
     with pytest.raises(ParameterTypeError, match="revision"):
         repro_on_worker.validate_parameters({"repo_url": "x", "revision": 1234567, "workdir": "w"})
-    assert repro_on_worker.validate_parameters({"repo_url": "x", "revision": "1234567", "workdir": "w"})["revision"] == "1234567"
+    assert (
+        repro_on_worker.validate_parameters({"repo_url": "x", "revision": "1234567", "workdir": "w"})["revision"]
+        == "1234567"
+    )

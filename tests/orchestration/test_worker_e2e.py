@@ -7,6 +7,7 @@ and Ctrl-C. Four worker runs, each a few seconds of work but about 20 s of CPU (
 about ten dvc calls, the server's side): keep their number down. Every process started here is
 stopped at the end.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,14 +20,25 @@ from pathlib import Path
 
 import pytest
 
-from flows.local_server import _free_port as free_port, _wait_healthy as wait_healthy
+from flows.local_server import _free_port as free_port
+from flows.local_server import _wait_healthy as wait_healthy
 from tests.helpers.worker_project import GIT, dvc, git, make_origin
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-IDLE_SERVICES = ["CANCELLATION_CLEANUP", "EVENT_PERSISTER", "FOREMAN", "LATE_RUNS", "SCHEDULER",
-                 "PAUSE_EXPIRATIONS", "REPOSSESSOR", "CLEANUP_RECONCILER", "TRIGGERS", "DB_VACUUM"]
+IDLE_SERVICES = [
+    "CANCELLATION_CLEANUP",
+    "EVENT_PERSISTER",
+    "FOREMAN",
+    "LATE_RUNS",
+    "SCHEDULER",
+    "PAUSE_EXPIRATIONS",
+    "REPOSSESSOR",
+    "CLEANUP_RECONCILER",
+    "TRIGGERS",
+    "DB_VACUUM",
+]
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -41,8 +53,9 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def prefect(env: dict, *args: str, timeout: float = 300) -> str:
-    proc = subprocess.run([str(BIN / "prefect"), *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [str(BIN / "prefect"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -68,12 +81,19 @@ class Loopback:
 
     def submit_env(self) -> dict:
         # The user's own identity for git, and this checkout's code for flows.submit.
-        return {**self.env, "PYTHONPATH": str(REPO), "GIT_AUTHOR_NAME": "u", "GIT_AUTHOR_EMAIL": "u@u",
-                "GIT_COMMITTER_NAME": "u", "GIT_COMMITTER_EMAIL": "u@u"}
+        return {
+            **self.env,
+            "PYTHONPATH": str(REPO),
+            "GIT_AUTHOR_NAME": "u",
+            "GIT_AUTHOR_EMAIL": "u@u",
+            "GIT_COMMITTER_NAME": "u",
+            "GIT_COMMITTER_EMAIL": "u@u",
+        }
 
     def submit(self, user: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-        return subprocess.run(self.submit_cmd(*args), cwd=user, env=self.submit_env(), capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            self.submit_cmd(*args), cwd=user, env=self.submit_env(), capture_output=True, text=True, timeout=timeout
+        )
 
 
 @pytest.fixture(scope="module")
@@ -82,29 +102,56 @@ def loop(tmp_path_factory):
     origin, _ = make_origin(root / "remote")
     url = f"http://127.0.0.1:{free_port()}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT")}
-    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", PREFECT_HOME=str(root / "prefect"), PREFECT_API_URL=url,
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", HF_HUB_OFFLINE="1", FACEDIFF_HOME=str(REPO),
-               FACEDIFF_REPO_URL=str(origin), FACEDIFF_WORKDIR=str(root / "worker"),
-               MAKE_PID_FILE=str(root / "make.pid"),  # the slow stage says where it runs (Ctrl-C test)
-               PREFECT_WORKER_QUERY_SECONDS="2")      # a run waits up to 10 s for the worker otherwise
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env['PATH']}",
+        PREFECT_HOME=str(root / "prefect"),
+        PREFECT_API_URL=url,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        HF_HUB_OFFLINE="1",
+        FACEDIFF_HOME=str(REPO),
+        FACEDIFF_REPO_URL=str(origin),
+        FACEDIFF_WORKDIR=str(root / "worker"),
+        MAKE_PID_FILE=str(root / "make.pid"),  # the slow stage says where it runs (Ctrl-C test)
+        PREFECT_WORKER_QUERY_SECONDS="2",
+    )  # a run waits up to 10 s for the worker otherwise
     # The server's background services that these tests never need, off: on 2 cores they cost
     # about 0.1 s of CPU a second, and more during a run (scheduling, late runs, automations, ...).
-    env.update({f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in IDLE_SERVICES},
-               PREFECT_UI_ENABLED="false")
+    env.update(
+        {f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in IDLE_SERVICES}, PREFECT_UI_ENABLED="false"
+    )
     lb = Loopback(root, env, origin)
     lb.logs.mkdir()
     started = []
     try:
         with open(lb.logs / "server.log", "w") as log:
-            server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                                       url.split(":")[2].split("/")[0]], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+            server = subprocess.Popen(
+                [
+                    str(BIN / "prefect"),
+                    "server",
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    url.split(":")[2].split("/")[0],
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         started.append(server)
         wait_healthy(url, server)
         prefect(env, "work-pool", "create", "gpu", "--type", "process")
         with open(lb.logs / "worker.log", "w") as log:  # starting while the deployments are made
-            started.append(subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "gpu", "--limit", "1"],
-                                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            started.append(
+                subprocess.Popen(
+                    [str(BIN / "prefect"), "worker", "start", "--pool", "gpu", "--limit", "1"],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         prefect(env, "--no-prompt", "deploy", "--all")
         yield lb
     finally:
@@ -133,36 +180,35 @@ def test_submit_refuses_what_the_worker_cannot_run_then_brings_a_plain_run_home(
     done = loop.submit(user, "make")
     out = done.stdout
     assert done.returncode == 0, out + done.stderr + loop.worker_log()
-    assert f"of {sha[:12]}: http://127.0.0.1:" in out, out              # the flow run's address
-    assert "Running stage 'make'" in out, out                          # the worker's log, as it came
+    assert f"of {sha[:12]}: http://127.0.0.1:" in out, out  # the flow run's address
+    assert "Running stage 'make'" in out, out  # the worker's log, as it came
     assert re.search(r"==> stage make: running.*\n(.*\n)*==> stage make: done after \d+ s", out), out
     assert "==> flow run" in out and ": Completed" in out, out
     branch = re.search(r"results branch (results/\S+):", out).group(1)
     assert git(user, "branch", "--show-current") == branch and git(user, "rev-parse", "HEAD~1") == sha
-    assert (user / "data/out.txt").read_text() == "xxxxx"                # dvc pull ran
-    assert re.search(r"metrics/make\.json\s+size\s+-\s+5", out), out     # dvc metrics diff against sha
+    assert (user / "data/out.txt").read_text() == "xxxxx"  # dvc pull ran
+    assert re.search(r"metrics/make\.json\s+size\s+-\s+5", out), out  # dvc metrics diff against sha
     assert "  data/preview.png\n" in out and "  eval/grids/grid.png\n" in out, out
 
 
 def test_submit_an_experiment_on_a_commit_whose_data_was_never_pushed(loop):
     user = loop.clone("user-exp")
     commit(user, "seven", n=7)
-    dvc(user, "repro")                                   # the user ran it ...
+    dvc(user, "repro")  # the user ran it ...
     subprocess.run([*GIT, "add", "-A"], cwd=user, check=True)
-    sha = commit(user, "results of seven")               # ... and committed dvc.lock, but no `dvc push`
+    sha = commit(user, "results of seven")  # ... and committed dvc.lock, but no `dvc push`
     git(user, "push", "-q", "origin", "main")
 
     done = loop.submit(user, "-q", "-S", "make.n=8", "make")
     out = done.stdout
     assert done.returncode == 0, out + done.stderr + loop.worker_log()
     assert "Running stage" not in out and "==> stage make: running" in out, out  # -q: no log lines
-    assert "the DVC remote lacked" in out and "data/out.txt" in out, out          # the forgotten push, named
+    assert "the DVC remote lacked" in out and "data/out.txt" in out, out  # the forgotten push, named
     name = re.search(r"==> experiment (\S+): pulled", out).group(1)
-    assert re.search(r"metrics/make\.json\s+size\s+7\s+8\s+1", out), out          # against the commit sent
+    assert re.search(r"metrics/make\.json\s+size\s+7\s+8\s+1", out), out  # against the commit sent
     grid = user / ".dvc/tmp/submit" / name / "data/preview.png"  # a DVC-cached grid, from the experiment
     assert f"  {grid.relative_to(user)}\n" in out and grid.is_file(), out
     assert git(user, "rev-parse", "HEAD") == sha and not git(user, "status", "--porcelain")
-
 
 
 def test_submit_of_a_failing_stage_says_which_and_why(loop):
@@ -177,9 +223,15 @@ def test_ctrl_c_cancels_the_flow_run_and_its_stage(loop):
     user = loop.clone("user-cancel")
     # SIGINT as a terminal would deliver it: a suite started in the background (`make test &` from a
     # script) runs with SIGINT ignored, which every child inherits, and Python keeps it ignored.
-    proc = subprocess.Popen(loop.submit_cmd("-q", "-S", "+make.sleep=120", "make"), cwd=user,
-                            env=loop.submit_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        loop.submit_cmd("-q", "-S", "+make.sleep=120", "make"),
+        cwd=user,
+        env=loop.submit_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     pid_file, seen = Path(loop.env["MAKE_PID_FILE"]), []
     try:
         for line in proc.stdout:  # wait until the stage runs (and sleeps) on the worker

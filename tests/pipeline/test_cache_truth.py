@@ -4,6 +4,7 @@
   bytes (model, sample grids, curves), although grids come every 4 epochs and it trains 2;
 - a change to the training code re-runs the stage from scratch: full step count, other weights.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +14,8 @@ import sys
 
 import pytest
 
-from tests.helpers.e2e import TINY_CARTOON_CHAIN as TINY, _env, copy_repo, dvc, repro
+from tests.helpers.e2e import TINY_CARTOON_CHAIN as TINY
+from tests.helpers.e2e import _env, copy_repo, dvc, repro
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # three `dvc repro`s; minutes on a busy 2-core machine
 OUTS = ("models/cartoon", "dvclive/train_cartoon")
@@ -34,8 +36,9 @@ def _metrics(repo) -> dict:
 
 def test_rerun_is_identical_and_code_change_retrains(tmp_path):
     repo = copy_repo(tmp_path, TINY)
-    subprocess.run([sys.executable, "-m", "tasks.tracking.deps", "--write"], cwd=repo, env=_env(), check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "tasks.tracking.deps", "--write"], cwd=repo, env=_env(), check=True, capture_output=True
+    )
     repro(repo, "train_cartoon")
     first, metrics = _digest(repo), _metrics(repo)
     assert "dvclive/train_cartoon/plots/images/samples/epoch-002.png" in first  # the final epoch's grid
@@ -56,11 +59,11 @@ def test_rerun_is_identical_and_code_change_retrains(tmp_path):
     assert dvc(repo, "metrics", "diff").stdout.strip() == ""
 
     # Other training code, same params and data: the stage is stale and trains every step afresh.
-    engine = repo / "tasks/training/engine.py"
-    text = engine.read_text()
+    objective = repo / "tasks/training/diffusion.py"
+    text = objective.read_text()
     mse = "return F.mse_loss(pred, target)"
     assert mse in text
-    engine.write_text(text.replace(mse, "return 0 * F.mse_loss(pred, target)"))  # a change that trains nothing
+    objective.write_text(text.replace(mse, "return 0 * F.mse_loss(pred, target)"))  # a change that trains nothing
     assert "train_cartoon" in dvc(repo, "status", "train_cartoon").stdout
     out = repro(repo, "train_cartoon").stdout
     assert "Running stage 'train_cartoon'" in out and "Running stage 'preprocess_cartoons'" not in out

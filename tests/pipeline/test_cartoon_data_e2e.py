@@ -1,4 +1,5 @@
 """`dvc repro` of the cartoon data stages in a copy of the repo, then again: nothing reruns."""
+
 import json
 
 import pytest

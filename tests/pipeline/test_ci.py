@@ -2,6 +2,7 @@
 
 `.ci/run` is run on a copy with stub commands on PATH (id, apt-get, make): no install or test
 run happens here."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_make_test_reports_skips_with_their_reasons():
-    out = subprocess.run(["make", "-n", "-W", "requirements.lock", "test"], cwd=REPO, capture_output=True,
-                         text=True, timeout=60, env={**os.environ, "PY": "python3"})
+    out = subprocess.run(
+        ["make", "-n", "-W", "requirements.lock", "test"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PY": "python3"},
+    )
     assert out.returncode == 0, out.stderr
     pytest_lines = [line for line in out.stdout.splitlines() if "-m pytest" in line]
     assert len(pytest_lines) == 1 and "-rs" in pytest_lines[0].split(), out.stdout
@@ -37,21 +44,34 @@ def _ci(tmp_path, install_ok: bool, extra_env: dict | None = None) -> tuple[subp
     calls = tmp_path / "calls.log"
     for tool in ("dirname", "cat"):
         os.symlink(shutil.which(tool), stubs / tool)
-    _stub(stubs, "id", 'echo 0')
+    _stub(stubs, "id", "echo 0")
     _stub(stubs, "make", f'echo "make $*" >> {calls}')
-    _stub(stubs, "apt-get", f'echo "apt-get $*" >> {calls}\n'
-                            f'if [ "$1" = install ]; then exit {0 if install_ok else 100}; fi')
+    _stub(
+        stubs,
+        "apt-get",
+        f'echo "apt-get $*" >> {calls}\nif [ "$1" = install ]; then exit {0 if install_ok else 100}; fi',
+    )
     env = {"PATH": str(stubs), "HOME": str(tmp_path), **(extra_env or {})}
-    proc = subprocess.run([shutil.which("bash"), str(work / ".ci" / "run")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [shutil.which("bash"), str(work / ".ci" / "run")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return proc, calls.read_text().splitlines() if calls.exists() else []
 
 
 def test_ci_updates_apt_before_installing_chromium_then_runs_the_tests(tmp_path):
     proc, calls = _ci(tmp_path, install_ok=True)
     assert proc.returncode == 0, proc.stderr
-    assert [c.split()[:2] for c in calls] == [["apt-get", "update"], ["apt-get", "install"], ["make", "test"],
-                                              ["make", "test-scale"]]
+    assert [c.split()[:2] for c in calls] == [
+        ["apt-get", "update"],
+        ["apt-get", "install"],
+        ["make", "test"],
+        ["make", "test-scale"],
+    ]
     assert "chromium" in calls[1]
 
 

@@ -1,4 +1,5 @@
 """dvc.yaml's code deps are exactly the files each stage runs (tasks/tracking/deps.py, identity.py)."""
+
 from __future__ import annotations
 
 import json
@@ -8,11 +9,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
+from tasks.config.params import read_yaml
 from tasks.tracking import deps
 from tasks.tracking.identity import code_identity, stage_code
-from tasks.config.params import read_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,10 +41,12 @@ def _repo(tmp_path: Path) -> Path:
         "flows/__init__.py": "",
         "flows/stage_a.py": "from tasks.a import work\n",
         "tasks/__init__.py": "",
-        "tasks/a.py": ("def work():\n    from tasks.sub import b  # an import inside a function counts\n    return helper(b)\n\n\n"
-                       "def helper(x):  # a module run by name (accelerate launch -m ...)\n    return launch('tasks.launched', x)\n\n\n"
-                       "PACKAGES = ('tasks', 'flows')  # bare package names are not modules named by a string\n"
-                       "SNIPPET = 'tasks.unused'  # nor is a string that only reads like a module: it is not run\n"),
+        "tasks/a.py": (
+            "def work():\n    from tasks.sub import b  # an import inside a function counts\n    return helper(b)\n\n\n"
+            "def helper(x):  # a module run by name (accelerate launch -m ...)\n    return launch('tasks.launched', x)\n\n\n"
+            "PACKAGES = ('tasks', 'flows')  # bare package names are not modules named by a string\n"
+            "SNIPPET = 'tasks.unused'  # nor is a string that only reads like a module: it is not run\n"
+        ),
         "tasks/sub/__init__.py": "",
         "tasks/sub/b.py": "from . import c\n",
         "tasks/sub/c.py": "",
@@ -63,8 +64,16 @@ def _repo(tmp_path: Path) -> Path:
 def test_closure_follows_nested_relative_and_launched_imports(tmp_path):
     repo = _repo(tmp_path)
     found = [p.relative_to(repo).as_posix() for p in stage_code(["flows.stage_a"], repo)]
-    assert found == ["flows/__init__.py", "flows/stage_a.py", "tasks/__init__.py", "tasks/a.py",
-                     "tasks/launched.py", "tasks/sub/__init__.py", "tasks/sub/b.py", "tasks/sub/c.py"]
+    assert found == [
+        "flows/__init__.py",
+        "flows/stage_a.py",
+        "tasks/__init__.py",
+        "tasks/a.py",
+        "tasks/launched.py",
+        "tasks/sub/__init__.py",
+        "tasks/sub/b.py",
+        "tasks/sub/c.py",
+    ]
 
 
 def test_check_names_missing_deps_and_write_fixes_them(tmp_path, capsys):
@@ -78,9 +87,22 @@ def test_check_names_missing_deps_and_write_fixes_them(tmp_path, capsys):
     assert deps.main(["--write", "--repo", str(repo)]) == 0
     assert deps.main(["--check", "--repo", str(repo)]) == 0
     text = (repo / "dvc.yaml").read_text()
-    expected_deps = textwrap.indent("\n".join(
-        f"- {d}" for d in ["flows/__init__.py", "flows/stage_a.py", "tasks/__init__.py", "tasks/a.py",
-                           "tasks/launched.py", "tasks/sub/__init__.py", "tasks/sub/b.py", "tasks/sub/c.py"]), " " * 6)
+    expected_deps = textwrap.indent(
+        "\n".join(
+            f"- {d}"
+            for d in [
+                "flows/__init__.py",
+                "flows/stage_a.py",
+                "tasks/__init__.py",
+                "tasks/a.py",
+                "tasks/launched.py",
+                "tasks/sub/__init__.py",
+                "tasks/sub/b.py",
+                "tasks/sub/c.py",
+            ]
+        ),
+        " " * 6,
+    )
     assert f"    deps:\n{expected_deps}\n      - data/raw      # the input, with a comment\n" in text
     # Everything outside the deps list is byte for byte the same.
     assert text.replace(expected_deps + "\n", "      - flows/stage_a.py\n      - tasks/a.py\n") == DVC_YAML
@@ -88,7 +110,9 @@ def test_check_names_missing_deps_and_write_fixes_them(tmp_path, capsys):
 
 def test_stale_and_directory_deps_are_reported(tmp_path, capsys):
     repo = _repo(tmp_path)
-    yaml_text = DVC_YAML.replace("      - tasks/a.py\n", "      - tasks/a.py\n      - tasks/unused.py\n      - tasks/sub\n")
+    yaml_text = DVC_YAML.replace(
+        "      - tasks/a.py\n", "      - tasks/a.py\n      - tasks/unused.py\n      - tasks/sub\n"
+    )
     (repo / "dvc.yaml").write_text(yaml_text)
     assert deps.main(["--check", "--repo", str(repo)]) == 1
     err = capsys.readouterr().err
@@ -98,7 +122,9 @@ def test_stale_and_directory_deps_are_reported(tmp_path, capsys):
 
 def test_stage_whose_flow_does_not_exist_is_a_clear_error(tmp_path, capsys):
     repo = _repo(tmp_path)
-    (repo / "dvc.yaml").write_text(DVC_YAML + "  stage_b:\n    cmd: python -m flows.stage_b\n    deps:\n      - data/a\n")
+    (repo / "dvc.yaml").write_text(
+        DVC_YAML + "  stage_b:\n    cmd: python -m flows.stage_b\n    deps:\n      - data/a\n"
+    )
     before = (repo / "dvc.yaml").read_text()
     assert deps.main(["--write", "--repo", str(repo)]) == 2
     assert "stage stage_b: its cmd runs flows.stage_b, but flows/stage_b.py does not exist" in capsys.readouterr().err
@@ -125,20 +151,34 @@ def test_lock_check_finds_changed_code_params_and_deps(tmp_path):
     (repo / "params.yaml").write_text("stage_a:\n  lr: 1.0e-4\n  name: no\n")
     deps.write(repo)
     import hashlib
+
     import yaml
+
     spec = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    lock_deps = [{"path": d, "hash": "md5", "md5": hashlib.md5((repo / d).read_bytes()).hexdigest()}
-                 for d in spec["stage_a"]["deps"] if (repo / d).is_file()] + [{"path": "data/raw", "md5": "x.dir"}]
-    lock = {"schema": "2.0", "stages": {
-        "stage_a": {"cmd": spec["stage_a"]["cmd"], "deps": lock_deps,
-                    "params": {"params.yaml": {"stage_a": {"lr": 0.0001, "name": "no"}}}},
-        "other": {"cmd": "echo not a flow", "deps": [{"path": "tasks", "md5": "y.dir"}]}}}
+    lock_deps = [
+        {"path": d, "hash": "md5", "md5": hashlib.md5((repo / d).read_bytes()).hexdigest()}
+        for d in spec["stage_a"]["deps"]
+        if (repo / d).is_file()
+    ] + [{"path": "data/raw", "md5": "x.dir"}]
+    lock = {
+        "schema": "2.0",
+        "stages": {
+            "stage_a": {
+                "cmd": spec["stage_a"]["cmd"],
+                "deps": lock_deps,
+                "params": {"params.yaml": {"stage_a": {"lr": 0.0001, "name": "no"}}},
+            },
+            "other": {"cmd": "echo not a flow", "deps": [{"path": "tasks", "md5": "y.dir"}]},
+        },
+    }
     (repo / "dvc.lock").write_text(yaml.safe_dump(lock))
     assert deps.lock_problems(repo) == []
     (repo / "tasks/sub/c.py").write_text("X = 2\n")
     (repo / "params.yaml").write_text("stage_a:\n  lr: 2.0e-4\n  name: no\n")
-    assert deps.lock_problems(repo) == ["stage_a: tasks/sub/c.py changed since dvc.lock recorded it",
-                                        "stage_a: params stage_a differ from dvc.lock"]
+    assert deps.lock_problems(repo) == [
+        "stage_a: tasks/sub/c.py changed since dvc.lock recorded it",
+        "stage_a: params stage_a differ from dvc.lock",
+    ]
     (repo / "dvc.yaml").write_text((repo / "dvc.yaml").read_text() + "  new_stage:\n    cmd: echo\n")
     assert deps.lock_problems(repo)[-1] == "new_stage: not in dvc.lock (never run)"
 
@@ -156,15 +196,27 @@ def test_an_input_folder_named_by_a_param_is_kept_and_resolved(tmp_path):
     assert line in (repo / "dvc.yaml").read_text()
     spec = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     lock_deps = [{"path": d, "md5": deps._md5(repo / d)} for d in spec["stage_a"]["deps"] if (repo / d).is_file()]
-    (repo / "dvc.lock").write_text(yaml.safe_dump({"stages": {
-        "stage_a": {"cmd": spec["stage_a"]["cmd"], "deps": lock_deps + [{"path": "data/raw", "md5": "x.dir"}],
-                    "params": {"params.yaml": {"stage_a": {"folder": "data/raw"}}}},
-        "other": {"cmd": "echo not a flow", "deps": [{"path": "tasks", "md5": "y.dir"}]}}}))
+    (repo / "dvc.lock").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "stage_a": {
+                        "cmd": spec["stage_a"]["cmd"],
+                        "deps": lock_deps + [{"path": "data/raw", "md5": "x.dir"}],
+                        "params": {"params.yaml": {"stage_a": {"folder": "data/raw"}}},
+                    },
+                    "other": {"cmd": "echo not a flow", "deps": [{"path": "tasks", "md5": "y.dir"}]},
+                }
+            }
+        )
+    )
     assert deps.lock_problems(repo) == []
     (repo / "params.yaml").write_text("stage_a:\n  folder: data/mine\n")
-    assert deps.lock_problems(repo) == ["stage_a: dep data/mine is new since dvc.lock",
-                                        "stage_a: dep data/raw is gone since dvc.lock",
-                                        "stage_a: params stage_a differ from dvc.lock"]
+    assert deps.lock_problems(repo) == [
+        "stage_a: dep data/mine is new since dvc.lock",
+        "stage_a: dep data/raw is gone since dvc.lock",
+        "stage_a: params stage_a differ from dvc.lock",
+    ]
 
 
 def test_closure_ends_on_import_cycles(tmp_path):
@@ -201,8 +253,14 @@ for stage in sys.argv[1:]:
 
 
 def _loaded_by_import(stages: list[str]) -> dict[str, set[str]]:
-    out = subprocess.run([sys.executable, "-c", _LOADED_BY_STAGE, *stages], cwd=REPO, check=True,
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""}).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", _LOADED_BY_STAGE, *stages],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ""},
+    ).stdout
     return {stage: set(files) for line in out.splitlines() for stage, files in json.loads(line).items()}
 
 
@@ -215,9 +273,12 @@ def test_the_files_python_loads_for_each_stage_are_its_code_deps():
     listed = {stage: {str(d) for d in s["deps"] if deps.is_code_dep(str(d))} for stage, s in spec.items()}
     loaded = _loaded_by_import(list(listed))
     assert loaded.keys() == listed.keys()
-    problems = [f"{stage}: loaded, not a dep: {sorted(loaded[stage] - listed[stage])}; "
-                f"a dep, not loaded: {sorted(listed[stage] - loaded[stage])}"
-                for stage in listed if loaded[stage] != listed[stage]]
+    problems = [
+        f"{stage}: loaded, not a dep: {sorted(loaded[stage] - listed[stage])}; "
+        f"a dep, not loaded: {sorted(listed[stage] - loaded[stage])}"
+        for stage in listed
+        if loaded[stage] != listed[stage]
+    ]
     assert not problems, "\n".join(problems)
 
 

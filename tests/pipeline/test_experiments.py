@@ -17,6 +17,7 @@
 One module-scoped repo: the cartoon chain as the baseline, then one experiment that trains the face
 chain from scratch and the cartoon model again (the face chain runs once, under DVC's params.yaml).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,38 +31,70 @@ import pytest
 import torch
 
 from tasks.shards.dataset import read_manifest
-from tests.helpers.e2e import (REPO, TINY_CARTOON_CHAIN as CARTOON, _env, apply_params, assert_up_to_date, copy_repo,
-                               dvc, repro)
+from tests.helpers.e2e import REPO, _env, apply_params, assert_up_to_date, copy_repo, dvc, repro
+from tests.helpers.e2e import TINY_CARTOON_CHAIN as CARTOON
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # about 30 stage runs; each imports torch + diffusers
-SMALL = {"fetch_faces": {"synthetic": {"num_images": 24}},
-         "align_faces": {"shard_size": 10, "transform_size": 512, "output_size": 64},
-         "train_vae": {"resolution": 32, "loss": {"batch_size": 4}, "training": {"max_train_steps": 4}},
-         "encode_latents": {"batch_size": 8},
-         "train_ldm": {"data": {"batch_size": 4},
-                       "model": {"block_out_channels": [16, 32], "norm_num_groups": 8},
-                       "training": {"num_epochs": 1, "samples_every_epochs": 1},
-                       "samples": {"num_images": 2, "num_inference_steps": 2}}}
-FACES = {**SMALL,
-         "prepare_subject": {"synthetic": {"num_photos": 4}, "output_size": 64, "transform_size": 512,
-                            "min_photos": 3},
-         "sample_class": {"num_class_samples": 6, "num_inference_steps": 2, "batch_size": 4, "shard_size": 4,
-                          "grid_images": 4},
-         "train_dreambooth": {"instance_batch_size": 2, "class_batch_size": 2,
-                              "samples": {"num_images": 2, "num_inference_steps": 2},
-                              "training": {"num_epochs": 2, "samples_every_epochs": 2, "checkpointing_steps": 2}}}
-TINY = {**FACES, **CARTOON,
-        "train_attribute_classifier": {"epochs": 1, "batch_size": 16},
-        # a judge trained for one epoch on 36 images reads little: count whatever beats chance
-        "evaluate_cartoon": {"guidance_scales": [0, 2], "num_samples": 4, "num_inference_steps": 2, "batch_size": 4,
-                             "grid_images": 4, "min_ceiling": 0.0, "min_ceiling_over_chance": 1.0},
-        "evaluate_faces": {"num_samples": 4, "batch_size": 4, "num_inference_steps": 2, "grid_images": 4,
-                           "k_nearest": 1, "kid": {"num_subsets": 3, "subset_size": 4}, "features": {"workers": 1}}}
+SMALL = {
+    "fetch_faces": {"synthetic": {"num_images": 24}},
+    "align_faces": {"shard_size": 10, "transform_size": 512, "output_size": 64},
+    "train_vae": {"resolution": 32, "loss": {"batch_size": 4}, "training": {"max_train_steps": 4}},
+    "encode_latents": {"batch_size": 8},
+    "train_ldm": {
+        "data": {"batch_size": 4},
+        "model": {"block_out_channels": [16, 32], "norm_num_groups": 8},
+        "training": {"num_epochs": 1, "samples_every_epochs": 1},
+        "samples": {"num_images": 2, "num_inference_steps": 2},
+    },
+}
+FACES = {
+    **SMALL,
+    "prepare_subject": {"synthetic": {"num_photos": 4}, "output_size": 64, "transform_size": 512, "min_photos": 3},
+    "sample_class": {
+        "num_class_samples": 6,
+        "num_inference_steps": 2,
+        "batch_size": 4,
+        "shard_size": 4,
+        "grid_images": 4,
+    },
+    "train_dreambooth": {
+        "instance_batch_size": 2,
+        "class_batch_size": 2,
+        "samples": {"num_images": 2, "num_inference_steps": 2},
+        "training": {"num_epochs": 2, "samples_every_epochs": 2, "checkpointing_steps": 2},
+    },
+}
+TINY = {
+    **FACES,
+    **CARTOON,
+    "train_attribute_classifier": {"epochs": 1, "batch_size": 16},
+    # a judge trained for one epoch on 36 images reads little: count whatever beats chance
+    "evaluate_cartoon": {
+        "guidance_scales": [0, 2],
+        "num_samples": 4,
+        "num_inference_steps": 2,
+        "batch_size": 4,
+        "grid_images": 4,
+        "min_ceiling": 0.0,
+        "min_ceiling_over_chance": 1.0,
+    },
+    "evaluate_faces": {
+        "num_samples": 4,
+        "batch_size": 4,
+        "num_inference_steps": 2,
+        "grid_images": 4,
+        "k_nearest": 1,
+        "kid": {"num_subsets": 3, "subset_size": 4},
+        "features": {"workers": 1},
+    },
+}
 EXP = "all-training"
-OVERRIDES = {"train_cartoon.training.learning_rate": "5.0e-4",  # nested; the baseline's is 2.0e-3
-             "train_vae.training.max_train_steps": "3",             # the baseline's: 4
-             "train_ldm.training.num_epochs": "2",             # 1
-             "train_dreambooth.prior_loss_weight": "0.5"}      # 2.0
+OVERRIDES = {
+    "train_cartoon.training.learning_rate": "5.0e-4",  # nested; the baseline's is 2.0e-3
+    "train_vae.training.max_train_steps": "3",  # the baseline's: 4
+    "train_ldm.training.num_epochs": "2",  # 1
+    "train_dreambooth.prior_loss_weight": "0.5",
+}  # 2.0
 TRAINING = ("train_cartoon", "train_vae", "train_ldm", "train_dreambooth")
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
 WIDTH = 120
@@ -85,10 +118,18 @@ def _shell(repo, command: str) -> subprocess.CompletedProcess:
     argv = ["bash", "-c", command]
     if "dvc repro" in command or "dvc exp run" in command:
         argv = [sys.executable, "-m", "flows.local_server", *argv]
-    env = {**_env(), "PREFECT_HOME": str(repo / ".prefect"), "COLUMNS": "1000",  # rich squeezes nothing
-           "GIT_AUTHOR_NAME": "u", "GIT_AUTHOR_EMAIL": "u@u", "GIT_COMMITTER_NAME": "u",
-           "GIT_COMMITTER_EMAIL": "u@u", "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "commit.gpgsign",
-           "GIT_CONFIG_VALUE_0": "false"}
+    env = {
+        **_env(),
+        "PREFECT_HOME": str(repo / ".prefect"),
+        "COLUMNS": "1000",  # rich squeezes nothing
+        "GIT_AUTHOR_NAME": "u",
+        "GIT_AUTHOR_EMAIL": "u@u",
+        "GIT_COMMITTER_NAME": "u",
+        "GIT_COMMITTER_EMAIL": "u@u",
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "commit.gpgsign",
+        "GIT_CONFIG_VALUE_0": "false",
+    }
     return subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True)
 
 
@@ -180,11 +221,15 @@ def test_the_face_chain_samples_and_keeps_its_cache_rules(face_chain):
 
     pipe = LatentDiffusionPipeline.from_pretrained(repo / "models/ldm")
     pipe.set_progress_bar_config(disable=True)
-    assert pipe(batch_size=1, num_inference_steps=2, output_type="np",
-                generator=torch.Generator().manual_seed(0)).images.shape == (1, 32, 32, 3)
+    assert pipe(
+        batch_size=1, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images.shape == (1, 32, 32, 3)
 
     # DreamBooth.
-    subject, klass = read_manifest(repo / "data/faces/subject_latents"), read_manifest(repo / "data/faces/class_latents")
+    subject, klass = (
+        read_manifest(repo / "data/faces/subject_latents"),
+        read_manifest(repo / "data/faces/class_latents"),
+    )
     assert subject["counts"]["images"] == 4 and klass["counts"]["images"] == 6
     assert subject["vae"]["identity"] == klass["vae"]["identity"] == klass["base"]["vae"]
     metrics = json.loads((repo / "metrics/train_dreambooth.json").read_text())
@@ -196,8 +241,9 @@ def test_the_face_chain_samples_and_keeps_its_cache_rules(face_chain):
 
     pipe = load_subject_pipeline(repo / "models/dreambooth")
     assert pipe.has_identifier
-    images = pipe(batch_size=1, subject=False, num_inference_steps=2, output_type="np",
-                  generator=torch.Generator().manual_seed(0)).images
+    images = pipe(
+        batch_size=1, subject=False, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     assert images.shape == (1, 32, 32, 3)
 
     # A training param: only train_dreambooth runs; the class samples are not drawn again.
@@ -247,8 +293,13 @@ def test_the_readme_compare_runs_commands(lab):
             wide = [line for line in table.splitlines() if len(line) > WIDTH]
             assert not wide, "\n".join(wide)
             assert "…" not in table, table  # nothing collapsed or cut
-            for column in ("reliable_accuracy_vs_ceiling", "evaluate_cartoon.seed",
-                           "train_cartoon.training.learning_rate", "seed-1", "lr-low"):
+            for column in (
+                "reliable_accuracy_vs_ceiling",
+                "evaluate_cartoon.seed",
+                "train_cartoon.training.learning_rate",
+                "seed-1",
+                "lr-low",
+            ):
                 assert column in table, table
             # no dep md5s (metrics/attribute_classifier.json is a dep of evaluate_cartoon), no metric echoes
             assert "metrics/" not in table and "method" not in table and "Created" not in table, table
@@ -257,6 +308,7 @@ def test_the_readme_compare_runs_commands(lab):
         elif argv[:3] == ["dvc", "params", "diff"]:
             assert "train_cartoon.training.learning_rate" in proc.stdout, proc.stdout
     # after `dvc exp apply`: the workspace holds the experiment, and params.yaml is DVC's
-    assert "learning_rate: 0.001" in (repo / "params.yaml").read_text() or \
-        "learning_rate: 1e-3" in (repo / "params.yaml").read_text()
-
+    assert (
+        "learning_rate: 0.001" in (repo / "params.yaml").read_text()
+        or "learning_rate: 1e-3" in (repo / "params.yaml").read_text()
+    )

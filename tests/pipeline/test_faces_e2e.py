@@ -1,4 +1,5 @@
 """`dvc repro` of the three face stages in a copy of the repo, then again: nothing reruns."""
+
 import json
 
 import pytest
@@ -7,9 +8,11 @@ from tasks.shards.dataset import read_manifest
 from tests.helpers.e2e import assert_up_to_date, copy_repo, repro
 
 pytestmark = pytest.mark.slow
-SMALL = {"fetch_faces": {"synthetic": {"num_images": 24}},
-         "align_faces": {"shard_size": 10, "transform_size": 512},
-         "prepare_subject": {"synthetic": {"num_photos": 4}, "transform_size": 512}}
+SMALL = {
+    "fetch_faces": {"synthetic": {"num_images": 24}},
+    "align_faces": {"shard_size": 10, "transform_size": 512},
+    "prepare_subject": {"synthetic": {"num_photos": 4}, "transform_size": 512},
+}
 
 
 def test_face_stages_repro_and_cache(tmp_path):

@@ -7,10 +7,12 @@ compares dvc.lock's md5 of every code dep and its params values with the working
 no data (data deps are covered by the stage that makes them). There is deliberately no switch to
 skip it: after changing code, run `dvc repro` and commit dvc.lock with the outputs.
 """
+
 from tasks.tracking.deps import lock_problems
 
 
 def test_committed_dvc_lock_matches_code_and_params():
     problems = lock_problems()
-    assert not problems, ("dvc.lock is stale; run `dvc repro` and commit dvc.lock with its outputs:\n"
-                          + "\n".join(problems))
+    assert not problems, "dvc.lock is stale; run `dvc repro` and commit dvc.lock with its outputs:\n" + "\n".join(
+        problems
+    )

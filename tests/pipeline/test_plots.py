@@ -4,6 +4,7 @@ The offline template (plots_template/, built from npm's vega files) is checked i
 Chromium: the screenshot must show the curve (drawn by Vega) and both revisions' grids. The same
 page with DVC's default template stays without curves offline, which is why the template exists.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,7 +48,9 @@ def two_revisions(root: Path) -> Path:
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
     run(root, "git", "init", "-q")
     run(root, str(BIN / "dvc"), "init", "-q")
-    (root / "dvc.yaml").write_text(yaml.safe_dump({"plots": [{"curves/loss.tsv": {"x": "step", "y": "loss"}}, "grids"]}))
+    (root / "dvc.yaml").write_text(
+        yaml.safe_dump({"plots": [{"curves/loss.tsv": {"x": "step", "y": "loss"}}, "grids"]})
+    )
     (root / "curves").mkdir()
     (root / "grids").mkdir()
     for rev, colour in enumerate([(255, 0, 0), (0, 255, 0)]):
@@ -60,10 +63,24 @@ def two_revisions(root: Path) -> Path:
 
 
 def screenshot(html: Path, out: Path) -> np.ndarray:
-    run(html.parent, CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={out.parent / 'chromium-profile'}", "--hide-scrollbars", "--window-size=1200,1400",
-        "--virtual-time-budget=5000", f"--screenshot={out}", html.as_uri())
+    run(
+        html.parent,
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={out.parent / 'chromium-profile'}",
+        "--hide-scrollbars",
+        "--window-size=1200,1400",
+        "--virtual-time-budget=5000",
+        f"--screenshot={out}",
+        html.as_uri(),
+    )
     return np.asarray(Image.open(out).convert("RGB")).astype(int)
 
 
@@ -96,7 +113,10 @@ def test_plots_diff_with_the_offline_template_has_no_cdn_and_both_revisions(tmp_
     page = (repo / "out/index.html").read_text()
     assert "cdn.jsdelivr" not in page and "vegaEmbed" in page
     # The grid of each revision, side by side.
-    assert sorted(re.findall(r'<img src="static/([^"]+)"', page)) == ["HEAD_grids_samples.png", "HEAD~1_grids_samples.png"]
+    assert sorted(re.findall(r'<img src="static/([^"]+)"', page)) == [
+        "HEAD_grids_samples.png",
+        "HEAD~1_grids_samples.png",
+    ]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium: `apt-get install -y chromium` to run the browser check")

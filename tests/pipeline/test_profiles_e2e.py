@@ -16,6 +16,7 @@ with 10 faces (latent training shards of 8 and 1 samples, the profile's loader w
 DataLoader worker that runs out of shards first stopping `train_ldm` inside a Prefect flow
 (tests/orchestration/test_loader_workers.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,14 +32,28 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 CARTOON_SEED_ON_CPU = {
     "fetch_cartoons": {"num_images": 48},
     "preprocess_cartoons": {"shard_size": 24},
-    "train_cartoon": {"data": {"batch_size": 4},
-                      "training": {"num_epochs": 1, "max_train_steps": 2, "lr_warmup_steps": 1,
-                                   "checkpointing_steps": 2, "samples_every_epochs": 1},
-                      "samples": {"num_images": 2, "num_inference_steps": 2}},
+    "train_cartoon": {
+        "data": {"batch_size": 4},
+        "training": {
+            "num_epochs": 1,
+            "max_train_steps": 2,
+            "lr_warmup_steps": 1,
+            "checkpointing_steps": 2,
+            "samples_every_epochs": 1,
+        },
+        "samples": {"num_images": 2, "num_inference_steps": 2},
+    },
     "train_attribute_classifier": {"epochs": 1, "batch_size": 16},
     # a judge trained for one epoch on 43 images reads little: count whatever beats chance
-    "evaluate_cartoon": {"guidance_scales": [0, 2], "num_samples": 4, "num_inference_steps": 2, "batch_size": 4,
-                         "grid_images": 4, "min_ceiling": 0.0, "min_ceiling_over_chance": 1.0},
+    "evaluate_cartoon": {
+        "guidance_scales": [0, 2],
+        "num_samples": 4,
+        "num_inference_steps": 2,
+        "batch_size": 4,
+        "grid_images": 4,
+        "min_ceiling": 0.0,
+        "min_ceiling_over_chance": 1.0,
+    },
 }
 
 
@@ -47,8 +62,13 @@ def test_cartoon_seed_profile_runs_as_a_chain(tmp_path):
     apply_params(repo, REPO / "configs" / "cartoon_seed.yaml")
     apply_params(repo, CARTOON_SEED_ON_CPU)
     out = repro(repo, "evaluate_cartoon").stdout
-    for stage in ("fetch_cartoons", "preprocess_cartoons", "train_cartoon", "train_attribute_classifier",
-                  "evaluate_cartoon"):
+    for stage in (
+        "fetch_cartoons",
+        "preprocess_cartoons",
+        "train_cartoon",
+        "train_attribute_classifier",
+        "evaluate_cartoon",
+    ):
         assert f"Running stage '{stage}'" in out
 
     unet = json.loads((repo / "models/cartoon/unet/config.json").read_text())
@@ -56,7 +76,9 @@ def test_cartoon_seed_profile_runs_as_a_chain(tmp_path):
     assert unet["sample_size"] == 64 and unet["only_cross_attention"] is True
     train = json.loads((repo / "metrics/train_cartoon.json").read_text())
     assert train["steps"] == 2 and train["resolution"] == 64 and train["conditioning"] == "cross_attention"
-    params = json.loads((repo / "metrics/timings/train_cartoon.json").read_text())["memory_anatomy"]["trainable_parameters"]
+    params = json.loads((repo / "metrics/timings/train_cartoon.json").read_text())["memory_anatomy"][
+        "trainable_parameters"
+    ]
     assert 117e6 < params < 120e6, params  # the profile's 117.1M UNet + 1.4M Tau module
     evaluation = json.loads((repo / "metrics/evaluate_cartoon.json").read_text())
     assert {"reliable_accuracy_vs_ceiling_guidance_0", "reliable_accuracy_vs_ceiling_guidance_2"} <= set(evaluation)
@@ -69,9 +91,17 @@ def sd_config_vae(folder) -> str:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
-                  up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512],
-                  layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=256).save_pretrained(folder)
+    AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[128, 256, 512, 512],
+        layers_per_block=2,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=256,
+    ).save_pretrained(folder)
     return str(folder)
 
 
@@ -84,19 +114,33 @@ def ffhq256_on_cpu(vae: str) -> dict:
         "align_faces": {"shard_size": 8},
         "train_vae": {"source": vae, "eval_images": 4, "eval_batch_size": 4, "min_val_images": 1},
         "encode_latents": {"device": "cpu", "batch_size": 8},
-        "train_ldm": {"data": {"batch_size": 2},
-                      "training": {"num_epochs": 1, "max_train_steps": 1, "checkpointing_steps": 1,
-                                   "samples_every_epochs": 1},
-                      "samples": {"num_images": 1, "num_inference_steps": 1}},
+        "train_ldm": {
+            "data": {"batch_size": 2},
+            "training": {"num_epochs": 1, "max_train_steps": 1, "checkpointing_steps": 1, "samples_every_epochs": 1},
+            "samples": {"num_images": 1, "num_inference_steps": 1},
+        },
         "prepare_subject": {"synthetic": {"num_photos": 3}},
-        "sample_class": {"num_class_samples": 2, "num_inference_steps": 1, "batch_size": 2, "shard_size": 2,
-                         "grid_images": 2},
-        "train_dreambooth": {"instance_batch_size": 1, "class_batch_size": 1,
-                             "samples": {"num_images": 1, "num_inference_steps": 1},
-                             "training": {"num_epochs": 1, "max_train_steps": 1, "checkpointing_steps": 1,
-                                          "samples_every_epochs": 1}},
-        "evaluate_faces": {"num_samples": 2, "batch_size": 2, "num_inference_steps": 1, "grid_images": 2,
-                           "k_nearest": 1, "kid": {"num_subsets": 2, "subset_size": 2}},
+        "sample_class": {
+            "num_class_samples": 2,
+            "num_inference_steps": 1,
+            "batch_size": 2,
+            "shard_size": 2,
+            "grid_images": 2,
+        },
+        "train_dreambooth": {
+            "instance_batch_size": 1,
+            "class_batch_size": 1,
+            "samples": {"num_images": 1, "num_inference_steps": 1},
+            "training": {"num_epochs": 1, "max_train_steps": 1, "checkpointing_steps": 1, "samples_every_epochs": 1},
+        },
+        "evaluate_faces": {
+            "num_samples": 2,
+            "batch_size": 2,
+            "num_inference_steps": 1,
+            "grid_images": 2,
+            "k_nearest": 1,
+            "kid": {"num_subsets": 2, "subset_size": 2},
+        },
     }
 
 

@@ -2,6 +2,7 @@
 (tests/helpers/scorecard_metrics.py): targets met, a target missed against params.yaml's threshold,
 a missing metrics file, a null or NaN figure, a skipped subject evaluation; the --strict exit status
 and the markdown file."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,10 @@ def test_a_missed_target_is_judged_by_params_yaml_and_fails_only_strict(tmp_path
     assert vae.status == scorecard.MISSED and vae.why == "+2.10 < +3 dB"
     assert card.verdict() == "1 of 8 targets missed: train_vae psnr_gain_over_bilinear_db +2.10 < +3 dB"
     # the threshold is params.yaml's, not a number in the code
-    assert row(scorecard.build(root, {"train_vae": {"min_gain_over_bilinear_db": 2.0}}), "train_vae").status == \
-        scorecard.MET
+    assert (
+        row(scorecard.build(root, {"train_vae": {"min_gain_over_bilinear_db": 2.0}}), "train_vae").status
+        == scorecard.MET
+    )
 
     assert scorecard.main(["--root", str(root)]) == 0  # make repro's use: the card never fails the run
     assert scorecard.main(["--root", str(root), "--strict", "--output", "-"]) == 1
@@ -66,13 +69,26 @@ def test_a_missing_metrics_file_is_a_miss_named_in_the_verdict(tmp_path):
 
 def test_a_diverged_face_track_null_and_nan_figures_are_misses(tmp_path):
     """The day this card was made for: the VAE diverged, no face was found in any sample."""
-    root = make_root(tmp_path, train_vae={"psnr_gain_over_bilinear_db": -11.9, "target_met": False},
-                     train_ldm={"final_loss": math.nan},
-                     evaluate_faces={"face_detect_rate": None, "kid_dlib": None, "target_met": False,
-                                     "id_top1": None, "subject_identity_ok": False})
+    root = make_root(
+        tmp_path,
+        train_vae={"psnr_gain_over_bilinear_db": -11.9, "target_met": False},
+        train_ldm={"final_loss": math.nan},
+        evaluate_faces={
+            "face_detect_rate": None,
+            "kid_dlib": None,
+            "target_met": False,
+            "id_top1": None,
+            "subject_identity_ok": False,
+        },
+    )
     card = scorecard.build(root)
-    assert [r.status for r in card.rows[:5]] == [scorecard.MISSED, scorecard.NO_FIGURE, scorecard.MET,
-                                                 scorecard.NO_FIGURE, scorecard.NO_FIGURE]
+    assert [r.status for r in card.rows[:5]] == [
+        scorecard.MISSED,
+        scorecard.NO_FIGURE,
+        scorecard.MET,
+        scorecard.NO_FIGURE,
+        scorecard.NO_FIGURE,
+    ]
     assert row(card, "train_ldm").why == "NaN"
     assert row(card, "evaluate_faces (base)").why == "null; kid_dlib null (too few faces found)"
     verdict = card.verdict()

@@ -1,5 +1,6 @@
 """params.yaml is the one source of configuration: every section reads into its stage's typed
 config, and a key a stage does not know, or one it lacks, is an error that names it."""
+
 import inspect
 import typing
 
@@ -7,8 +8,8 @@ import pytest
 
 from tasks.cartoon.config import ClassifierConfig, FetchCartoonsConfig, PreprocessCartoonsConfig, TrainCartoonConfig
 from tasks.cartoon.evaluate import EvaluateCartoonConfig
-from tasks.config.typed import ConfigError
 from tasks.config.params import apply_profile, load_params
+from tasks.config.typed import ConfigError
 from tasks.dreambooth.config import EncodeSubjectConfig, SampleClassConfig, TrainDreamboothConfig
 from tasks.evaluation.faces import EvaluateFacesConfig
 from tasks.faces.config import AlignFacesConfig, FetchFacesConfig, PrepareSubjectConfig
@@ -83,13 +84,16 @@ def test_flows_take_paths_and_params_without_defaults():
         assert all(p.default is inspect.Parameter.empty for p in sig.parameters.values()), stage
 
 
-@pytest.mark.parametrize("stage, key, value, expected", [
-    ("preprocess_cartoons", "crop", "three hundred", "int"),
-    ("preprocess_cartoons", "val_fraction", True, "float"),
-    ("align_faces", "enable_padding", 0, "bool"),
-    ("fetch_faces", "source", 3, "str"),
-    ("preprocess_cartoons", "background", "white", "list[int]"),
-])
+@pytest.mark.parametrize(
+    "stage, key, value, expected",
+    [
+        ("preprocess_cartoons", "crop", "three hundred", "int"),
+        ("preprocess_cartoons", "val_fraction", True, "float"),
+        ("align_faces", "enable_padding", 0, "bool"),
+        ("fetch_faces", "source", 3, "str"),
+        ("preprocess_cartoons", "background", "white", "list[int]"),
+    ],
+)
 def test_a_wrong_type_is_named_with_its_value(stage, key, value, expected):
     with pytest.raises(ConfigError) as err:
         CONFIGS[stage].from_params(section(stage, **{key: value}), stage)
@@ -103,11 +107,17 @@ def test_a_wrong_type_in_a_nested_section_is_named():
         TrainLdmConfig.from_params(params, "train_ldm")
 
 
-@pytest.mark.parametrize("stage, keys", [
-    ("train_ldm", ["samples", "scheduler"]), ("train_dreambooth", ["samples", "scheduler"]),
-    ("train_cartoon", ["samples", "scheduler"]), ("sample_class", ["scheduler"]),
-    ("evaluate_faces", ["scheduler"]), ("evaluate_cartoon", ["scheduler"]),
-])
+@pytest.mark.parametrize(
+    "stage, keys",
+    [
+        ("train_ldm", ["samples", "scheduler"]),
+        ("train_dreambooth", ["samples", "scheduler"]),
+        ("train_cartoon", ["samples", "scheduler"]),
+        ("sample_class", ["scheduler"]),
+        ("evaluate_faces", ["scheduler"]),
+        ("evaluate_cartoon", ["scheduler"]),
+    ],
+)
 def test_an_unknown_sampler_is_named_at_start_up(stage, keys):
     """Not at the first sample grid, minutes into training: one line, the key and the names allowed."""
     params = section(stage)

@@ -1,6 +1,7 @@
 """benchmarks/sweep_stability.py's bookkeeping, without training: a fake runner stands in for a stage,
 and the child process (`python -m benchmarks.sweep_stability --one ...`) runs in this process
 through the same `main(["--work", ..., "--one", stage, seed, threads])` a real child runs."""
+
 from __future__ import annotations
 
 import contextlib
@@ -24,15 +25,21 @@ def fake_runner(params: dict, work) -> dict:
     if seed == FAILING_SEED:
         raise RuntimeError("diverged at step 7")
     (work / "model.txt").write_text("trained")  # outputs go under the run's own folder
-    return {"headline": "figure", "value": 0.5 + seed / 10, "target": ">= 0.6", "met": seed >= 1,
-            "recoveries": seed % 2}
+    return {
+        "headline": "figure",
+        "value": 0.5 + seed / 10,
+        "target": ">= 0.6",
+        "met": seed >= 1,
+        "recoveries": seed % 2,
+    }
 
 
 @pytest.fixture
 def sweep_env(monkeypatch, tmp_path):
     """The fake runner as train_ldm, an in-process child, a fixed recipe; returns a state namespace."""
-    state = types.SimpleNamespace(recipe="recipe-1", threads=[], children=[], results=tmp_path / "stability.jsonl",
-                                  work=tmp_path / "work")
+    state = types.SimpleNamespace(
+        recipe="recipe-1", threads=[], children=[], results=tmp_path / "stability.jsonl", work=tmp_path / "work"
+    )
     monkeypatch.chdir(sweep.REPO)  # stage_params reads params.yaml from the working directory
     monkeypatch.setitem(sweep.RUNNERS, "train_ldm", fake_runner)
     monkeypatch.setattr(sweep, "recipe_identity", lambda stage: state.recipe)
@@ -42,7 +49,7 @@ def sweep_env(monkeypatch, tmp_path):
     def child(cmd, cwd, env, capture_output, text):
         """What the child process does, here: main(its argv), stdout and stderr captured, and on an
         exception exit status 1 with the traceback last on stderr, as the interpreter does."""
-        argv = cmd[cmd.index("benchmarks.sweep_stability") + 1:]
+        argv = cmd[cmd.index("benchmarks.sweep_stability") + 1 :]
         state.children.append((argv, env["OMP_NUM_THREADS"]))
         out, err = io.StringIO(), io.StringIO()
         try:
@@ -57,8 +64,20 @@ def sweep_env(monkeypatch, tmp_path):
 
 
 def run_sweep(state, seeds: str, threads: str = "1,2") -> None:
-    sweep.main(["--stages", "train_ldm", "--seeds", seeds, "--threads", threads, "--work", str(state.work),
-                "--results", str(state.results)])
+    sweep.main(
+        [
+            "--stages",
+            "train_ldm",
+            "--seeds",
+            seeds,
+            "--threads",
+            threads,
+            "--work",
+            str(state.work),
+            "--results",
+            str(state.results),
+        ]
+    )
 
 
 def rows(state) -> list[dict]:
@@ -68,8 +87,9 @@ def rows(state) -> list[dict]:
 def test_one_row_per_stage_seed_and_thread_count(sweep_env):
     run_sweep(sweep_env, "0-2")
     got = rows(sweep_env)
-    assert [(r["stage"], r["seed"], r["threads"]) for r in got] == \
-        [("train_ldm", s, t) for s, t in itertools.product([0, 1, 2], [1, 2])]
+    assert [(r["stage"], r["seed"], r["threads"]) for r in got] == [
+        ("train_ldm", s, t) for s, t in itertools.product([0, 1, 2], [1, 2])
+    ]
     assert all(r["recipe"] == "recipe-1" and r["headline"] == "figure" for r in got)
     assert [r["value"] for r in got] == pytest.approx([0.5, 0.5, 0.6, 0.6, 0.7, 0.7])
     assert [r["met"] for r in got] == [False, False, True, True, True, True]
@@ -100,8 +120,14 @@ def test_a_failing_run_is_a_row_with_its_error(sweep_env):
     run_sweep(sweep_env, f"0,{FAILING_SEED}", threads="1")
     ok, failed = rows(sweep_env)
     assert ok["met"] is False and ok["value"] == pytest.approx(0.5) and "error" not in ok
-    assert failed == {"stage": "train_ldm", "seed": FAILING_SEED, "threads": 1, "met": False,
-                      "error": "RuntimeError: diverged at step 7", "recipe": "recipe-1"}
+    assert failed == {
+        "stage": "train_ldm",
+        "seed": FAILING_SEED,
+        "threads": 1,
+        "met": False,
+        "error": "RuntimeError: diverged at step 7",
+        "recipe": "recipe-1",
+    }
     run_sweep(sweep_env, f"0,{FAILING_SEED}", threads="1")  # a failed run counts as done for its recipe
     assert len(sweep_env.children) == 2
 
@@ -129,8 +155,13 @@ def test_each_stage_has_a_runner_and_its_seed_where_its_params_keep_it(monkeypat
         for key in path:  # the seed replaces a key params.yaml has: no stage config rejects an unknown one
             assert key in section, f"{stage}: no {'.'.join(path)} in its params section"
             section = section[key]
-        seen = {}
-        monkeypatch.setitem(sweep.RUNNERS, stage, lambda params, work: seen.update(params) or {"value": 0})
+        seen: dict = {}
+
+        def record(params, work, seen=seen):
+            seen.update(params)
+            return {"value": 0}
+
+        monkeypatch.setitem(sweep.RUNNERS, stage, record)
         sweep.one_run(stage, 7, 1, tmp_path / stage)
         expected = stage_params(stage)
         sweep.set_seed(expected, path, 7)

@@ -1,4 +1,5 @@
 """Fixtures shared by the training tests (module-scoped: each test file builds its own once)."""
+
 import pytest
 
 from tests.helpers.dreambooth import make_world
@@ -12,8 +13,9 @@ def latents(tmp_path_factory):
     root = tmp_path_factory.mktemp("ldm")
     aligned = make_aligned(root / "aligned", n=24, size=16, shard_size=6)
     vae_dir = save_tiny_vae(root / "vae", seed=0, resolution=16)
-    encode_latents(str(aligned), str(vae_dir), str(root / "latents"), resolution=16, flip=True, batch_size=8,
-                   progress=False)
+    encode_latents(
+        str(aligned), str(vae_dir), str(root / "latents"), resolution=16, flip=True, batch_size=8, progress=False
+    )
     return root
 
 

@@ -1,11 +1,12 @@
 """The divergence guard: a spike is rolled back from at a lower learning rate, a divergence that
 persists fails the stage with one line and leaves the last good run's files as they were."""
+
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -19,10 +20,27 @@ GUARD = GuardConfig(spike_factor=3.0, patience=2, max_recoveries=2, lr_factor=0.
 
 
 def _cfg(**kw) -> LoopConfig:
-    base = dict(seed=0, num_epochs=6, max_train_steps=None, gradient_accumulation_steps=1, mixed_precision="no",
-                learning_rate=5e-2, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=0.0, adam_epsilon=1e-8,
-                lr_warmup_steps=0, max_grad_norm=None, use_ema=True, ema_decay=0.9, checkpointing_steps=5,
-                checkpoints_total_limit=1, samples_every_epochs=0, log_every_steps=1, guard=GUARD)
+    base = dict(
+        seed=0,
+        num_epochs=6,
+        max_train_steps=None,
+        gradient_accumulation_steps=1,
+        mixed_precision="no",
+        learning_rate=5e-2,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_weight_decay=0.0,
+        adam_epsilon=1e-8,
+        lr_warmup_steps=0,
+        max_grad_norm=None,
+        use_ema=True,
+        ema_decay=0.9,
+        checkpointing_steps=5,
+        checkpoints_total_limit=1,
+        samples_every_epochs=0,
+        log_every_steps=1,
+        guard=GUARD,
+    )
     return LoopConfig(**{**base, **kw})
 
 
@@ -39,14 +57,25 @@ def _spec(faulty: Callable[[int], bool] = lambda call: False) -> TrainSpec:
         loss = (model(batch[0]) - batch[1]).square().mean()
         return (loss + 1e3 if faulty(calls[0]) else loss), {}
 
-    return TrainSpec(build_model=lambda: nn.Linear(4, 2), batches_per_epoch=10, objective=objective,
-                     make_loader=lambda epoch, rank, world: [(x[i:i + 8], y[i:i + 8]) for i in range(0, 80, 8)],
-                     save=lambda net, out: torch.save(net.state_dict(), Path(out) / "weights.pt"))
+    return TrainSpec(
+        build_model=lambda: nn.Linear(4, 2),
+        batches_per_epoch=10,
+        objective=objective,
+        make_loader=lambda epoch, rank, world: [(x[i : i + 8], y[i : i + 8]) for i in range(0, 80, 8)],
+        save=lambda net, out: torch.save(net.state_dict(), Path(out) / "weights.pt"),
+    )
 
 
 def _run(tmp_path: Path, spec: TrainSpec, cfg: LoopConfig, run_id: str = "run") -> dict:
-    return train(spec, cfg, model_dir=str(tmp_path / "model"), checkpoint_dir=str(tmp_path / "ckpt"),
-                 live_dir=str(tmp_path / "live"), run_id=run_id, show_progress=False)
+    return train(
+        spec,
+        cfg,
+        model_dir=str(tmp_path / "model"),
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        live_dir=str(tmp_path / "live"),
+        run_id=run_id,
+        show_progress=False,
+    )
 
 
 def _rows(tmp_path: Path, name: str) -> list[tuple[int, float]]:
@@ -62,14 +91,14 @@ def _files(root: Path) -> dict[str, str]:
 def test_the_guard_judges_rows_against_the_recent_median():
     guard = DivergenceGuard(GUARD)
     assert [guard.judge(v) for v in (1.0, 0.9, 100.0)] == ["healthy"] * 3  # no level before 3 rows
-    assert guard.judge(3.5) == "spike" and not guard.healthy       # above 3 x median(1, 0.9, 100) = 3 x 1
-    assert guard.judge(0.8) == "healthy" and guard.healthy          # a spike that falls back is forgiven
+    assert guard.judge(3.5) == "spike" and not guard.healthy  # above 3 x median(1, 0.9, 100) = 3 x 1
+    assert guard.judge(0.8) == "healthy" and guard.healthy  # a spike that falls back is forgiven
     assert [guard.judge(5.0), guard.judge(5.0)] == ["spike", "diverged"]  # patience 2
-    assert DivergenceGuard(GUARD).judge(math.nan) == "diverged"     # non-finite: at once, even with no level
+    assert DivergenceGuard(GUARD).judge(math.nan) == "diverged"  # non-finite: at once, even with no level
     last = DivergenceGuard(GUARD)
     for v in (1.0, 1.0, 1.0):
         last.judge(v)
-    assert last.judge(9.0, last_row=True) == "diverged"            # never save a model mid-spike
+    assert last.judge(9.0, last_row=True) == "diverged"  # never save a model mid-spike
 
 
 def test_a_spike_is_rolled_back_from_at_a_lower_learning_rate(tmp_path, caplog):

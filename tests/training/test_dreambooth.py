@@ -1,6 +1,7 @@
 """DreamBooth: prior loss, identifier, class-sample cache, resume, LoRA round trip, bad input.
 
 Everything runs on tiny models (a 1-level VAE, a 2-level UNet on 4x8x8 latents) built by tests/helpers/dreambooth.py."""
+
 import json
 
 import numpy as np
@@ -11,25 +12,26 @@ from diffusers import UNet2DModel
 from pipelines import LatentDiffusionPipeline
 from pipelines.dreambooth import SubjectDiffusionPipeline, load_subject_pipeline, module_identity, with_identifier
 from tasks.config.typed import ConfigError
-from tasks.shards.dataset import shard_name
 from tasks.dreambooth.base import base_identity
 from tasks.dreambooth.class_samples import sample_class
 from tasks.dreambooth.config import TrainDreamboothConfig
 from tasks.dreambooth.train import LatentSet, epoch_batches, prior_loss, run_training
 from tasks.latent.vae import vae_identity
+from tasks.shards.dataset import shard_name
 from tasks.training.engine import StopTraining
-from tests.helpers.dreambooth import (class_cfg, db_params, dreambooth_config as _config, make_base, make_latents,
-                                      train_dreambooth as _train)
-
+from tests.helpers.dreambooth import class_cfg, db_params, make_base, make_latents
+from tests.helpers.dreambooth import dreambooth_config as _config
+from tests.helpers.dreambooth import train_dreambooth as _train
 
 # ------------------------------------------------------------------------------------------ loss
+
 
 def test_prior_loss_arithmetic_on_a_fixed_batch():
     pred = torch.zeros(5, 1, 2, 2)
     target = torch.cat([torch.full((2, 1, 2, 2), 1.0), torch.full((3, 1, 2, 2), 2.0)])  # 2 instances, 3 class
     loss, parts = prior_loss(pred, target, n_instance=2, weight=0.5)
-    assert parts["instance_loss"].item() == pytest.approx(1.0)      # mean over the instance half only
-    assert parts["prior_loss"].item() == pytest.approx(4.0)         # mean over the class half only
+    assert parts["instance_loss"].item() == pytest.approx(1.0)  # mean over the instance half only
+    assert parts["prior_loss"].item() == pytest.approx(4.0)  # mean over the class half only
     assert loss.item() == pytest.approx(1.0 + 0.5 * 4.0)
     # Not the plain batch mean (that would weight the halves by their sizes: (2*1 + 3*4) / 5).
     assert loss.item() != pytest.approx((2 * 1 + 3 * 4) / 5)
@@ -59,6 +61,7 @@ def test_batches_are_grouped_and_every_rank_sees_every_subject_photo(world):
 
 # ------------------------------------------------------------------------------------------ identifier
 
+
 def test_zero_initialised_identifier_computes_what_the_base_computes(world):
     base = UNet2DModel.from_pretrained(str(world / "base" / "unet"))
     unet = with_identifier(base)
@@ -86,7 +89,6 @@ def test_identifier_on_a_unet_built_in_code(tiny_unet):
     assert unet.config.num_class_embeds == 2 and unet.class_embedding is not None
 
 
-
 def test_identifier_guidance_extrapolates_from_class_to_subject(world):
     """guidance_scale s samples with eps_class + s * (eps_subject - eps_class): 1 is the subject label
     alone, and only identifier models asked for the subject accept another scale."""
@@ -100,15 +102,22 @@ def test_identifier_guidance_extrapolates_from_class_to_subject(world):
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
 
     def latents(**kw):
-        return pipe(batch_size=2, num_inference_steps=1, latents=x, generator=torch.Generator().manual_seed(1),
-                    output_type="latent", **kw).images
+        return pipe(
+            batch_size=2,
+            num_inference_steps=1,
+            latents=x,
+            generator=torch.Generator().manual_seed(1),
+            output_type="latent",
+            **kw,
+        ).images
 
     pipe.scheduler.set_timesteps(1)
     t = pipe.scheduler.timesteps[0]
     with torch.no_grad():
         eps = {label: unet(x, t, class_labels=torch.full((2,), label)).sample for label in (0, 1)}
-    expected = pipe.scheduler.step(eps[0] + 3.0 * (eps[1] - eps[0]), t, x,
-                                   generator=torch.Generator().manual_seed(1)).prev_sample
+    expected = pipe.scheduler.step(
+        eps[0] + 3.0 * (eps[1] - eps[0]), t, x, generator=torch.Generator().manual_seed(1)
+    ).prev_sample
     assert torch.allclose(latents(guidance_scale=3.0), expected, atol=1e-5)
     assert torch.allclose(latents(guidance_scale=1.0), latents(), atol=0)
     assert not torch.allclose(latents(guidance_scale=3.0), latents(), atol=1e-4)
@@ -121,10 +130,17 @@ def test_identifier_guidance_extrapolates_from_class_to_subject(world):
 
 # ------------------------------------------------------------------------------------------ class samples
 
+
 def test_class_samples_are_keyed_by_the_base_model(world, tmp_path):
     made = []
-    manifest = sample_class(str(world / "base"), str(world / "class"), str(world / "grid.png"), class_cfg(),
-                            log=lambda *_: None, shard_callback=made.append)
+    manifest = sample_class(
+        str(world / "base"),
+        str(world / "class"),
+        str(world / "grid.png"),
+        class_cfg(),
+        log=lambda *_: None,
+        shard_callback=made.append,
+    )
     assert made == []  # same base, same sampler: nothing sampled again
     assert manifest["counts"]["images"] == 5 and manifest["splits"]["train"]["shard_counts"] == [2, 2, 1]
     assert (world / "grid.png").is_file()
@@ -139,8 +155,14 @@ def test_class_samples_are_keyed_by_the_base_model(world, tmp_path):
     shutil.copytree(world / "class", out)
     new_base = make_base(tmp_path / "base2", seed=1)
     made = []
-    new = sample_class(str(new_base), str(out), str(tmp_path / "grid.png"), class_cfg(), log=lambda *_: None,
-                       shard_callback=made.append)
+    new = sample_class(
+        str(new_base),
+        str(out),
+        str(tmp_path / "grid.png"),
+        class_cfg(),
+        log=lambda *_: None,
+        shard_callback=made.append,
+    )
     assert len(made) == 3 and new["base"]["identity"] != manifest["base"]["identity"]
 
 
@@ -153,11 +175,23 @@ def test_class_sampling_resumes_per_shard_after_a_kill(world, tmp_path):
 
     out = tmp_path / "class"
     with pytest.raises(Kill):
-        sample_class(str(world / "base"), str(out), str(tmp_path / "g.png"), class_cfg(), log=lambda *_: None,
-                     shard_callback=kill_after_first)
+        sample_class(
+            str(world / "base"),
+            str(out),
+            str(tmp_path / "g.png"),
+            class_cfg(),
+            log=lambda *_: None,
+            shard_callback=kill_after_first,
+        )
     made = []
-    sample_class(str(world / "base"), str(out), str(tmp_path / "g.png"), class_cfg(), log=lambda *_: None,
-                 shard_callback=made.append)
+    sample_class(
+        str(world / "base"),
+        str(out),
+        str(tmp_path / "g.png"),
+        class_cfg(),
+        log=lambda *_: None,
+        shard_callback=made.append,
+    )
     assert made == [shard_name("train", 1), shard_name("train", 2)]  # the finished shard was kept
     for name in (shard_name("train", i) for i in range(3)):  # same bytes as an uninterrupted run
         assert (out / name).read_bytes() == (world / "class" / name).read_bytes()
@@ -165,19 +199,36 @@ def test_class_sampling_resumes_per_shard_after_a_kill(world, tmp_path):
 
 # ------------------------------------------------------------------------------------------ training
 
+
 def test_mismatched_identities_are_a_clear_error(world, tmp_path):
     make_latents(tmp_path / "subject", "0123456789abcdef01234567", 4, seed=1)
     with pytest.raises(ValueError, match="encoded by VAE 0123456789abcdef01234567.*decodes with VAE"):
-        run_training(str(tmp_path / "subject"), str(world / "class"), str(world / "base"), str(tmp_path / "m"),
-                     str(tmp_path / "c"), str(tmp_path / "l"), str(tmp_path / "x.json"), _config(db_params()))
+        run_training(
+            str(tmp_path / "subject"),
+            str(world / "class"),
+            str(world / "base"),
+            str(tmp_path / "m"),
+            str(tmp_path / "c"),
+            str(tmp_path / "l"),
+            str(tmp_path / "x.json"),
+            _config(db_params()),
+        )
     other = LatentDiffusionPipeline.from_pretrained(str(world / "base"))  # same VAE, another UNet
     with torch.no_grad():
         next(other.unet.parameters()).add_(0.01)
     other.save_pretrained(tmp_path / "other")
     other = tmp_path / "other"
     with pytest.raises(ValueError, match="sampled from base model .* re-run sample_class"):
-        run_training(str(world / "subject"), str(world / "class"), str(other), str(tmp_path / "m"),
-                     str(tmp_path / "c"), str(tmp_path / "l"), str(tmp_path / "x.json"), _config(db_params()))
+        run_training(
+            str(world / "subject"),
+            str(world / "class"),
+            str(other),
+            str(tmp_path / "m"),
+            str(tmp_path / "c"),
+            str(tmp_path / "l"),
+            str(tmp_path / "x.json"),
+            _config(db_params()),
+        )
 
 
 def test_bad_params_are_config_errors():
@@ -233,8 +284,9 @@ def test_lora_saves_only_the_adapter_and_loads_onto_its_base(world, tmp_path):
     again = load_subject_pipeline(model, base_dir=world / "base")
     with torch.no_grad():
         assert torch.equal(again.unet(x, t, class_labels=torch.tensor([1, 1])).sample, tuned)
-    out = pipe(batch_size=1, subject=False, num_inference_steps=2, output_type="np",
-               generator=torch.Generator().manual_seed(0)).images
+    out = pipe(
+        batch_size=1, subject=False, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     assert out.shape == (1, 8, 8, 3)
     # An adapter refuses a base whose weights changed.
     with pytest.raises(ValueError, match="adapter for base UNet"):
@@ -248,13 +300,16 @@ def test_lora_adapter_finds_its_base_from_any_cwd_and_after_a_move(world, tmp_pa
     from peft import inject_adapter_in_model
 
     from tasks.dreambooth.train import lora_config, save_adapter
+
     cfg = _config(db_params(method="lora"))
     base = LatentDiffusionPipeline.from_pretrained(str(world / "base"))
     unet = inject_adapter_in_model(lora_config(cfg), with_identifier(base.unet))
     project = tmp_path / "project"
     shutil.copytree(world / "base", project / "models" / "ldm")
     monkeypatch.chdir(project)
-    save_adapter(unet, cfg, "models/ldm", module_identity(base.unet), "models/dreambooth")  # paths as the stage gives them
+    save_adapter(
+        unet, cfg, "models/ldm", module_identity(base.unet), "models/dreambooth"
+    )  # paths as the stage gives them
     record = json.loads((project / "models/dreambooth/dreambooth_adapter.json").read_text())
     assert record["base_dir"] == str(project / "models/ldm") and record["base_dir_relative"] == "../ldm"
     x, t = torch.randn(1, 4, 8, 8), torch.tensor([10])
@@ -297,11 +352,19 @@ def test_full_finetune_pipeline_round_trip_and_subject_choice(world, tmp_path):
 def test_too_few_subject_photos_is_an_error_naming_the_rejected_ones():
     from tasks.dreambooth.subject import check_enough_photos
 
-    manifest = {"counts": {"written": 2}, "params": {"min_photos": 3},
-                "rejected": [{"file": "me_03.jpg", "reason": "no face found"},
-                             {"file": "me_07.jpg", "reason": "face smaller than min_face_size (31 px < 40)"}]}
-    with pytest.raises(ValueError, match=r"only 2 subject photo\(s\).*min_photos=3.*me_03.jpg: no face found.*"
-                                         r"me_07.jpg: face smaller"):
+    manifest = {
+        "counts": {"written": 2},
+        "params": {"min_photos": 3},
+        "rejected": [
+            {"file": "me_03.jpg", "reason": "no face found"},
+            {"file": "me_07.jpg", "reason": "face smaller than min_face_size (31 px < 40)"},
+        ],
+    }
+    with pytest.raises(
+        ValueError,
+        match=r"only 2 subject photo\(s\).*min_photos=3.*me_03.jpg: no face found.*"
+        r"me_07.jpg: face smaller",
+    ):
         check_enough_photos(manifest, "data/faces/subject")
     check_enough_photos({**manifest, "counts": {"written": 3}}, "data/faces/subject")  # enough: no error
 

@@ -4,6 +4,7 @@ through the stage functions, samples exactly what `LDMPipeline` samples, and a h
 the download command.
 
 Everything is tiny and randomly initialised: a 2-level VQModel (16 px -> 3x8x8) and a 2-level UNet."""
+
 import json
 from pathlib import Path
 
@@ -15,7 +16,6 @@ from diffusers import DDIMScheduler, LDMPipeline, VQModel
 from pipelines.dreambooth import load_subject_pipeline, resolve_base
 from pipelines.identity import module_identity
 from pipelines.ldm_base import base_layout
-from tasks.shards.dataset import read_manifest, write_manifest
 from tasks.dreambooth.base import base_identity, base_vae_dir, load_base
 from tasks.dreambooth.class_samples import sample_class, shard_seed
 from tasks.dreambooth.config import EncodeSubjectConfig, TrainDreamboothConfig
@@ -23,6 +23,7 @@ from tasks.dreambooth.subject import encode_subject
 from tasks.dreambooth.train import run_training
 from tasks.evaluation.faces import load_base_pipeline, model_resolution, untrained_pipeline, vae_round_trip
 from tasks.latent.encode import iter_latents
+from tasks.shards.dataset import read_manifest, write_manifest
 from tests.helpers.dreambooth import SCHEDULE, class_cfg, db_params
 from tests.helpers.latents import make_aligned
 from tests.helpers.models import tiny_unet
@@ -34,9 +35,15 @@ def make_ldm_base(path: Path, seed: int = 0) -> Path:
     """A tiny diffusers LDMPipeline saved in its own layout (vqvae/, not vae/); the VQModel keeps
     diffusers' default scaling_factor, which LDMPipeline divides by before decoding."""
     torch.manual_seed(seed)
-    vqvae = VQModel(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                    up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=3, num_vq_embeddings=16,
-                    norm_num_groups=4, sample_size=16)
+    vqvae = VQModel(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=3,
+        num_vq_embeddings=16,
+        norm_num_groups=4,
+        sample_size=16,
+    )
     unet = tiny_unet(groups=8, attention=True)
     LDMPipeline(vqvae=vqvae, unet=unet, scheduler=DDIMScheduler(**SCHEDULE, clip_sample=False)).save_pretrained(path)
     return path
@@ -55,15 +62,29 @@ def chain(tmp_path_factory):
     """encode_subject -> sample_class -> train_dreambooth (2 steps) on the LDMPipeline-layout base."""
     root = tmp_path_factory.mktemp("pretrained")
     base = make_ldm_base(root / "pretrained" / "ldm-tiny")
-    encode_subject(str(make_subject(root / "photos")), str(base), str(root / "subject"),
-                   EncodeSubjectConfig(flip=False, batch_size=8, device="cpu", precision="fp32"), **QUIET)
+    encode_subject(
+        str(make_subject(root / "photos")),
+        str(base),
+        str(root / "subject"),
+        EncodeSubjectConfig(flip=False, batch_size=8, device="cpu", precision="fp32"),
+        **QUIET,
+    )
     sample_class(str(base), str(root / "class"), str(root / "grid.png"), class_cfg(num_class_samples=4), **QUIET)
-    params = db_params(training={"num_epochs": 1, "use_ema": False},
-                       samples={"num_images": 1, "scheduler": "ddim", "num_inference_steps": 2, "seed": 0,
-                                "guidance_scale": 2.0})
-    run_training(str(root / "subject"), str(root / "class"), str(base), str(root / "model"), str(root / "ckpt"),
-                 str(root / "live"), str(root / "metrics.json"),
-                 TrainDreamboothConfig.from_params(params, "train_dreambooth"), show_progress=False)
+    params = db_params(
+        training={"num_epochs": 1, "use_ema": False},
+        samples={"num_images": 1, "scheduler": "ddim", "num_inference_steps": 2, "seed": 0, "guidance_scale": 2.0},
+    )
+    run_training(
+        str(root / "subject"),
+        str(root / "class"),
+        str(base),
+        str(root / "model"),
+        str(root / "ckpt"),
+        str(root / "live"),
+        str(root / "metrics.json"),
+        TrainDreamboothConfig.from_params(params, "train_dreambooth"),
+        show_progress=False,
+    )
     return root
 
 
@@ -74,10 +95,12 @@ def test_our_pipeline_samples_what_ldm_pipeline_samples(tmp_path):
     theirs.set_progress_bar_config(disable=True)
     assert type(ours.vae).__name__ == "VQModel" and ours.vae.config.scaling_factor == theirs.vqvae.config.scaling_factor
     for steps in (1, 3):
-        a = ours(batch_size=2, num_inference_steps=steps, generator=torch.Generator().manual_seed(7),
-                 output_type="np").images
-        b = theirs(batch_size=2, num_inference_steps=steps, generator=torch.Generator().manual_seed(7),
-                   output_type="np").images
+        a = ours(
+            batch_size=2, num_inference_steps=steps, generator=torch.Generator().manual_seed(7), output_type="np"
+        ).images
+        b = theirs(
+            batch_size=2, num_inference_steps=steps, generator=torch.Generator().manual_seed(7), output_type="np"
+        ).images
         assert a.shape == b.shape == (2, 16, 16, 3)
         assert np.allclose(a, b, rtol=0, atol=1e-6), np.abs(a - b).max()
 
@@ -102,8 +125,13 @@ def test_the_dreambooth_chain_runs_on_an_ldm_pipeline_base(chain):
     assert metrics["steps"] == 2 and metrics["base_identity"] == ident["identity"]
     pipe = load_subject_pipeline(chain / "model")
     assert pipe.has_identifier and type(pipe.vae).__name__ == "VQModel"
-    images = pipe(batch_size=1, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0),
-                  guidance_scale=2.0).images
+    images = pipe(
+        batch_size=1,
+        num_inference_steps=2,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+        guidance_scale=2.0,
+    ).images
     assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
 
 
@@ -113,8 +141,12 @@ def test_evaluate_faces_and_a_lora_record_load_the_ldm_pipeline_base(chain):
     assert model_resolution(pipe) == 16
     photos = [np.full((16, 16, 3), 128, np.uint8)] * 2
     assert vae_round_trip(pipe, photos)[0].shape == (16, 16, 3)  # a VQModel has no posterior: its latents
-    assert untrained_pipeline(pipe, seed=0)(batch_size=1, num_inference_steps=1, output_type="np").images.shape \
-        == (1, 16, 16, 3)
+    assert untrained_pipeline(pipe, seed=0)(batch_size=1, num_inference_steps=1, output_type="np").images.shape == (
+        1,
+        16,
+        16,
+        3,
+    )
     record = {"base_dir": str(base_dir), "base_unet_identity": module_identity(pipe.unet)}
     assert module_identity(resolve_base(chain / "model", record).vae) == module_identity(pipe.vae)
 
@@ -128,8 +160,13 @@ def test_a_hub_id_is_refused_with_the_download_command(name, tmp_path):
     command = name if name.startswith("CompVis") else "CompVis/ldm-celebahq-256"  # the example when it is no hub id
     assert f"`huggingface-cli download {command} --local-dir models/pretrained/{command.split('/')[1]}`" in msg
     with pytest.raises(FileNotFoundError, match="huggingface-cli download"):
-        encode_subject(str(make_subject(tmp_path / "photos")), name, str(tmp_path / "out"),
-                       EncodeSubjectConfig(flip=False, batch_size=8, device="cpu", precision="fp32"), **QUIET)
+        encode_subject(
+            str(make_subject(tmp_path / "photos")),
+            name,
+            str(tmp_path / "out"),
+            EncodeSubjectConfig(flip=False, batch_size=8, device="cpu", precision="fp32"),
+            **QUIET,
+        )
 
 
 def test_the_lock_check_reads_a_templated_base_as_dvc_does(tmp_path):
@@ -139,16 +176,26 @@ def test_the_lock_check_reads_a_templated_base_as_dvc_does(tmp_path):
     from tasks.tracking.deps import lock_problems
 
     (tmp_path / "params.yaml").write_text("dreambooth_base: models/pretrained/x\nsample_class:\n  seed: 0\n")
-    (tmp_path / "dvc.yaml").write_text("stages:\n  sample_class:\n    cmd: python -m flows.sample_class --base-dir "
-                                       "${dreambooth_base}\n    deps:\n      - ${dreambooth_base}\n"
-                                       "    params:\n      - sample_class\n")
-    lock = {"schema": "2.0", "stages": {"sample_class": {
-        "cmd": "python -m flows.sample_class --base-dir models/pretrained/x",
-        "deps": [{"path": "models/pretrained/x", "md5": "x.dir"}],
-        "params": {"params.yaml": {"dreambooth_base": "models/pretrained/x", "sample_class": {"seed": 0}}}}}}
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  sample_class:\n    cmd: python -m flows.sample_class --base-dir "
+        "${dreambooth_base}\n    deps:\n      - ${dreambooth_base}\n"
+        "    params:\n      - sample_class\n"
+    )
+    lock = {
+        "schema": "2.0",
+        "stages": {
+            "sample_class": {
+                "cmd": "python -m flows.sample_class --base-dir models/pretrained/x",
+                "deps": [{"path": "models/pretrained/x", "md5": "x.dir"}],
+                "params": {"params.yaml": {"dreambooth_base": "models/pretrained/x", "sample_class": {"seed": 0}}},
+            }
+        },
+    }
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
     assert lock_problems(tmp_path) == []
     (tmp_path / "params.yaml").write_text("dreambooth_base: models/ldm\nsample_class:\n  seed: 0\n")
-    assert lock_problems(tmp_path) == ["sample_class: cmd differs from the one dvc.lock recorded",
-                                       "sample_class: dep models/ldm is new since dvc.lock",
-                                       "sample_class: dep models/pretrained/x is gone since dvc.lock"]
+    assert lock_problems(tmp_path) == [
+        "sample_class: cmd differs from the one dvc.lock recorded",
+        "sample_class: dep models/ldm is new since dvc.lock",
+        "sample_class: dep models/pretrained/x is gone since dvc.lock",
+    ]

@@ -6,6 +6,7 @@ the next step. The CPU has no device to wait for, so the test counts the reads t
 optimizer step they happen in, during a tiny run, and finds them only at logging, checkpoint and
 sample steps.
 """
+
 from __future__ import annotations
 
 import sys
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tasks.training.engine import train
-from tests.training.test_training import _cfg, _grid_spec
+from tests.helpers.training import tiny_grid_spec, train_config
 
 # Tensor methods that bring a value to the host (a sync when the tensor lives on a GPU).
 SYNCS = ("item", "cpu", "tolist", "numpy", "__float__", "__int__", "__bool__")
@@ -37,9 +38,10 @@ def test_no_host_sync_between_logging_steps(tmp_path, monkeypatch):
             if now["step"] and not _host_counter(caller):
                 syncs.append((now["step"], name, f"{caller.f_code.co_filename}:{caller.f_lineno}"))
             return method(self, *args, **kwargs)
+
         return wrapper
 
-    spec = _grid_spec({})
+    spec = tiny_grid_spec({})
     make_loader = spec.make_loader
 
     def loader(epoch, rank, world):  # the loop begins with the first epoch's loader
@@ -51,19 +53,27 @@ def test_no_host_sync_between_logging_steps(tmp_path, monkeypatch):
     spec.loss = lambda pred, target, cond: (F.mse_loss(pred, target), {"l1": (pred - target).abs().mean().detach()})
     # 4 steps an epoch, 12 in all: rows at 5, 10 (log_every_steps), 6, 12 (checkpoints) and 8 (the step
     # before the last epoch); sample grids at 8 (every 2 epochs) and 12 (the last step).
-    cfg = _cfg(num_epochs=3, log_every_steps=5, checkpointing_steps=6, samples_every_epochs=2)
+    cfg = train_config(num_epochs=3, log_every_steps=5, checkpointing_steps=6, samples_every_epochs=2)
     for name in SYNCS:
         monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
-    summary = train(spec, cfg, model_dir=str(tmp_path / "model"), checkpoint_dir=str(tmp_path / "ckpt"),
-                    live_dir=str(tmp_path / "live"), run_id="syncs", show_progress=False,
-                    step_callback=lambda step: now.__setitem__("step", step + 1))
+    summary = train(
+        spec,
+        cfg,
+        model_dir=str(tmp_path / "model"),
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        live_dir=str(tmp_path / "live"),
+        run_id="syncs",
+        show_progress=False,
+        step_callback=lambda step: now.__setitem__("step", step + 1),
+    )
     monkeypatch.undo()
 
     assert summary["steps"] == 12
     quiet = {1, 2, 3, 4, 7, 9, 11}
     between = [s for s in syncs if s[0] in quiet]
     assert not between, "host syncs between logging steps:\n" + "\n".join(
-        f"step {s}: .{m} at {c}" for s, m, c in between)
+        f"step {s}: .{m} at {c}" for s, m, c in between
+    )
     # The count works: each logging step reads its losses, once for the loss and its parts together.
     per_step = {s: sum(1 for t, m, _ in syncs if t == s and m == "tolist") for s in (5, 6, 8, 10, 12)}
     assert per_step == {5: 1, 6: 1, 8: 1, 10: 1, 12: 1}, per_step

@@ -1,4 +1,5 @@
 """Latent diffusion: the pipeline (round-trip, determinism, schedulers) and train_ldm on the engine."""
+
 from __future__ import annotations
 
 import json
@@ -10,14 +11,16 @@ from diffusers import DDIMScheduler
 from pipelines import LatentDiffusionPipeline, make_scheduler
 from tasks.latent.config import TrainLdmConfig
 from tests.helpers.configs import stage_config
-from tests.helpers.models import TINY_LDM_MODEL as TINY_UNET, tiny_latent_pipeline as _pipeline
+from tests.helpers.models import TINY_LDM_MODEL as TINY_UNET
+from tests.helpers.models import tiny_latent_pipeline as _pipeline
 
 torch.set_num_threads(1)
 
 
 def _sample(pipe, seed=0, **kw):
-    return pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(seed),
-                output_type="pt", **kw).images
+    return pipe(
+        batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(seed), output_type="pt", **kw
+    ).images
 
 
 def test_pipeline_samples_deterministically_and_round_trips(tmp_path):
@@ -30,7 +33,10 @@ def test_pipeline_samples_deterministically_and_round_trips(tmp_path):
     pipe.save_pretrained(tmp_path / "saved")
     index = json.loads((tmp_path / "saved" / "model_index.json").read_text())
     assert index["_class_name"] == "LatentDiffusionPipeline"
-    assert index["vae"] == ["pipelines.autoencoder", "PatchAutoencoderKL"] and index["unet"] == ["diffusers", "UNet2DModel"]
+    assert index["vae"] == ["pipelines.autoencoder", "PatchAutoencoderKL"] and index["unet"] == [
+        "diffusers",
+        "UNet2DModel",
+    ]
     loaded = LatentDiffusionPipeline.from_pretrained(tmp_path / "saved")
     loaded.set_progress_bar_config(disable=True)
     assert isinstance(loaded, LatentDiffusionPipeline)
@@ -71,8 +77,10 @@ def test_sde_sampler_draws_each_image_from_its_own_generator(tmp_path):
     # Same start, other step noise: the SDE's own noise changes the image; the deterministic dpm's does not exist.
     pipe.scheduler = make_scheduler("dpm", pipe.scheduler.config)
     assert not torch.allclose(draw([0, 1]), pair, atol=1e-3)
-    assert scheduler_code("dpm_sde") == ("DPMSolverMultistepScheduler", "DPMSolverMultistepScheduler.from_config("
-                                         "pipe.scheduler.config, algorithm_type='sde-dpmsolver++')")
+    assert scheduler_code("dpm_sde") == (
+        "DPMSolverMultistepScheduler",
+        "DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type='sde-dpmsolver++')",
+    )
 
 
 def test_pipeline_decodes_with_the_scaling_factor(tmp_path):
@@ -87,13 +95,37 @@ def test_pipeline_decodes_with_the_scaling_factor(tmp_path):
 def _train(root, name, **training):
     from tasks.latent.train import run_training
 
-    cfg = {"seed": 0, "num_epochs": 2, "learning_rate": 1e-3, "lr_warmup_steps": 1, "checkpointing_steps": 2,
-           "ema_decay": 0.9, "num_train_timesteps": 100, "samples_every_epochs": 1, **training}
-    config = stage_config(TrainLdmConfig, "train_ldm", num_processes=1, data={"batch_size": 4}, model=TINY_UNET,
-                          training=cfg, samples={"num_images": 4, "num_inference_steps": 2})
+    cfg = {
+        "seed": 0,
+        "num_epochs": 2,
+        "learning_rate": 1e-3,
+        "lr_warmup_steps": 1,
+        "checkpointing_steps": 2,
+        "ema_decay": 0.9,
+        "num_train_timesteps": 100,
+        "samples_every_epochs": 1,
+        **training,
+    }
+    config = stage_config(
+        TrainLdmConfig,
+        "train_ldm",
+        num_processes=1,
+        data={"batch_size": 4},
+        model=TINY_UNET,
+        training=cfg,
+        samples={"num_images": 4, "num_inference_steps": 2},
+    )
     out = root / name
-    summary = run_training(str(root / "latents"), str(root / "vae"), str(out / "model"), str(out / "ckpt"),
-                           str(out / "live"), str(out / "metrics.json"), config, show_progress=False)
+    summary = run_training(
+        str(root / "latents"),
+        str(root / "vae"),
+        str(out / "model"),
+        str(out / "ckpt"),
+        str(out / "live"),
+        str(out / "metrics.json"),
+        config,
+        show_progress=False,
+    )
     return summary, out
 
 
@@ -108,12 +140,16 @@ def test_train_ldm_on_cached_latents_saves_a_sampling_pipeline(latents):
     timings = json.loads((out / "timings" / "metrics.json").read_text())  # how the run went, apart
     assert timings["memory_anatomy"]["total_mb"] > 0 and metrics["final_loss"] > 0
     assert "memory_anatomy" not in metrics and "samples_per_second" not in metrics
-    assert sorted(p.name for p in (out / "live" / "plots" / "images" / "samples").iterdir()) == \
-        ["epoch-001.png", "epoch-002.png"]
+    assert sorted(p.name for p in (out / "live" / "plots" / "images" / "samples").iterdir()) == [
+        "epoch-001.png",
+        "epoch-002.png",
+    ]
     pipe = LatentDiffusionPipeline.from_pretrained(out / "model")
     pipe.set_progress_bar_config(disable=True)
     assert isinstance(pipe, LatentDiffusionPipeline)
-    images = pipe(batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+    images = pipe(
+        batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
     assert images.shape == (2, 8 * 2, 8 * 2, 3)
 
     # Same seed, same run: identical weights (the loader's eps and flips are seeded per sample).
@@ -121,7 +157,6 @@ def test_train_ldm_on_cached_latents_saves_a_sampling_pipeline(latents):
     a = LatentDiffusionPipeline.from_pretrained(out / "model").unet.state_dict()
     b = LatentDiffusionPipeline.from_pretrained(again / "model").unet.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-
 
 
 def test_ffhq256_profile_is_the_seed_report(tmp_path):
@@ -154,8 +189,28 @@ def test_gpu_engine_benchmark_runs_the_ffhq256_profile_small_on_cpu(tmp_path, mo
     from benchmarks import bench_gpu_engine
 
     out = tmp_path / "engine.json"
-    monkeypatch.setattr(sys, "argv", ["bench_gpu_engine", "--device", "cpu", "--small", "--only", "ldm", "--steps", "3",
-                                      "--warmup", "1", "--ldm-latents", "24", "--workers", "0", "--out", str(out)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "bench_gpu_engine",
+            "--device",
+            "cpu",
+            "--small",
+            "--only",
+            "ldm",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--ldm-latents",
+            "24",
+            "--workers",
+            "0",
+            "--out",
+            str(out),
+        ],
+    )
     bench_gpu_engine.main()
     r = json.loads(out.read_text())["ldm"]
     assert r["steps"] == 3 and r["batch"] == 8 and r["profile"] == "ffhq256_ldm.yaml"

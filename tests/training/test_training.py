@@ -1,72 +1,16 @@
 """The shared training engine on a tiny unconditional UNet and an in-memory dataset (no shards)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import UNet2DModel
 
 from tasks.training import engine
 from tasks.training.checkpoints import FINGERPRINT, PREVIOUS_RUN, ResumeError
-from tasks.training.config import GuardConfig, TrainConfig
-from tasks.training.diffusion import DiffusionSpec
+from tasks.training.config import TrainConfig
 from tasks.training.engine import StopTraining, list_checkpoints, noise_seed, train
 from tasks.training.memory import memory_anatomy
-
-N_IMAGES, BATCH = 32, 8
-
-
-def _images() -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    # Smooth blobs, so a tiny UNet has structure to learn within a few steps.
-    base = torch.rand(N_IMAGES, 3, 2, 2, generator=g) * 2 - 1
-    return torch.nn.functional.interpolate(base, size=(8, 8), mode="bilinear", align_corners=False)
-
-
-class _Loader:
-    """Deterministic for (seed, epoch); shards the images by rank like the real loaders."""
-
-    def __init__(self, images, epoch, rank, world):
-        self.images = images[rank::world]
-        self.order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(1000 + epoch))
-
-    def __iter__(self):
-        for i in range(0, len(self.order) - BATCH + 1, BATCH):
-            yield self.images[self.order[i:i + BATCH]]
-
-
-def _spec(saved: dict) -> DiffusionSpec:
-    images = _images()
-
-    def build():
-        return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16),
-                           down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                           layers_per_block=1, norm_num_groups=4)
-
-    def save(net, scheduler, out_dir):
-        net.save_pretrained(out_dir)
-        saved["state"] = {k: v.detach().clone() for k, v in net.state_dict().items()}
-
-    return DiffusionSpec(build_model=build, make_loader=lambda e, r, w: _Loader(images, e, r, w),
-                     batches_per_epoch=N_IMAGES // BATCH, prepare_batch=lambda b, d: (b.to(d), None),
-                     predict=lambda m, x, t, c: m(x, t).sample, save=save)
-
-
-def _cfg(**kw) -> TrainConfig:
-    base = dict(seed=3, num_epochs=2, max_train_steps=None, gradient_accumulation_steps=1, mixed_precision="no",
-                learning_rate=3e-3, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=1e-2, adam_epsilon=1e-8,
-                lr_warmup_steps=2, max_grad_norm=1.0, num_train_timesteps=1000, beta_schedule="linear",
-                beta_start=1e-4, beta_end=0.02, prediction_type="epsilon", snr_gamma=None, use_ema=True,
-                ema_decay=0.9, cond_drop_prob=0.0, checkpointing_steps=2, checkpoints_total_limit=2, samples_every_epochs=0,
-                log_every_steps=1, guard=GuardConfig(spike_factor=3.0, patience=3, max_recoveries=3, lr_factor=0.5))
-    return TrainConfig(**{**base, **kw})
-
-
-def _run(tmp_path, name, cfg, **kw):
-    saved: dict = {}
-    summary = train(_spec(saved), cfg, model_dir=str(tmp_path / name / "model"),
-                    checkpoint_dir=str(tmp_path / name / "ckpt"), live_dir=str(tmp_path / name / "live"),
-                    run_id="test", show_progress=False, **kw)
-    return summary, saved.get("state")
+from tests.helpers.training import BATCH, TinyLoader, tiny_grid_spec, tiny_images, tiny_spec, train_config, train_tiny
 
 
 def _losses(live_dir):
@@ -76,10 +20,10 @@ def _losses(live_dir):
 
 
 def test_same_seed_same_weights_and_resume_is_exact(tmp_path):
-    cfg = _cfg(log_every_steps=3)  # rows at 2, 3, 4, 6, 8: a row's steps never span the resume
-    summary, full = _run(tmp_path, "a", cfg)
+    cfg = train_config(log_every_steps=3)  # rows at 2, 3, 4, 6, 8: a row's steps never span the resume
+    summary, full = train_tiny(tmp_path, "a", cfg)
     assert summary["steps"] == 8 and summary["run"]["resumed_from_step"] is None
-    _, again = _run(tmp_path, "b", cfg)
+    _, again = train_tiny(tmp_path, "b", cfg)
     assert all(torch.equal(full[k], again[k]) for k in full)
 
     # Killed after step 5 (last checkpoint at step 4), then run again: resumes, ends identical.
@@ -88,10 +32,10 @@ def test_same_seed_same_weights_and_resume_is_exact(tmp_path):
             raise StopTraining
 
     with pytest.raises(StopTraining):
-        _run(tmp_path, "c", cfg, step_callback=kill_at_5)
+        train_tiny(tmp_path, "c", cfg, step_callback=kill_at_5)
     assert [p.name for p in list_checkpoints(tmp_path / "c" / "ckpt")] == ["checkpoint-2", "checkpoint-4"]
     assert not (tmp_path / "c" / "model").exists()
-    summary, resumed = _run(tmp_path, "c", cfg)
+    summary, resumed = train_tiny(tmp_path, "c", cfg)
     assert summary["run"]["resumed_from_step"] == 4
     assert all(torch.equal(full[k], resumed[k]) for k in full)
     # Total limit honoured; the curve has each step once, equal to the uninterrupted run's.
@@ -101,15 +45,21 @@ def test_same_seed_same_weights_and_resume_is_exact(tmp_path):
 
 def test_changed_params_discard_old_checkpoints(tmp_path):
     saved: dict = {}
-    kw = dict(model_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "ck"), live_dir=str(tmp_path / "l"),
-              show_progress=False)
-    train(_spec(saved), _cfg(num_epochs=1), run_id="one", **kw)
-    summary = train(_spec(saved), _cfg(num_epochs=1), run_id="two", **kw)
+    kw = dict(
+        model_dir=str(tmp_path / "m"),
+        checkpoint_dir=str(tmp_path / "ck"),
+        live_dir=str(tmp_path / "l"),
+        show_progress=False,
+    )
+    train(tiny_spec(saved), train_config(num_epochs=1), run_id="one", **kw)
+    summary = train(tiny_spec(saved), train_config(num_epochs=1), run_id="two", **kw)
     assert summary["run"]["resumed_from_step"] is None
 
 
 def test_loss_falls_with_accumulation(tmp_path):
-    summary, _ = _run(tmp_path, "f", _cfg(num_epochs=10, gradient_accumulation_steps=2, checkpointing_steps=100))
+    summary, _ = train_tiny(
+        tmp_path, "f", train_config(num_epochs=10, gradient_accumulation_steps=2, checkpointing_steps=100)
+    )
     losses = [l for _, l in _losses(tmp_path / "f" / "live")]
     assert summary["steps"] == len(losses) == 20  # 4 micro-batches per epoch, 2 per step
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
@@ -122,7 +72,7 @@ def test_loss_falls_with_accumulation(tmp_path):
 def test_v_prediction_target(tmp_path):
     """With v_prediction the model is regressed on v = sqrt(a) eps - sqrt(1 - a) x0."""
     seen = {}
-    spec = _spec({})
+    spec = tiny_spec({})
     predict = spec.predict
 
     def spy(m, x, t, c):
@@ -130,14 +80,27 @@ def test_v_prediction_target(tmp_path):
         return predict(m, x, t, c)
 
     spec.predict = spy
-    cfg = _cfg(num_epochs=1, max_train_steps=1, prediction_type="v_prediction", beta_schedule="squaredcos_cap_v2",
-               use_ema=False, max_grad_norm=None)
-    summary = train(spec, cfg, model_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "c"),
-                    live_dir=str(tmp_path / "l"), run_id="v", show_progress=False)
+    cfg = train_config(
+        num_epochs=1,
+        max_train_steps=1,
+        prediction_type="v_prediction",
+        beta_schedule="squaredcos_cap_v2",
+        use_ema=False,
+        max_grad_norm=None,
+    )
+    summary = train(
+        spec,
+        cfg,
+        model_dir=str(tmp_path / "m"),
+        checkpoint_dir=str(tmp_path / "c"),
+        live_dir=str(tmp_path / "l"),
+        run_id="v",
+        show_progress=False,
+    )
     assert summary["steps"] == 1
     a = cfg.noise_scheduler().alphas_cumprod[seen["t"]].view(-1, 1, 1, 1)
     g = torch.Generator().manual_seed(noise_seed(cfg.seed, 0, 0))  # rank 0, first micro-batch
-    x0 = _images()[_Loader(_images(), 0, 0, 1).order[:BATCH]]
+    x0 = tiny_images()[TinyLoader(tiny_images(), 0, 0, 1).order[:BATCH]]
     noise = torch.randn(x0.shape, generator=g)
     assert torch.allclose(seen["x"], a.sqrt() * x0 + (1 - a).sqrt() * noise, atol=1e-5)
 
@@ -154,23 +117,25 @@ def test_min_snr_weighting_matches_its_definition():
     a = sched.alphas_cumprod[t]
     snr = a / (1 - a)
     per_sample = ((pred - target) ** 2).mean(dim=(1, 2, 3))
-    assert torch.allclose(denoising_loss(pred, target, t, sched, _cfg()), per_sample.mean())
-    eps = denoising_loss(pred, target, t, sched, _cfg(snr_gamma=5.0))
+    assert torch.allclose(denoising_loss(pred, target, t, sched, train_config()), per_sample.mean())
+    eps = denoising_loss(pred, target, t, sched, train_config(snr_gamma=5.0))
     assert torch.allclose(eps, (per_sample * torch.minimum(snr, torch.tensor(5.0)) / snr).mean())
-    v = denoising_loss(pred, target, t, sched, _cfg(snr_gamma=5.0, prediction_type="v_prediction"))
+    v = denoising_loss(pred, target, t, sched, train_config(snr_gamma=5.0, prediction_type="v_prediction"))
     assert torch.allclose(v, (per_sample * torch.minimum(snr, torch.tensor(5.0)) / (snr + 1)).mean())
     # clean timesteps (SNR >> gamma) are down-weighted, noisy ones (SNR < gamma) keep weight 1
     assert snr[0] > 5 > snr[3]
 
 
 def test_memory_anatomy_matches_model_and_optimizer(tmp_path):
-    summary, _ = _run(tmp_path, "m", _cfg(num_epochs=1, checkpointing_steps=100))
+    summary, _ = train_tiny(tmp_path, "m", train_config(num_epochs=1, checkpointing_steps=100))
     anatomy = summary["run"]["memory_anatomy"]
-    model = _spec({}).build_model()
+    model = tiny_spec({}).build_model()
     n = sum(p.numel() for p in model.parameters())
     assert anatomy["trainable_parameters"] == anatomy["parameters"] == n
     assert anatomy["weights_mb"] == pytest.approx(n * 4 / 2**20)
-    assert anatomy["adam_state_mb_measured"] == pytest.approx(anatomy["adam_state_mb"]) == pytest.approx(2 * n * 4 / 2**20)
+    assert (
+        anatomy["adam_state_mb_measured"] == pytest.approx(anatomy["adam_state_mb"]) == pytest.approx(2 * n * 4 / 2**20)
+    )
     # The blog-post figure: 117M fp32 parameters are about 447 MB of weights.
     big = torch.nn.Linear(1, 1)
     big.weight = torch.nn.Parameter(torch.empty(117_200_000, 1, device="meta"))
@@ -179,26 +144,13 @@ def test_memory_anatomy_matches_model_and_optimizer(tmp_path):
 
 def test_bad_training_params_are_named():
     from tasks.config.typed import ConfigError
+
     with pytest.raises(ValueError, match="prediction_type"):
-        _cfg(prediction_type="sample")
+        train_config(prediction_type="sample")
     with pytest.raises(ValueError, match="snr_gamma"):
-        _cfg(snr_gamma=0.0)
+        train_config(snr_gamma=0.0)
     with pytest.raises(ConfigError, match="learning_rte"):
-        TrainConfig.from_params({**_cfg().to_dict(), "learning_rte": 1.0})
-
-
-def _grid_spec(saved: dict) -> DiffusionSpec:
-    """The tiny spec with a sample grid: a deterministic image of the EMA weights."""
-    spec = _spec(saved)
-
-    def grid(net, scheduler, epoch):
-        from PIL import Image
-        w = next(net.parameters()).detach().flatten()[:64]
-        px = ((w - w.min()) / (w.max() - w.min() + 1e-12) * 255).to(torch.uint8).reshape(8, 8).numpy()
-        return Image.fromarray(px).convert("RGB")
-
-    spec.sample_grid = grid
-    return spec
+        TrainConfig.from_params({**train_config().to_dict(), "learning_rte": 1.0})
 
 
 def _files(root):
@@ -209,16 +161,22 @@ def test_rerun_of_a_finished_run_regenerates_identical_outputs(tmp_path):
     """`dvc repro -f` on a finished stage: DVC deletes the model and dvclive outs, keeps the
     (persist) checkpoints; the engine resumes at the end and writes the same bytes again,
     including a grid at the final epoch although 2 epochs is no multiple of samples_every_epochs."""
-    cfg = _cfg(samples_every_epochs=4)
-    kw = dict(model_dir=str(tmp_path / "model"), checkpoint_dir=str(tmp_path / "ckpt"),
-              live_dir=str(tmp_path / "live"), run_id="r", show_progress=False)
-    first = train(_grid_spec({}), cfg, **kw)
+    cfg = train_config(samples_every_epochs=4)
+    kw = dict(
+        model_dir=str(tmp_path / "model"),
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        live_dir=str(tmp_path / "live"),
+        run_id="r",
+        show_progress=False,
+    )
+    first = train(tiny_grid_spec({}), cfg, **kw)
     assert (tmp_path / "live" / "plots" / "images" / "samples" / "epoch-002.png").is_file()
     model, live = _files(tmp_path / "model"), _files(tmp_path / "live")
     import shutil
+
     shutil.rmtree(tmp_path / "model")
     shutil.rmtree(tmp_path / "live")
-    again = train(_grid_spec({}), cfg, **kw)
+    again = train(tiny_grid_spec({}), cfg, **kw)
     assert again["run"]["resumed_from_step"] == again["steps"] == first["steps"] == 8
     assert {k: v for k, v in again.items() if k != "run"} == {k: v for k, v in first.items() if k != "run"}
     assert _files(tmp_path / "model") == model
@@ -227,37 +185,48 @@ def test_rerun_of_a_finished_run_regenerates_identical_outputs(tmp_path):
 
 def test_code_change_discards_checkpoints(tmp_path, monkeypatch):
     """Same params and data, other code: nothing is resumed, the full step count is trained."""
-    cfg = _cfg(num_epochs=1)
-    kw = dict(model_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "ck"), live_dir=str(tmp_path / "l"),
-              run_id="same", show_progress=False)
-    train(_spec({}), cfg, **kw)
-    resumed = train(_spec({}), cfg, **kw)
+    cfg = train_config(num_epochs=1)
+    kw = dict(
+        model_dir=str(tmp_path / "m"),
+        checkpoint_dir=str(tmp_path / "ck"),
+        live_dir=str(tmp_path / "l"),
+        run_id="same",
+        show_progress=False,
+    )
+    train(tiny_spec({}), cfg, **kw)
+    resumed = train(tiny_spec({}), cfg, **kw)
     assert resumed["run"]["resumed_from_step"] == 4
     monkeypatch.setattr(engine, "code_identity", lambda: "other code")
-    fresh = train(_spec({}), cfg, **kw)
+    fresh = train(tiny_spec({}), cfg, **kw)
     assert fresh["run"]["resumed_from_step"] is None and fresh["steps"] == 4
     # The old run's state was kept aside while this one trained, and dropped once it finished.
     assert not (tmp_path / "ck" / PREVIOUS_RUN).exists()
 
 
 def test_resume_refuses_another_accumulation_or_process_count(tmp_path):
-    kw = dict(model_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "ck"), live_dir=str(tmp_path / "l"),
-              run_id="same", show_progress=False)
+    kw = dict(
+        model_dir=str(tmp_path / "m"),
+        checkpoint_dir=str(tmp_path / "ck"),
+        live_dir=str(tmp_path / "l"),
+        run_id="same",
+        show_progress=False,
+    )
 
     def stop_at_2(step):
         if step == 2:
             raise StopTraining
 
     with pytest.raises(StopTraining):
-        train(_spec({}), _cfg(), step_callback=stop_at_2, **kw)
+        train(tiny_spec({}), train_config(), step_callback=stop_at_2, **kw)
     with pytest.raises(ResumeError, match="gradient_accumulation_steps 1 \\(now 2\\)"):
-        train(_spec({}), _cfg(gradient_accumulation_steps=2), **kw)
+        train(tiny_spec({}), train_config(gradient_accumulation_steps=2), **kw)
     # As if the checkpoints had been written by two processes (accelerate launch).
     marker = tmp_path / "ck" / FINGERPRINT
     import json
+
     marker.write_text(json.dumps({**json.loads(marker.read_text()), "processes": 2}))
     with pytest.raises(ResumeError, match="processes 2 \\(now 1\\)"):
-        train(_spec({}), _cfg(), **kw)
+        train(tiny_spec({}), train_config(), **kw)
 
 
 def test_skipped_optimizer_steps_leave_lr_and_ema_alone(tmp_path, monkeypatch):
@@ -265,13 +234,14 @@ def test_skipped_optimizer_steps_leave_lr_and_ema_alone(tmp_path, monkeypatch):
     LR schedule or the EMA. Here every step is reported skipped: the LR stays at its warmup start
     (0) and the EMA weights, hence the saved model, stay the initial weights."""
     import accelerate
+
     monkeypatch.setattr(accelerate.Accelerator, "optimizer_step_was_skipped", property(lambda self: True))
-    summary, saved = _run(tmp_path, "s", _cfg(num_epochs=1))
+    summary, saved = train_tiny(tmp_path, "s", train_config(num_epochs=1))
     assert summary["steps"] == 4
     lrs = (tmp_path / "s" / "live" / "plots" / "metrics" / "train" / "lr.tsv").read_text().splitlines()[1:]
     assert [float(r.split("\t")[-1]) for r in lrs] == [0.0] * 4
     torch.manual_seed(3)
-    initial = _spec({}).build_model().state_dict()
+    initial = tiny_spec({}).build_model().state_dict()
     assert all(torch.equal(initial[k], saved[k]) for k in initial)
 
 
@@ -279,8 +249,8 @@ def test_logged_rows_are_means_of_the_steps_between(tmp_path):
     """Logging every 5 steps changes nothing but the curve: the same weights; one row per logging step
     (and per checkpoint, and before the last epoch) at x = the step, the mean of the steps since the
     row before; final_loss still the mean over the last epoch's steps."""
-    one, w1 = _run(tmp_path, "one", _cfg(checkpointing_steps=100))
-    three, w3 = _run(tmp_path, "three", _cfg(checkpointing_steps=100, log_every_steps=3))
+    one, w1 = train_tiny(tmp_path, "one", train_config(checkpointing_steps=100))
+    three, w3 = train_tiny(tmp_path, "three", train_config(checkpointing_steps=100, log_every_steps=3))
     assert all(torch.equal(w1[k], w3[k]) for k in w1)
     per_step = dict(_losses(tmp_path / "one" / "live"))
     assert sorted(per_step) == list(range(1, 9))
@@ -295,13 +265,17 @@ def test_logged_rows_are_means_of_the_steps_between(tmp_path):
 def test_bad_input_fails_before_a_checkpoint_is_deleted(tmp_path):
     """Another run (new data) with no batch to train on fails with a clear error and
     leaves the last good run's checkpoints, curves and model as they were."""
-    kw = dict(model_dir=str(tmp_path / "model"), checkpoint_dir=str(tmp_path / "ckpt"),
-              live_dir=str(tmp_path / "live"), show_progress=False)
-    train(_spec({}), _cfg(num_epochs=1), run_id="good data", **kw)
+    kw = dict(
+        model_dir=str(tmp_path / "model"),
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        live_dir=str(tmp_path / "live"),
+        show_progress=False,
+    )
+    train(tiny_spec({}), train_config(num_epochs=1), run_id="good data", **kw)
     before = _files(tmp_path)
     assert [p.name for p in list_checkpoints(tmp_path / "ckpt")] == ["checkpoint-2", "checkpoint-4"]
-    empty = _spec({})
+    empty = tiny_spec({})
     empty.batches_per_epoch, empty.make_loader = 0, lambda epoch, rank, world: iter(())
     with pytest.raises(ValueError, match="0 batches per epoch .* the training data is empty"):
-        train(empty, _cfg(num_epochs=1), run_id="bad data", **kw)
+        train(empty, train_config(num_epochs=1), run_id="bad data", **kw)
     assert _files(tmp_path) == before

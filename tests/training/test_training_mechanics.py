@@ -7,6 +7,7 @@ Each test here fails when one named one-line bug is planted:
 - a LoRA adapter's weights are not applied when the model is loaded (checked without an identifier,
   so the identifier's embedding cannot make the model differ from its base on its own).
 """
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,13 @@ from tasks.training.engine import noise_seed, train
 from tests.helpers.configs import stage_config
 from tests.helpers.dreambooth import db_params, train_dreambooth
 from tests.helpers.models import TINY_LDM_MODEL as TINY_UNET
-from tests.training.test_training import _cfg, _spec
+from tests.helpers.training import tiny_spec, train_config
 
 torch.set_num_threads(1)
 
 
 # ----------------------------------------------------------------------------------------- EMA
+
 
 def _ema_decay(step: int, decay: float) -> float:
     """diffusers' EMAModel decay at optimization step `step` (1-based; no warmup, update_after_step 0)."""
@@ -34,7 +36,7 @@ def _ema_decay(step: int, decay: float) -> float:
 
 def test_the_saved_model_holds_the_ema_weights_not_the_live_ones(tmp_path):
     saved: dict = {}
-    spec = _spec(saved)
+    spec = tiny_spec(saved)
     build = spec.build_model
     trained: dict = {}
 
@@ -55,15 +57,23 @@ def test_the_saved_model_holds_the_ema_weights_not_the_live_ones(tmp_path):
         for k, p in live.items():
             shadow[k] = shadow[k] - (1 - d) * (shadow[k] - p)
 
-    cfg = _cfg(num_epochs=2, ema_decay=0.9, learning_rate=3e-2, checkpointing_steps=100)
-    summary = train(spec, cfg, model_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "c"),
-                    live_dir=str(tmp_path / "l"), run_id="ema", show_progress=False, step_callback=follow_ema)
+    cfg = train_config(num_epochs=2, ema_decay=0.9, learning_rate=3e-2, checkpointing_steps=100)
+    summary = train(
+        spec,
+        cfg,
+        model_dir=str(tmp_path / "m"),
+        checkpoint_dir=str(tmp_path / "c"),
+        live_dir=str(tmp_path / "l"),
+        run_id="ema",
+        show_progress=False,
+        step_callback=follow_ema,
+    )
     assert summary["steps"] == 8
     live = dict(trained["model"].named_parameters())
     # EMA and live weights are clearly apart (else the test could not tell them apart).
     gap = max((shadow[k] - live[k].detach()).abs().max().item() for k in live)
     assert gap > 1e-3, gap
-    for k, p in live.items():
+    for k in live:
         torch.testing.assert_close(saved["state"][k], shadow[k], rtol=0, atol=1e-6, msg=f"{k}: not the EMA weights")
     assert any(not torch.allclose(saved["state"][k], p.detach(), atol=1e-4) for k, p in live.items())
     # And the live weights are back in the model after saving (the EMA was swapped in only to save).
@@ -76,19 +86,32 @@ def test_the_saved_model_holds_the_ema_weights_not_the_live_ones(tmp_path):
 
 # ----------------------------------------------------------------------------------------- LDM scale
 
+
 def test_train_ldm_feeds_the_unet_latents_scaled_by_the_manifest_factor(latents, tmp_path):  # noqa: F811
-    from tasks.shards.dataset import read_manifest
     from tasks.latent.config import TrainLdmConfig
     from tasks.latent.encode import iter_latents
     from tasks.latent.train import ldm_spec
+    from tasks.shards.dataset import read_manifest
 
     manifest = read_manifest(latents / "latents")
     scale = float(manifest["vae"]["scaling_factor"])
     assert scale == pytest.approx(0.5)  # not 1: a missing factor changes the numbers
-    config = stage_config(TrainLdmConfig, "train_ldm", num_processes=1, data={"batch_size": 4}, model=TINY_UNET,
-                          training={"seed": 0, "num_epochs": 1, "max_train_steps": 1, "num_train_timesteps": 100,
-                                    "samples_every_epochs": 0, "use_ema": False},
-                          samples={"num_images": 0})
+    config = stage_config(
+        TrainLdmConfig,
+        "train_ldm",
+        num_processes=1,
+        data={"batch_size": 4},
+        model=TINY_UNET,
+        training={
+            "seed": 0,
+            "num_epochs": 1,
+            "max_train_steps": 1,
+            "num_train_timesteps": 100,
+            "samples_every_epochs": 0,
+            "use_ema": False,
+        },
+        samples={"num_images": 0},
+    )
     spec = ldm_spec(str(latents / "latents"), str(latents / "vae"), config)
     seen = {}
     predict = spec.predict
@@ -99,8 +122,15 @@ def test_train_ldm_feeds_the_unet_latents_scaled_by_the_manifest_factor(latents,
 
     spec.predict = spy
     cfg = config.training
-    train(spec, cfg, model_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "c"), live_dir=str(tmp_path / "l"),
-          run_id="scale", show_progress=False)
+    train(
+        spec,
+        cfg,
+        model_dir=str(tmp_path / "m"),
+        checkpoint_dir=str(tmp_path / "c"),
+        live_dir=str(tmp_path / "l"),
+        run_id="scale",
+        show_progress=False,
+    )
 
     # The first batch as the loader yields it: raw latents (mean + std * eps) of the stored posteriors.
     batch = next(iter(spec.make_loader(0, 0, 1)))
@@ -124,6 +154,7 @@ def test_train_ldm_feeds_the_unet_latents_scaled_by_the_manifest_factor(latents,
 
 
 # ----------------------------------------------------------------------------------------- DreamBooth prior weight
+
 
 @pytest.mark.parametrize("weight", [0.25, 3.0])
 def test_dreambooth_loss_is_instance_plus_weight_times_prior(world, tmp_path, weight):  # noqa: F811
@@ -161,6 +192,7 @@ def test_dreambooth_loss_is_instance_plus_weight_times_prior(world, tmp_path, we
 
 # ----------------------------------------------------------------------------------------- LoRA applied
 
+
 def test_a_lora_adapter_without_identifier_changes_the_model(world, tmp_path):  # noqa: F811
     from safetensors.torch import load_file
 
@@ -190,24 +222,24 @@ def test_a_lora_adapter_without_identifier_changes_the_model(world, tmp_path):  
 
 # ----------------------------------------------------------------------------------------- own plants
 
+
 def test_resume_in_the_middle_of_an_epoch_skips_the_consumed_batches(tmp_path):
     """The engine's resume test resumes at an epoch boundary only (nothing to skip there): here the
     checkpoint is at step 3 of a 4-step epoch, so the resumed run must skip 3 batches of epoch 0."""
     from tasks.training.engine import StopTraining, list_checkpoints
+    from tests.helpers.training import train_tiny
 
-    from tests.training.test_training import _run
-
-    cfg = _cfg(num_epochs=2, checkpointing_steps=3, checkpoints_total_limit=None)
-    _, full = _run(tmp_path, "full", cfg)
+    cfg = train_config(num_epochs=2, checkpointing_steps=3, checkpoints_total_limit=None)
+    _, full = train_tiny(tmp_path, "full", cfg)
 
     def kill_at_4(step):
         if step == 4:
             raise StopTraining
 
     with pytest.raises(StopTraining):
-        _run(tmp_path, "cut", cfg, step_callback=kill_at_4)
+        train_tiny(tmp_path, "cut", cfg, step_callback=kill_at_4)
     assert [p.name for p in list_checkpoints(tmp_path / "cut" / "ckpt")] == ["checkpoint-3"]
-    summary, resumed = _run(tmp_path, "cut", cfg)
+    summary, resumed = train_tiny(tmp_path, "cut", cfg)
     assert summary["run"]["resumed_from_step"] == 3 and summary["steps"] == 8
     assert all(torch.equal(full[k], resumed[k]) for k in full)
 
@@ -215,10 +247,10 @@ def test_resume_in_the_middle_of_an_epoch_skips_the_consumed_batches(tmp_path):
 def test_condition_dropout_nulls_the_seeded_share_of_conditions(tmp_path):
     """cond_drop_prob (classifier-free guidance training) reaches the model: the rows the seeded mask
     picks get the null condition, the others keep theirs."""
-    from tests.training.test_training import BATCH
+    from tests.helpers.training import BATCH
 
     for p in (0.5, 0.0):
-        spec = _spec({})
+        spec = tiny_spec({})
         seen = []
         spec.prepare_batch = lambda b, d: (b.to(d), torch.ones(b.shape[0], 1))
         spec.null_condition = lambda c, drop: c * (~drop).to(c.dtype)[:, None]
@@ -229,9 +261,16 @@ def test_condition_dropout_nulls_the_seeded_share_of_conditions(tmp_path):
             return predict(m, x, t, None)
 
         spec.predict = spy
-        cfg = _cfg(num_epochs=1, cond_drop_prob=p, use_ema=False, checkpointing_steps=100)
-        train(spec, cfg, model_dir=str(tmp_path / f"m{p}"), checkpoint_dir=str(tmp_path / f"c{p}"),
-              live_dir=str(tmp_path / f"l{p}"), run_id="drop", show_progress=False)
+        cfg = train_config(num_epochs=1, cond_drop_prob=p, use_ema=False, checkpointing_steps=100)
+        train(
+            spec,
+            cfg,
+            model_dir=str(tmp_path / f"m{p}"),
+            checkpoint_dir=str(tmp_path / f"c{p}"),
+            live_dir=str(tmp_path / f"l{p}"),
+            run_id="drop",
+            show_progress=False,
+        )
         assert len(seen) == 4
         for i, kept in enumerate(seen):
             g = torch.Generator().manual_seed(noise_seed(cfg.seed, 0, i))
