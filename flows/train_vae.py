@@ -1,5 +1,5 @@
 """Flow for DVC stage train_vae: the face track's VAE, trained here or loaded pretrained; see
-tasks/latent/vae.py."""
+tasks/latent/train_vae.py."""
 
 from __future__ import annotations
 
