@@ -10,6 +10,7 @@ from tasks.latent.config import TrainVaeConfig
 from tasks.latent.train_vae import prepare_vae
 from tasks.reporting.log import get_logger
 from tasks.reporting.model_card import write_model_card
+from tasks.reporting.reconstructions import save_reconstructions
 
 
 @stage_task("train_vae")
@@ -25,6 +26,8 @@ def train_vae_task(
     metrics = prepare_vae(
         shard_dir, out_dir, metrics_path, live_dir, config, checkpoint_dir=checkpoint_dir, log=get_logger().info
     )
+    if config.source != "train" and live_dir:  # a trained VAE's grid comes from its training
+        save_reconstructions(out_dir, shard_dir, live_dir, config.resolution)
     write_model_card(
         out_dir,
         stage="train_vae",

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import tasks.latent.encode as enc
 from tasks.latent.config import EncodeLatentsConfig, TrainVaeConfig
@@ -307,11 +308,15 @@ def test_stage_tasks_run_without_a_prefect_server(aligned, vae_dir, tmp_path):
         str(aligned),
         str(tmp_path / "vae"),
         str(tmp_path / "vae.json"),
-        None,
+        str(tmp_path / "live"),
         None,
         vae_config(source=str(vae_dir), resolution=32),
     )
     assert m["vae_identity"] == vae_identity(load_vae(vae_dir))
+    # A pretrained VAE's picture: faces over their round trips, where dvc.yaml declares the images.
+    grid = tmp_path / "live" / "plots" / "images" / "samples" / "reconstructions.png"
+    width, height = Image.open(grid).size
+    assert height == 2 * 32 and width % 32 == 0 and width > 0  # a row of faces, a row of round trips
     out = encode_latents_task.fn(
         str(aligned),
         str(tmp_path / "vae"),
